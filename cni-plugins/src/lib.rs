@@ -1,0 +1,1 @@
+//! CNI spec types and the runtime-side invoker (what libcni does for containerd).

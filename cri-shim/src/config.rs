@@ -1,0 +1,40 @@
+//! Runtime configuration shared by the `cri-shim` binary and the embedding kubelet.
+
+use std::path::PathBuf;
+
+/// Default persistent root: images, container bundles, sandbox records.
+pub const DEFAULT_ROOT: &str = "/var/lib/cri-shim";
+/// Default listen address of the standalone binary.
+pub const DEFAULT_LISTEN: &str = "unix:///run/cri-shim/cri-shim.sock";
+/// Default CNI network configuration directory (as containerd and CRI-O).
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// Default CNI plugin search path: the upstream location, then Debian's.
+pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
+
+/// Everything the server needs to know; host paths are parameters so tests
+/// can run several independent runtimes on one machine.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `unix:///path/to.sock`.
+    pub listen: String,
+    /// Persistent state root (`--root`).
+    pub root: PathBuf,
+    /// OCI runtime binary (`--runtime`), `runc` by default.
+    pub oci_runtime: PathBuf,
+    /// CNI network configuration directory (`--cni-conf-dir`).
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin binary directories, searched in order (`--cni-bin-dir`).
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.to_owned(),
+            root: PathBuf::from(DEFAULT_ROOT),
+            oci_runtime: PathBuf::from("runc"),
+            cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
+            cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
