@@ -1,0 +1,225 @@
+//! Running one plugin binary: the narrow seam between the invoker's logic
+//! and the host. [`ProcessExec`] spawns the real binary; tests substitute a
+//! fake [`PluginExec`] so chaining and caching are checked without root.
+//!
+//! An implementation only runs the program and reports what it printed;
+//! interpreting exit codes and output is the invoker's job, so every
+//! implementation is held to the same protocol.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// Errors starting or talking to a plugin process.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The binary could not be started.
+    #[error("spawning {path}")]
+    Spawn {
+        /// The plugin binary.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Feeding stdin or collecting output failed.
+    #[error("talking to {path}")]
+    Io {
+        /// The plugin binary.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One plugin invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginRequest {
+    /// Absolute path of the plugin binary.
+    pub path: PathBuf,
+    /// `CNI_*` variables, set on top of the inherited environment.
+    pub env: Vec<(String, String)>,
+    /// The network configuration JSON.
+    pub stdin: Vec<u8>,
+}
+
+/// What a plugin process did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PluginOutput {
+    /// Exit code; `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    /// Everything written to stdout: a result or an error JSON.
+    pub stdout: Vec<u8>,
+    /// Everything written to stderr: the plugin's own log.
+    pub stderr: Vec<u8>,
+}
+
+impl PluginOutput {
+    /// Whether the plugin exited 0.
+    pub fn success(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+}
+
+/// Runs a plugin binary to completion.
+///
+/// Cancel-safe by contract: dropping the future must stop the plugin, since
+/// the invoker enforces its timeout by dropping it.
+pub trait PluginExec: Send + Sync + std::fmt::Debug {
+    /// Runs `request` and returns its exit code and output.
+    fn exec(&self, request: PluginRequest) -> BoxFuture<'_, Result<PluginOutput, ExecError>>;
+}
+
+/// Spawns plugins as child processes.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessExec;
+
+/// How often, and how far apart, to retry a spawn that hit `ETXTBSY`.
+/// The binary is being written right now (a plugin upgrade, or another
+/// thread of ours that forked while holding a write fd to it); it clears
+/// up within moments, so a short bounded retry is the libcni behaviour too.
+const TEXT_BUSY_RETRIES: u32 = 5;
+const TEXT_BUSY_DELAY: Duration = Duration::from_millis(200);
+
+impl ProcessExec {
+    async fn run(request: PluginRequest) -> Result<PluginOutput, ExecError> {
+        let mut attempt = 0;
+        let mut child = loop {
+            let mut command = Command::new(&request.path);
+            command
+                .envs(request.env.iter().map(|(k, v)| (k, v)))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true);
+            match command.spawn() {
+                Ok(child) => break child,
+                Err(err)
+                    if err.raw_os_error() == Some(libc::ETXTBSY) && attempt < TEXT_BUSY_RETRIES =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(TEXT_BUSY_DELAY).await;
+                }
+                Err(source) => {
+                    return Err(ExecError::Spawn {
+                        path: request.path,
+                        source,
+                    });
+                }
+            }
+        };
+        let mut stdin = child.stdin.take();
+        let feed = async {
+            if let Some(stdin) = stdin.as_mut() {
+                stdin.write_all(&request.stdin).await?;
+                stdin.shutdown().await?;
+            }
+            drop(stdin);
+            Ok::<_, io::Error>(())
+        };
+        // stdin is written while stdout is drained, so a plugin that answers
+        // before reading all its input cannot deadlock us on a full pipe.
+        let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        let output = output.map_err(|source| ExecError::Io {
+            path: request.path.clone(),
+            source,
+        })?;
+        match fed {
+            // A plugin may exit without reading its config (e.g. VERSION);
+            // the exit status and output still say what happened.
+            Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(ExecError::Io {
+                    path: request.path,
+                    source: err,
+                });
+            }
+            _ => {}
+        }
+        Ok(PluginOutput {
+            exit_code: output.status.code(),
+            stdout: output.stdout,
+            stderr: output.stderr,
+        })
+    }
+}
+
+impl PluginExec for ProcessExec {
+    fn exec(&self, request: PluginRequest) -> BoxFuture<'_, Result<PluginOutput, ExecError>> {
+        Box::pin(Self::run(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn script(dir: &std::path::Path, body: &str) -> PathBuf {
+        let path = dir.join("plugin");
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn passes_env_and_stdin_and_collects_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = script(
+            dir.path(),
+            r#"echo "$CNI_COMMAND $CNI_IFNAME"; cat; echo oops >&2; exit 3"#,
+        );
+        let output = ProcessExec
+            .exec(PluginRequest {
+                path,
+                env: vec![
+                    ("CNI_COMMAND".into(), "ADD".into()),
+                    ("CNI_IFNAME".into(), "eth0".into()),
+                ],
+                stdin: b"{\"name\":\"n\"}".to_vec(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(output.exit_code, Some(3));
+        assert!(!output.success());
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            "ADD eth0\n{\"name\":\"n\"}"
+        );
+        assert_eq!(output.stderr, b"oops\n");
+    }
+
+    #[tokio::test]
+    async fn plugin_that_ignores_stdin_is_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = script(dir.path(), "echo '{}'");
+        let output = ProcessExec
+            .exec(PluginRequest {
+                path,
+                env: Vec::new(),
+                // Larger than a pipe buffer, so the write really fails.
+                stdin: vec![b' '; 1 << 20],
+            })
+            .await
+            .unwrap();
+        assert!(output.success());
+        assert_eq!(output.stdout, b"{}\n");
+    }
+
+    #[tokio::test]
+    async fn missing_binary_is_a_spawn_error() {
+        let err = ProcessExec
+            .exec(PluginRequest {
+                path: "/nonexistent/plugin".into(),
+                env: Vec::new(),
+                stdin: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Spawn { .. }), "{err:?}");
+    }
+}
