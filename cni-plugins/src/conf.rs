@@ -111,13 +111,6 @@ impl NetworkConfigList {
         Ok(())
     }
 
-    /// The `type` (binary name) of each plugin, in ADD order.
-    pub fn plugin_types(&self) -> impl Iterator<Item = &str> {
-        self.plugins
-            .iter()
-            .map(|plugin| plugin.get("type").and_then(Value::as_str).unwrap_or(""))
-    }
-
     /// Parses a single-plugin `.conf` and wraps it into a one-plugin list,
     /// as libcni's `ConfListFromConf` does.
     pub fn from_conf(bytes: &[u8]) -> Result<Self, ConfError> {
@@ -209,7 +202,8 @@ mod tests {
 
     #[test]
     fn parses_conflist() {
-        let bytes = br#"{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+        let bytes = br#"{"cniVersion":"1.0.0","name":"k8s-pod-network",
+            "plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
         let list = NetworkConfigList::from_conflist(bytes).unwrap();
         assert_eq!(list.name, "k8s-pod-network");
         assert_eq!(list.cni_version, "1.0.0");

@@ -238,7 +238,11 @@ impl Invoker {
                 });
             match parsed {
                 Ok(list) => {
-                    debug!(path = %path.display(), network = %list.name, "loaded CNI network config");
+                    debug!(
+                        path = %path.display(),
+                        network = %list.name,
+                        "loaded CNI network config"
+                    );
                     return Ok(list);
                 }
                 // Skipped rather than fatal: a later file may be valid, and
@@ -265,7 +269,12 @@ impl Invoker {
     ) -> Result<CniResult, CniError> {
         validate_network(net)?;
         validate_runtime_conf(rt)?;
-        let span = info_span!("cni_add", network = %net.name, container.id = %rt.container_id, ifname = %rt.ifname);
+        let span = info_span!(
+            "cni_add",
+            network = %net.name,
+            container.id = %rt.container_id,
+            ifname = %rt.ifname
+        );
         async {
             match self.add_chain(net, rt).await {
                 Ok(result) => Ok(result),
@@ -370,7 +379,11 @@ impl Invoker {
                     // Unreadable, but named after `net`: DEL with `net` so
                     // the attachment does not outlive the broken entry.
                     Some(net) => {
-                        warn!(path = %found.path.display(), error = %error_chain(&err), "unreadable CNI cache entry; deleting with the current config");
+                        warn!(
+                            path = %found.path.display(),
+                            error = %error_chain(&err),
+                            "unreadable CNI cache entry; deleting with the current config"
+                        );
                         self.del_chain(net, None, rt).await.map(|()| true)
                     }
                     None => Ok(false),
@@ -407,12 +420,19 @@ impl Invoker {
         let cached_net = entry.config.as_deref().and_then(|bytes| {
             NetworkConfigList::from_either(bytes)
                 .inspect_err(|err| {
-                    warn!(network = %entry.network_name, error = %error_chain(err), "cached CNI config unusable; falling back to the current one");
+                    warn!(
+                        network = %entry.network_name,
+                        error = %error_chain(err),
+                        "cached CNI config unusable; falling back to the current one"
+                    );
                 })
                 .ok()
         });
         let Some(target) = cached_net.as_ref().or(net) else {
-            warn!(network = %entry.network_name, "cached CNI attachment has no config and none was given; leaving it");
+            warn!(
+                network = %entry.network_name,
+                "cached CNI attachment has no config and none was given; leaving it"
+            );
             return Ok(false);
         };
         let mut rt = rt.clone();
@@ -443,7 +463,11 @@ impl Invoker {
         for plugin in net.plugins.iter().rev() {
             if let Err(err) = self.run_plugin(Command::Del, net, plugin, prev, rt).await {
                 if first_error.is_some() {
-                    warn!(plugin = plugin_type(plugin), error = %error_chain(&err), "CNI DEL failed");
+                    warn!(
+                        plugin = plugin_type(plugin),
+                        error = %error_chain(&err),
+                        "CNI DEL failed"
+                    );
                 } else {
                     first_error = Some(err);
                 }

@@ -404,7 +404,10 @@ mod tests {
     fn pod_ips_falls_back_to_all_without_indexes() {
         let raw = json!({
             "cniVersion": "0.3.1",
-            "ips": [{"version": "4", "address": "10.0.0.2/24"}, {"version": "6", "address": "fd00::2/64"}]
+            "ips": [
+                {"version": "4", "address": "10.0.0.2/24"},
+                {"version": "6", "address": "fd00::2/64"}
+            ]
         });
         let result = CniResult::from_value(raw).unwrap();
         assert_eq!(result.pod_ips("eth0").len(), 2);

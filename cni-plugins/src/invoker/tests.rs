@@ -543,7 +543,7 @@ async fn failed_add_deletes_the_whole_chain_and_caches_nothing() {
         "ADD",
         Reply::Fail {
             exit_code: Some(1),
-            stdout: r#"{"cniVersion":"1.0.0","code":7,"msg":"invalid port","details":"hostPort 0"}"#,
+            stdout: r#"{"code":7,"msg":"invalid port","details":"hostPort 0"}"#,
             stderr: "portmap: bad mapping",
         },
     );
@@ -641,7 +641,8 @@ async fn hanging_plugin_times_out() {
     let net = conflist("n", "1.0.0", json!([{"type": "bridge"}]));
     let err = invoker.add(&net, &runtime_conf()).await.unwrap_err();
     assert!(
-        matches!(&err, CniError::Timeout { plugin, timeout } if plugin == "bridge" && *timeout == Duration::from_millis(50)),
+        matches!(&err, CniError::Timeout { plugin, timeout }
+            if plugin == "bridge" && *timeout == Duration::from_millis(50)),
         "{err:?}"
     );
 }
@@ -685,7 +686,8 @@ async fn undecodable_results_fail_the_add() {
     fx.exec.reply("bridge", "ADD", Reply::Raw("not json"));
     let err = fx.invoker.add(&net, &runtime_conf()).await.unwrap_err();
     assert!(
-        matches!(&err, CniError::Decode { plugin, source: ResultError::Json(_) } if plugin == "bridge"),
+        matches!(&err, CniError::Decode { plugin, source: ResultError::Json(_) }
+            if plugin == "bridge"),
         "{err:?}"
     );
     assert_eq!(
@@ -830,4 +832,17 @@ fn prev_result_on_del_from_040() {
     assert!(passes_prev_result_on_del("1.0.0"));
     assert!(passes_prev_result_on_del("1.1.0"));
     assert!(passes_prev_result_on_del("next"));
+}
+
+#[test]
+fn invoker_and_its_futures_can_cross_threads() {
+    fn assert_send<T: Send>(_: &T) {}
+    fn assert_clone_send_sync<T: Clone + Send + Sync>() {}
+    assert_clone_send_sync::<Invoker>();
+    let fx = Fixture::new(&[]);
+    let net = pod_network();
+    let rt = runtime_conf();
+    // cri-shim runs these inside spawned gRPC handlers.
+    assert_send(&fx.invoker.add(&net, &rt));
+    assert_send(&fx.invoker.del(Some(&net), &rt));
 }
