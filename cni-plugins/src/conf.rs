@@ -62,11 +62,27 @@ pub struct NetworkConfigList {
     /// Plugin configurations in ADD order, as written in the file.
     pub plugins: Vec<Value>,
     /// The list as JSON bytes: the file itself for a `.conflist`, the
-    /// wrapping list for a `.conf`. This is what the result cache stores.
+    /// wrapping list for a `.conf`. This is what the result cache stores
+    /// and DEL after a restart runs with, so it must match the other
+    /// fields; [`NetworkConfigList::new`] builds it for lists made in code.
     pub bytes: Vec<u8>,
 }
 
 impl NetworkConfigList {
+    /// A list made in code (say a runtime's built-in loopback network),
+    /// checked like a file would be.
+    pub fn new(
+        name: impl Into<String>,
+        cni_version: impl Into<String>,
+        plugins: Vec<Value>,
+    ) -> Result<Self, ConfError> {
+        let mut list = Map::new();
+        list.insert("cniVersion".into(), Value::String(cni_version.into()));
+        list.insert("name".into(), Value::String(name.into()));
+        list.insert("plugins".into(), Value::Array(plugins));
+        Self::from_conflist(Value::Object(list).to_string().as_bytes())
+    }
+
     /// Parses a `.conflist`.
     pub fn from_conflist(bytes: &[u8]) -> Result<Self, ConfError> {
         let value: Value = serde_json::from_slice(bytes).map_err(ConfError::Json)?;
@@ -118,13 +134,7 @@ impl NetworkConfigList {
         let object = value.as_object().ok_or(ConfError::NotAnObject)?;
         let name = required_string(object, "name")?;
         let cni_version = required_string(object, "cniVersion")?;
-        let mut list = Map::new();
-        list.insert("cniVersion".into(), Value::String(cni_version));
-        list.insert("name".into(), Value::String(name));
-        list.insert("plugins".into(), Value::Array(vec![value]));
-        // Re-parsing the wrapper gives the same checks as a real conflist.
-        let bytes = serde_json::to_vec(&Value::Object(list)).map_err(ConfError::Json)?;
-        Self::from_conflist(&bytes)
+        Self::new(name, cni_version, vec![value])
     }
 
     /// Parses bytes that are either a list or a single plugin config, told
@@ -222,6 +232,17 @@ mod tests {
         assert_eq!(list.plugins, vec![conf.clone()]);
         let reparsed = NetworkConfigList::from_either(&list.bytes).unwrap();
         assert_eq!(reparsed, list);
+    }
+
+    #[test]
+    fn new_builds_matching_bytes() {
+        let list =
+            NetworkConfigList::new("lo", "1.0.0", vec![json!({"type": "loopback"})]).unwrap();
+        assert_eq!(NetworkConfigList::from_conflist(&list.bytes).unwrap(), list);
+        assert!(matches!(
+            NetworkConfigList::new("lo", "1.0.0", Vec::new()),
+            Err(ConfError::NoPlugins)
+        ));
     }
 
     #[test]
