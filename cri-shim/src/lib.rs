@@ -9,10 +9,19 @@
 
 pub mod client;
 pub mod config;
+pub mod image;
+pub mod infra;
+pub mod logs;
+pub mod monitor;
+pub mod oci;
 pub mod reexec;
+pub mod runtime;
+pub mod server;
 
 pub use config::Config;
 
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio_util::sync::CancellationToken;
 
 /// Errors that stop the server.
@@ -30,13 +39,44 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// The runtime state could not be opened.
+    #[error("opening runtime state: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
     /// The gRPC transport failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves CRI v1 on `config.listen` until `cancel` fires.
+/// Serves CRI v1 on `config.listen` until `cancel` fires. Containers keep
+/// running when it returns.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
-    let _ = (config, cancel);
-    unimplemented!("the runtime lands in the next commits")
+    let path = client::socket_path(&config.listen)
+        .ok_or_else(|| ServeError::ListenAddress(config.listen.clone()))?;
+    let bind_err = |source| ServeError::Bind {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(bind_err(e)),
+        _ => {}
+    }
+    let runtime = runtime::Runtime::open(config.clone()).await?;
+    let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
+    tracing::info!(socket = %path.display(), root = %config.root.display(), "cri-shim serving CRI v1");
+    let images = image::ImageService::new(runtime.images().clone(), config.root.clone());
+    let result = tonic::transport::Server::builder()
+        .add_service(RuntimeServiceServer::new(server::RuntimeServer::new(
+            runtime,
+        )))
+        .add_service(ImageServiceServer::new(images))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            cancel.cancelled(),
+        )
+        .await;
+    let _ = std::fs::remove_file(&path);
+    Ok(result?)
 }

@@ -9,10 +9,13 @@ pub const MONITOR_ARG: &str = "__cri-shim-monitor";
 /// If this process was started in a child role, runs it and exits; otherwise
 /// returns so `main` carries on. Call before starting any threads or runtime.
 pub fn run_child_role_if_requested() {
-    let mut args = std::env::args_os().skip(1);
-    match args.next().as_deref().and_then(|a| a.to_str()) {
-        Some(INFRA_ARG) | Some(MONITOR_ARG) => {
-            unimplemented!("child roles land with the runtime")
+    let args: Vec<String> = std::env::args().skip(1).take(2).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [INFRA_ARG, spec] => crate::infra::main(spec),
+        [MONITOR_ARG, spec] => crate::monitor::main(spec),
+        [INFRA_ARG] | [MONITOR_ARG] => {
+            eprintln!("{}: missing spec argument", args[0]);
+            std::process::exit(2)
         }
         _ => {}
     }

@@ -1,0 +1,118 @@
+//! The sandbox infra process: pins a pod's network, IPC and UTS namespaces.
+//!
+//! It is this binary re-executed (no pause image is ever pulled). It leaves
+//! the server's session, unshares the namespaces the pod does not share with
+//! the host, sets the hostname, brings up `lo`, prints `ready` on stdout and
+//! then sleeps until SIGTERM/SIGINT/SIGHUP. The namespaces live while it does
+//! (and the network namespace longer, through the bind mount the server makes).
+
+use std::io::Write;
+
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal};
+use serde::{Deserialize, Serialize};
+
+/// What the server asks of an infra process (one JSON argument).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InfraSpec {
+    /// Sandbox id, for `ps` and for recognising the process after a restart.
+    pub id: String,
+    /// Hostname set in the new UTS namespace.
+    pub hostname: String,
+    /// New network namespace (false: host network).
+    pub new_net: bool,
+    /// New IPC namespace (false: host IPC).
+    pub new_ipc: bool,
+    /// New UTS namespace (false only with host network).
+    pub new_uts: bool,
+}
+
+/// Entry point of the infra role; never returns.
+pub fn main(spec_json: &str) -> ! {
+    match run(spec_json) {
+        Ok(()) => std::process::exit(0),
+        Err(message) => {
+            let _ = writeln!(std::io::stdout(), "error: {message}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn run(spec_json: &str) -> Result<(), String> {
+    let spec: InfraSpec =
+        serde_json::from_str(spec_json).map_err(|e| format!("bad infra spec: {e}"))?;
+    let _ = nix::unistd::setsid();
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    // Blocked before anything else so a stop request is never lost.
+    signals
+        .thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+
+    let mut flags = CloneFlags::empty();
+    if spec.new_net {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if spec.new_ipc {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if spec.new_uts {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
+    unshare(flags).map_err(|e| format!("unshare({flags:?}): {e}"))?;
+    if spec.new_uts {
+        nix::unistd::sethostname(&spec.hostname)
+            .map_err(|e| format!("sethostname {:?}: {e}", spec.hostname))?;
+    }
+    if spec.new_net {
+        loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        out.write_all(b"ready\n").map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => return Ok(()),
+            _ => continue,
+        }
+    }
+}
+
+/// Sets IFF_UP on `lo` in the current network namespace.
+fn loopback_up() -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq naming "lo"; the fd is an open socket.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; the kernel reads the name and flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,301 @@
+//! The per-container monitor (the role conmon plays for CRI-O).
+//!
+//! One monitor process per container, re-executed from this binary in its own
+//! session so it outlives the server. It runs `runc create` with its own pipes
+//! as the container's stdio, reports the container pid (or the runtime's
+//! error) as one JSON line on its stdout, then copies the pipes into the CRI
+//! log file and reaps the container as a child subreaper. When the container
+//! exits it writes the exit record atomically and exits itself. Invariant: the
+//! exit record is written only after the container's output is in the log, so
+//! a reader that sees the exit sees all the output.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::logs::{LineSplitter, Stream, now_rfc3339_nano, write_record};
+
+/// What the server tells a monitor to do (passed as one JSON argument).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MonitorSpec {
+    /// Container id (also the OCI runtime's container id).
+    pub id: String,
+    /// OCI bundle directory (holds `config.json`).
+    pub bundle: PathBuf,
+    /// OCI runtime binary.
+    pub runtime: PathBuf,
+    /// `--root` state directory of the OCI runtime.
+    pub runtime_root: PathBuf,
+    /// Absolute CRI log path; `None` discards output.
+    pub log_path: Option<PathBuf>,
+    /// Where the exit record is written.
+    pub exit_file: PathBuf,
+}
+
+/// The first line a monitor prints: the container's pid or why it failed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MonitorReport {
+    /// `runc create` succeeded; the container init waits for `runc start`.
+    Created {
+        /// Host pid of the container init process.
+        pid: i32,
+    },
+    /// `runc create` failed; nothing of the container is left in the runtime.
+    Failed {
+        /// The runtime's own error message.
+        message: String,
+    },
+}
+
+/// Written by the monitor when the container has exited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code; 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    /// Unix time in nanoseconds when the exit was observed.
+    pub finished_at: i64,
+    /// The signal that killed the process, if any.
+    pub signal: Option<i32>,
+}
+
+impl ExitRecord {
+    /// Reads the record, `None` while the container has not exited.
+    pub fn read(path: &Path) -> Option<Self> {
+        let data = std::fs::read(path).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+}
+
+/// Entry point of the monitor role; never returns.
+pub fn main(spec_json: &str) -> ! {
+    let code = match serde_json::from_str::<MonitorSpec>(spec_json) {
+        Ok(spec) => run(&spec),
+        Err(e) => {
+            report(&MonitorReport::Failed {
+                message: format!("bad monitor spec: {e}"),
+            });
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn report(r: &MonitorReport) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, r);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// Detaches stdout from the server's pipe so the server sees EOF after the report.
+fn detach_stdio() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
+fn run(spec: &MonitorSpec) -> i32 {
+    // Own session: a Ctrl-C or SIGHUP aimed at the server's terminal must not
+    // reach the container's keeper.
+    let _ = nix::unistd::setsid();
+    // The container init is reparented to us after `runc create` exits; as a
+    // subreaper we can wait for it and learn its exit status.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        report(&MonitorReport::Failed {
+            message: format!("PR_SET_CHILD_SUBREAPER: {e}"),
+        });
+        return 1;
+    }
+
+    let (out_r, out_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("pipe: {e}")),
+    };
+    let (err_r, err_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("pipe: {e}")),
+    };
+    let runc_log = spec.bundle.join("runc-create.log");
+    let pid_file = spec.bundle.join("init.pid");
+    let mut cmd = Command::new(&spec.runtime);
+    cmd.arg("--root")
+        .arg(&spec.runtime_root)
+        .arg("--log")
+        .arg(&runc_log)
+        .arg("--log-format")
+        .arg("json")
+        .arg("create")
+        .arg("--bundle")
+        .arg(&spec.bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&spec.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w));
+    let status = cmd.output();
+    // Our copies of the write ends live in `cmd`; drop them so the pipes end
+    // when the container's last writer exits.
+    drop(cmd);
+    match status {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            return fail(runtime_error(&runc_log).unwrap_or_else(|| {
+                format!(
+                    "{} create exited with {}",
+                    spec.runtime.display(),
+                    out.status
+                )
+            }));
+        }
+        Err(e) => return fail(format!("running {}: {e}", spec.runtime.display())),
+    }
+    let pid = match std::fs::read_to_string(&pid_file).map(|s| s.trim().parse::<i32>()) {
+        Ok(Ok(pid)) => pid,
+        _ => {
+            return fail(format!(
+                "{} create wrote no pid file",
+                spec.runtime.display()
+            ));
+        }
+    };
+    report(&MonitorReport::Created { pid });
+    detach_stdio();
+
+    let log = spec.log_path.as_ref().and_then(|p| {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        OpenOptions::new().create(true).append(true).open(p).ok()
+    });
+    let log = Arc::new(Mutex::new(log));
+    let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || pump(fd, stream, &log))
+        })
+        .collect::<Vec<_>>();
+
+    let exit = reap_until_exit(Pid::from_raw(pid));
+    // The container's processes are gone with its init (own pid namespace);
+    // give the pumps a moment to drain what is still buffered in the pipes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    for p in pumps {
+        while !p.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if p.is_finished() {
+            let _ = p.join();
+        }
+    }
+    if let Ok(mut guard) = log.lock() {
+        if let Some(f) = guard.as_mut() {
+            let _ = f.flush();
+        }
+    }
+    write_exit(&spec.exit_file, &exit);
+    0
+}
+
+fn fail(message: String) -> i32 {
+    report(&MonitorReport::Failed { message });
+    1
+}
+
+/// The last error message runc logged in JSON format.
+fn runtime_error(log: &Path) -> Option<String> {
+    let file = File::open(log).ok()?;
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+        .filter_map(|v| v["msg"].as_str().map(str::to_owned))
+        .last()
+}
+
+fn pump(fd: OwnedFd, stream: Stream, log: &Mutex<Option<File>>) {
+    let mut src = File::from(fd);
+    let mut splitter = LineSplitter::new(stream);
+    let mut buf = vec![0u8; 32 * 1024];
+    let emit = |records: Vec<crate::logs::Record>| {
+        if records.is_empty() {
+            return;
+        }
+        let ts = now_rfc3339_nano();
+        if let Ok(mut guard) = log.lock() {
+            if let Some(f) = guard.as_mut() {
+                for r in &records {
+                    let _ = write_record(f, &ts, r);
+                }
+            }
+        }
+    };
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => emit(splitter.push(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    emit(splitter.finish().into_iter().collect());
+}
+
+/// Reaps every child until the container init exits; returns its exit record.
+fn reap_until_exit(init: Pid) -> ExitRecord {
+    loop {
+        match waitpid(None::<Pid>, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == init => {
+                return ExitRecord {
+                    exit_code: code,
+                    finished_at: now_ns(),
+                    signal: None,
+                };
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
+                return ExitRecord {
+                    exit_code: 128 + sig as i32,
+                    finished_at: now_ns(),
+                    signal: Some(sig as i32),
+                };
+            }
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => {
+                // No children left although init was never seen exiting: it was
+                // reaped elsewhere. Report an unknown exit rather than hang.
+                return ExitRecord {
+                    exit_code: 255,
+                    finished_at: now_ns(),
+                    signal: None,
+                };
+            }
+        }
+    }
+}
+
+fn write_exit(path: &Path, exit: &ExitRecord) {
+    let tmp = path.with_extension("tmp");
+    if let Ok(data) = serde_json::to_vec(exit) {
+        if std::fs::write(&tmp, data).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+/// Unix time in nanoseconds.
+pub fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}

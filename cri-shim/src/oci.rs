@@ -1,0 +1,798 @@
+//! CRI container config + image config → OCI runtime spec (`config.json`).
+//!
+//! Pure: everything the spec depends on (resolved user, namespace paths,
+//! per-sandbox files, the caller's oom_score_adj) comes in as parameters, so
+//! the mapping is unit-tested without root.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use crate::image::ImageConfig;
+
+/// Errors building a spec from CRI input.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The merged command line is empty: neither CRI nor image gives a command.
+    #[error(
+        "container {container:?}: no command specified (neither the container config nor the image has a command or entrypoint)"
+    )]
+    NoCommand {
+        /// Container name.
+        container: String,
+    },
+    /// A capability name is not a Linux capability.
+    #[error("container {container:?}: unknown capability {name:?}")]
+    UnknownCapability {
+        /// Container name.
+        container: String,
+        /// The capability as given.
+        name: String,
+    },
+    /// The user cannot be resolved in the image.
+    #[error("container {container:?}: {reason}")]
+    User {
+        /// Container name.
+        container: String,
+        /// What could not be resolved.
+        reason: String,
+    },
+    /// The builder rejected a value (should not happen with valid input).
+    #[error("building OCI spec for container {container:?}: {source}")]
+    Build {
+        /// Container name.
+        container: String,
+        /// Builder error.
+        #[source]
+        source: oci_spec::OciSpecError,
+    },
+}
+
+/// Where the sandbox's namespaces and files are, as seen from the host.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxPaths {
+    /// Network namespace to join; `None` = host network.
+    pub netns: Option<PathBuf>,
+    /// IPC namespace to join; `None` = host IPC.
+    pub ipcns: Option<PathBuf>,
+    /// UTS namespace to join; `None` = host UTS.
+    pub utsns: Option<PathBuf>,
+    /// `/etc/hosts` of the sandbox.
+    pub hosts: Option<PathBuf>,
+    /// `/etc/resolv.conf` of the sandbox.
+    pub resolv_conf: Option<PathBuf>,
+    /// `/etc/hostname` of the sandbox.
+    pub hostname_file: Option<PathBuf>,
+    /// Hostname of the sandbox.
+    pub hostname: String,
+    /// cgroup parent of the sandbox (CRI `cgroup_parent`).
+    pub cgroup_parent: String,
+}
+
+/// The numeric identity the container process runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolvedUser {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary gids (image groups of the user, then CRI supplemental groups).
+    pub additional_gids: Vec<u32>,
+}
+
+/// The capabilities containerd grants a non-privileged container by default.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Merges CRI command/args with the image entrypoint/cmd as containerd does:
+/// a CRI command replaces the entrypoint (and drops the image cmd); CRI args
+/// replace the image cmd.
+pub fn merge_args(config: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+    let (entrypoint, cmd) = if !config.command.is_empty() {
+        (config.command.clone(), config.args.clone())
+    } else if !config.args.is_empty() {
+        (image.entrypoint.clone(), config.args.clone())
+    } else {
+        (image.entrypoint.clone(), image.cmd.clone())
+    };
+    entrypoint.into_iter().chain(cmd).collect()
+}
+
+/// Image env first, CRI env overriding by key; order of first appearance kept.
+pub fn merge_env(config: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut values: HashMap<String, String> = HashMap::new();
+    let image_env = image.env.iter().map(|kv| match kv.split_once('=') {
+        Some((k, v)) => (k.to_owned(), v.to_owned()),
+        None => (kv.clone(), String::new()),
+    });
+    let cri_env = config
+        .envs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()));
+    for (k, v) in image_env.chain(cri_env) {
+        if values.insert(k.clone(), v).is_none() {
+            order.push(k);
+        }
+    }
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", values[&k]))
+        .collect()
+}
+
+/// Resolves the user from the CRI security context, else the image `User`,
+/// looking names up in the image's passwd/group contents.
+pub fn resolve_user(
+    container: &str,
+    config: &cri::ContainerConfig,
+    image: &ImageConfig,
+    passwd: &str,
+    group: &str,
+) -> Result<ResolvedUser, OciError> {
+    let err = |reason: String| OciError::User {
+        container: container.to_owned(),
+        reason,
+    };
+    let sc = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref());
+    let cri_uid = sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value);
+    let cri_name = sc
+        .map(|s| s.run_as_username.clone())
+        .filter(|s| !s.is_empty());
+    let cri_gid = sc.and_then(|s| s.run_as_group.as_ref()).map(|v| v.value);
+    let (user_part, group_part) = match (cri_uid, cri_name) {
+        (Some(uid), _) => (uid.to_string(), None),
+        (None, Some(name)) => (name, None),
+        (None, None) => match image.user.split_once(':') {
+            Some((u, g)) => (u.to_owned(), Some(g.to_owned())),
+            None => (image.user.clone(), None),
+        },
+    };
+    let user_part = if user_part.is_empty() {
+        "0".to_owned()
+    } else {
+        user_part
+    };
+    let passwd_entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && (f[0] == user_part || f[2] == user_part));
+    let (uid, mut gid, name) = match (user_part.parse::<u32>(), &passwd_entry) {
+        (Ok(uid), Some(f)) => (uid, f[3].parse().unwrap_or(0), Some(f[0].to_owned())),
+        (Ok(uid), None) => (uid, 0, None),
+        (Err(_), Some(f)) => (
+            f[2].parse()
+                .map_err(|_| err(format!("bad uid for user {user_part:?} in /etc/passwd")))?,
+            f[3].parse().unwrap_or(0),
+            Some(f[0].to_owned()),
+        ),
+        (Err(_), None) => {
+            return Err(err(format!(
+                "user {user_part:?} not found in the image's /etc/passwd"
+            )));
+        }
+    };
+    if let Some(g) = group_part {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() >= 3 && f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| err(format!("group {g:?} not found in the image's /etc/group")))?,
+        };
+    }
+    if let Some(g) = cri_gid {
+        gid = g as u32;
+    }
+    let mut additional_gids: Vec<u32> = Vec::new();
+    if let Some(name) = name {
+        for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
+                if let Ok(g) = f[2].parse() {
+                    additional_gids.push(g);
+                }
+            }
+        }
+    }
+    if let Some(sc) = sc {
+        additional_gids.extend(sc.supplemental_groups.iter().map(|g| *g as u32));
+    }
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+    })
+}
+
+/// Everything [`build_spec`] needs besides the CRI config.
+#[derive(Debug, Clone)]
+pub struct SpecInputs<'a> {
+    /// Container id (names the cgroup).
+    pub id: &'a str,
+    /// Mounted rootfs (overlay).
+    pub rootfs: &'a Path,
+    /// Image config of the container's image.
+    pub image: &'a ImageConfig,
+    /// The resolved user.
+    pub user: ResolvedUser,
+    /// Sandbox namespaces and files.
+    pub sandbox: &'a SandboxPaths,
+    /// oom_score_adj of the runtime itself: a lower value would need
+    /// CAP_SYS_RESOURCE, so requests below it are clamped to it.
+    pub current_oom_score_adj: i32,
+}
+
+/// Builds the OCI spec.
+pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result<Spec, OciError> {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let build = |source| OciError::Build {
+        container: name.clone(),
+        source,
+    };
+    let args = merge_args(config, inp.image);
+    if args.is_empty() {
+        return Err(OciError::NoCommand { container: name });
+    }
+    let linux_cfg = config.linux.clone().unwrap_or_default();
+    let sc = linux_cfg.security_context.clone().unwrap_or_default();
+    let privileged = sc.privileged;
+
+    let cwd = [config.working_dir.as_str(), inp.image.working_dir.as_str()]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or("/");
+    let user = UserBuilder::default()
+        .uid(inp.user.uid)
+        .gid(inp.user.gid)
+        .additional_gids(inp.user.additional_gids.clone())
+        .build()
+        .map_err(build)?;
+
+    let caps = capabilities(&name, &sc)?;
+    let oom = linux_cfg
+        .resources
+        .as_ref()
+        .map(|r| r.oom_score_adj as i32)
+        .map(|v| v.max(inp.current_oom_score_adj));
+    let mut process = ProcessBuilder::default()
+        .terminal(config.tty)
+        .args(args)
+        .env(merge_env(config, inp.image))
+        .cwd(cwd)
+        .user(user)
+        .no_new_privileges(sc.no_new_privs)
+        .build()
+        .map_err(build)?;
+    process.set_oom_score_adj(oom);
+    let mut capabilities = oci_spec::runtime::LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_permitted(Some(caps.clone()));
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    process.set_capabilities(Some(capabilities));
+
+    let mut mounts = default_mounts(privileged).map_err(build)?;
+    let bind = |dst: &str, src: &Path, ro: bool| {
+        let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
+        options.push(if ro { "ro" } else { "rw" }.to_owned());
+        MountBuilder::default()
+            .destination(dst)
+            .typ("bind")
+            .source(src)
+            .options(options)
+            .build()
+    };
+    let file_mounts = [
+        ("/etc/hosts", &inp.sandbox.hosts),
+        ("/etc/resolv.conf", &inp.sandbox.resolv_conf),
+        ("/etc/hostname", &inp.sandbox.hostname_file),
+    ];
+    for (dst, src) in file_mounts {
+        if let Some(src) = src {
+            let user_mounts_it = config.mounts.iter().any(|m| m.container_path == dst);
+            if !user_mounts_it {
+                mounts.push(bind(dst, src, false).map_err(build)?);
+            }
+        }
+    }
+    for m in &config.mounts {
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+            Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+            _ => "rprivate",
+        };
+        let mut options = vec![
+            "rbind".to_owned(),
+            propagation.to_owned(),
+            if m.readonly { "ro" } else { "rw" }.to_owned(),
+        ];
+        options.dedup();
+        mounts.push(
+            MountBuilder::default()
+                .destination(&m.container_path)
+                .typ("bind")
+                .source(&m.host_path)
+                .options(options)
+                .build()
+                .map_err(build)?,
+        );
+    }
+
+    let ns = |typ, path: &Option<PathBuf>| {
+        let mut b = LinuxNamespaceBuilder::default();
+        b = b.typ(typ);
+        if let Some(p) = path {
+            b = b.path(p.clone());
+        }
+        b.build()
+    };
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Pid, &None).map_err(build)?,
+        ns(LinuxNamespaceType::Mount, &None).map_err(build)?,
+    ];
+    // A namespace path of None with the type present would create a new
+    // namespace; host namespaces are expressed by leaving the type out.
+    if inp.sandbox.netns.is_some() {
+        namespaces.push(ns(LinuxNamespaceType::Network, &inp.sandbox.netns).map_err(build)?);
+    }
+    if inp.sandbox.ipcns.is_some() {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, &inp.sandbox.ipcns).map_err(build)?);
+    }
+    if inp.sandbox.utsns.is_some() {
+        namespaces.push(ns(LinuxNamespaceType::Uts, &inp.sandbox.utsns).map_err(build)?);
+    }
+
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .access("rwm")
+            .build()
+            .map_err(build)?,
+    ]);
+    if let Some(r) = &linux_cfg.resources {
+        let mut cpu = LinuxCpuBuilder::default();
+        if r.cpu_shares > 0 {
+            cpu = cpu.shares(r.cpu_shares as u64);
+        }
+        if r.cpu_quota > 0 {
+            cpu = cpu.quota(r.cpu_quota);
+        }
+        if r.cpu_period > 0 {
+            cpu = cpu.period(r.cpu_period as u64);
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(r.cpuset_cpus.clone());
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu = cpu.mems(r.cpuset_mems.clone());
+        }
+        resources = resources.cpu(cpu.build().map_err(build)?);
+        if r.memory_limit_in_bytes > 0 {
+            resources = resources.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(r.memory_limit_in_bytes)
+                    .build()
+                    .map_err(build)?,
+            );
+        }
+    }
+    let cgroup_parent = if inp.sandbox.cgroup_parent.is_empty() {
+        "/cri-shim"
+    } else {
+        inp.sandbox.cgroup_parent.as_str()
+    };
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(build)?)
+        .cgroups_path(PathBuf::from(format!(
+            "/{}/{}",
+            cgroup_parent.trim_matches('/'),
+            inp.id
+        )));
+    if !privileged {
+        linux = linux
+            .masked_paths(oci_spec::runtime::get_default_maskedpaths())
+            .readonly_paths(oci_spec::runtime::get_default_readonly_paths());
+    }
+    let root = RootBuilder::default()
+        .path(inp.rootfs)
+        .readonly(sc.readonly_rootfs)
+        .build()
+        .map_err(build)?;
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux.build().map_err(build)?)
+        .build()
+        .map_err(build)?;
+    spec.set_hostname(
+        (!inp.sandbox.hostname.is_empty() && inp.sandbox.utsns.is_some())
+            .then(|| inp.sandbox.hostname.clone()),
+    );
+    Ok(spec)
+}
+
+fn capabilities(
+    container: &str,
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<HashSet<Capability>, OciError> {
+    let parse = |name: &str| -> Result<Capability, OciError> {
+        let full = if name.starts_with("CAP_") {
+            name.to_owned()
+        } else {
+            format!("CAP_{name}")
+        };
+        serde_json::from_value(serde_json::Value::String(full.to_uppercase())).map_err(|_| {
+            OciError::UnknownCapability {
+                container: container.to_owned(),
+                name: name.to_owned(),
+            }
+        })
+    };
+    let all = || -> HashSet<Capability> {
+        // Every capability the spec type knows: serialise the enum's variants
+        // by probing the names the kernel defines.
+        (0..64)
+            .filter_map(|i| cap_name(i).and_then(|n| parse(n).ok()))
+            .collect()
+    };
+    if sc.privileged {
+        return Ok(all());
+    }
+    let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES
+        .iter()
+        .map(|c| parse(c))
+        .collect::<Result<_, _>>()?;
+    if let Some(c) = &sc.capabilities {
+        if c.add_capabilities
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case("ALL"))
+        {
+            caps = all();
+        } else {
+            for a in &c.add_capabilities {
+                caps.insert(parse(a)?);
+            }
+        }
+        if c.drop_capabilities
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case("ALL"))
+        {
+            caps.clear();
+            // Explicit adds survive a drop of ALL, as in containerd.
+            for a in c
+                .add_capabilities
+                .iter()
+                .filter(|a| !a.eq_ignore_ascii_case("ALL"))
+            {
+                caps.insert(parse(a)?);
+            }
+        } else {
+            for d in &c.drop_capabilities {
+                caps.remove(&parse(d)?);
+            }
+        }
+    }
+    Ok(caps)
+}
+
+/// Linux capability names by number (linux/capability.h).
+fn cap_name(n: u32) -> Option<&'static str> {
+    const NAMES: &[&str] = &[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+    NAMES.get(n as usize).copied()
+}
+
+fn default_mounts(privileged: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+    let m = |dst: &str, typ: &str, src: &str, opts: &[&str]| {
+        MountBuilder::default()
+            .destination(dst)
+            .typ(typ)
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+    };
+    let ro = if privileged { "rw" } else { "ro" };
+    Ok(vec![
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        m(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        m(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        m(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        m("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", ro])?,
+        m(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", ro],
+        )?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn args_merge_like_containerd() {
+        let img = image(&["/entry"], &["default"]);
+        assert_eq!(merge_args(&cfg(&[], &[]), &img), ["/entry", "default"]);
+        assert_eq!(merge_args(&cfg(&[], &["x"]), &img), ["/entry", "x"]);
+        assert_eq!(merge_args(&cfg(&["/bin/sh"], &[]), &img), ["/bin/sh"]);
+        assert_eq!(
+            merge_args(&cfg(&["/bin/sh"], &["-c", "true"]), &img),
+            ["/bin/sh", "-c", "true"]
+        );
+    }
+
+    #[test]
+    fn env_overrides_by_key_keeping_order() {
+        let mut c = cfg(&[], &[]);
+        c.envs = vec![
+            cri::KeyValue {
+                key: "A".into(),
+                value: "cri".into(),
+            },
+            cri::KeyValue {
+                key: "B".into(),
+                value: "b".into(),
+            },
+        ];
+        assert_eq!(
+            merge_env(&c, &image(&[], &["sh"])),
+            ["PATH=/bin", "A=cri", "B=b"]
+        );
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\nweb:x:100:101::/:/bin/sh\n";
+    const GROUP: &str = "root:x:0:\nnobody:x:65534:\nwww:x:101:\nextra:x:300:web,other\n";
+
+    #[test]
+    fn user_from_image_name_and_groups() {
+        let mut img = image(&[], &["sh"]);
+        img.user = "web".into();
+        let u = resolve_user("c", &cfg(&[], &[]), &img, PASSWD, GROUP).unwrap();
+        assert_eq!(
+            u,
+            ResolvedUser {
+                uid: 100,
+                gid: 101,
+                additional_gids: vec![300]
+            }
+        );
+        img.user = "nobody:www".into();
+        let u = resolve_user("c", &cfg(&[], &[]), &img, PASSWD, GROUP).unwrap();
+        assert_eq!((u.uid, u.gid), (65534, 101));
+        img.user = "ghost".into();
+        assert!(resolve_user("c", &cfg(&[], &[]), &img, PASSWD, GROUP).is_err());
+    }
+
+    #[test]
+    fn user_from_security_context_wins() {
+        let mut c = cfg(&[], &[]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1234 }),
+                run_as_group: Some(cri::Int64Value { value: 55 }),
+                supplemental_groups: vec![7],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let u = resolve_user("c", &c, &image(&[], &["sh"]), PASSWD, GROUP).unwrap();
+        assert_eq!(
+            u,
+            ResolvedUser {
+                uid: 1234,
+                gid: 55,
+                additional_gids: vec![7]
+            }
+        );
+    }
+
+    #[test]
+    fn capabilities_add_drop_all() {
+        let mut sc = cri::LinuxContainerSecurityContext::default();
+        let caps = capabilities("c", &sc).unwrap();
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        sc.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NET_ADMIN".into()],
+            drop_capabilities: vec!["ALL".into()],
+            ..Default::default()
+        });
+        let caps = capabilities("c", &sc).unwrap();
+        assert_eq!(caps.len(), 1);
+        assert!(caps.contains(&Capability::NetAdmin));
+        sc.capabilities = Some(cri::Capability {
+            add_capabilities: vec!["NOT_A_CAP".into()],
+            ..Default::default()
+        });
+        assert!(matches!(
+            capabilities("c", &sc),
+            Err(OciError::UnknownCapability { .. })
+        ));
+    }
+
+    #[test]
+    fn spec_joins_sandbox_namespaces_and_clamps_oom() {
+        let mut c = cfg(&["sh"], &[]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                oom_score_adj: -999,
+                memory_limit_in_bytes: 1 << 26,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let sandbox = SandboxPaths {
+            netns: Some("/run/netns/x".into()),
+            ipcns: Some("/proc/1/ns/ipc".into()),
+            utsns: Some("/proc/1/ns/uts".into()),
+            hostname: "pod".into(),
+            ..Default::default()
+        };
+        let img = image(&[], &[]);
+        let inp = SpecInputs {
+            id: "abc",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            current_oom_score_adj: 0,
+        };
+        let spec = build_spec(&c, &inp).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["process"]["oomScoreAdj"], 0);
+        assert_eq!(json["hostname"], "pod");
+        assert_eq!(json["linux"]["cgroupsPath"], "/cri-shim/abc");
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 1 << 26);
+        let nets: Vec<_> = json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["type"] == "network")
+            .collect();
+        assert_eq!(nets[0]["path"], "/run/netns/x");
+    }
+
+    #[test]
+    fn empty_command_is_an_error() {
+        let img = image(&[], &[]);
+        let sandbox = SandboxPaths::default();
+        let inp = SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            current_oom_score_adj: 0,
+        };
+        assert!(matches!(
+            build_spec(&cfg(&[], &[]), &inp),
+            Err(OciError::NoCommand { .. })
+        ));
+    }
+}

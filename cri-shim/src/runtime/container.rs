@@ -1,0 +1,557 @@
+//! Containers: an overlayfs rootfs over the image's unpacked layers, an OCI
+//! bundle, and a monitor process that runs `runc create`, holds stdio, writes
+//! the CRI log and records the exit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+
+use super::pidfd;
+use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
+use crate::monitor::{ExitRecord, MonitorReport, MonitorSpec, now_ns};
+use crate::oci::{self, SpecInputs};
+use crate::reexec::MONITOR_ARG;
+
+/// Container state as CRI reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Started and not exited.
+    Running,
+    /// Exited (exit record present).
+    Exited,
+    /// The monitor died without recording an exit.
+    Unknown,
+}
+
+/// The persisted container (`<root>/containers/<id>/container.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub(super) id: String,
+    pub(super) sandbox_id: String,
+    pub(super) config: cri::ContainerConfig,
+    /// Sandbox labels/annotations are not needed; its metadata names the pod.
+    pub(super) pod: cri::PodSandboxMetadata,
+    /// Image id the container runs (`sha256:...`).
+    pub(super) image_ref: String,
+    /// Absolute log path, empty if the caller asked for none.
+    pub(super) log_path: PathBuf,
+    pub(super) created_at: i64,
+    pub(super) started_at: Option<i64>,
+    pub(super) monitor_pid: i32,
+    pub(super) pid: i32,
+    /// Signal the image asks to be stopped with.
+    pub(super) stop_signal: Option<String>,
+    /// Set once `runc create` succeeded; a record without it is half-made.
+    pub(super) created: bool,
+}
+
+impl ContainerRecord {
+    fn name(&self) -> String {
+        self.config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn reserved_name(&self) -> String {
+        let m = self.config.metadata.clone().unwrap_or_default();
+        format!(
+            "{}_{}_{}_{}_{}",
+            m.name, self.pod.name, self.pod.namespace, self.pod.uid, m.attempt
+        )
+    }
+}
+
+impl Runtime {
+    /// CreateContainer.
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String, RuntimeError> {
+        let meta = config.metadata.clone().ok_or_else(|| {
+            RuntimeError::InvalidArgument("container config has no metadata".into())
+        })?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "container metadata.name is empty".into(),
+            ));
+        }
+        let sandbox = self.sandbox_record(sandbox_id)?;
+        if !self.effective_state_ready(&sandbox) {
+            return Err(RuntimeError::SandboxNotReady {
+                id: sandbox.id.clone(),
+            });
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        let image =
+            self.inner
+                .images
+                .get(&image_name)
+                .ok_or_else(|| RuntimeError::ImageNotFound {
+                    image: image_name.clone(),
+                })?;
+        let log_dir = sandbox_config
+            .as_ref()
+            .map(|c| c.log_directory.clone())
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| sandbox.config.log_directory.clone());
+        let log_path = if log_dir.is_empty() || config.log_path.is_empty() {
+            PathBuf::new()
+        } else {
+            Path::new(&log_dir).join(&config.log_path)
+        };
+        let id = new_id();
+        let mut record = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            config,
+            pod: sandbox.config.metadata.clone().unwrap_or_default(),
+            image_ref: image.id.clone(),
+            log_path,
+            created_at: now_ns(),
+            started_at: None,
+            monitor_pid: 0,
+            pid: 0,
+            stop_signal: image.config.stop_signal.clone(),
+            created: false,
+        };
+        let name = record.reserved_name();
+        self.reserve_name(&name, &id)?;
+        let span = tracing::info_span!("create_container", container.id = %id, container.name = %meta.name, sandbox.id = %sandbox.id);
+        let _enter = span.enter();
+        match self.set_up_container(&mut record, &sandbox, &image).await {
+            Ok(exit_rx) => {
+                record.created = true;
+                write_json(&self.container_dir(&id).join("container.json"), &record)?;
+                self.inner
+                    .exits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), exit_rx);
+                self.inner
+                    .containers
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), Entry::new(record));
+                tracing::info!("container created");
+                Ok(id)
+            }
+            Err(e) => {
+                self.remove_container_files(&id).await;
+                self.release_name(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn effective_state_ready(&self, sandbox: &super::sandbox::SandboxRecord) -> bool {
+        self.list_pod_sandboxes(Some(cri::PodSandboxFilter {
+            id: sandbox.id.clone(),
+            ..Default::default()
+        }))
+        .map(|l| {
+            l.iter()
+                .any(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+        })
+        .unwrap_or(false)
+    }
+
+    async fn set_up_container(
+        &self,
+        record: &mut ContainerRecord,
+        sandbox: &super::sandbox::SandboxRecord,
+        image: &crate::image::Image,
+    ) -> Result<watch::Receiver<bool>, RuntimeError> {
+        let dir = self.container_dir(&record.id);
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        for d in [&rootfs, &dir.join("upper"), &dir.join("work")] {
+            std::fs::create_dir_all(d).map_err(RuntimeError::io("creating", d))?;
+        }
+        write_json(&dir.join("container.json"), record)?;
+        let layers = self.inner.images.rootfs_layers(image)?;
+        mount_overlay(&layers, &dir.join("upper"), &dir.join("work"), &rootfs)?;
+
+        let read_etc =
+            |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
+        let name = record.name();
+        let user = oci::resolve_user(
+            &name,
+            &record.config,
+            &image.config,
+            &read_etc("passwd"),
+            &read_etc("group"),
+        )?;
+        let paths = self.sandbox_paths(sandbox);
+        let spec = oci::build_spec(
+            &record.config,
+            &SpecInputs {
+                id: &record.id,
+                rootfs: &rootfs,
+                image: &image.config,
+                user,
+                sandbox: &paths,
+                current_oom_score_adj: self.inner.oom_score_adj,
+            },
+        )?;
+        let config_path = bundle.join("config.json");
+        write_json(&config_path, &spec)?;
+
+        let monitor = MonitorSpec {
+            id: record.id.clone(),
+            bundle: bundle.clone(),
+            runtime: self.inner.oci.binary.clone(),
+            runtime_root: self.inner.oci.root.clone(),
+            log_path: (!record.log_path.as_os_str().is_empty()).then(|| record.log_path.clone()),
+            exit_file: dir.join("exit.json"),
+        };
+        let (monitor_pid, pid) = spawn_monitor(&record.id, &monitor).await?;
+        record.monitor_pid = monitor_pid;
+        record.pid = pid;
+        Ok(watch_exit(monitor_pid))
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, entry) = self.container_entry(id)?;
+        let _op = entry.op.lock().await;
+        let record = entry.get();
+        match self.state_of(&record) {
+            ContainerState::Created => {}
+            other => {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "container {id} is {other:?}, not created"
+                )));
+            }
+        }
+        self.inner.oci.start(&id).await?;
+        let record = entry.update(|r| r.started_at = Some(now_ns()));
+        write_json(&self.container_dir(&id).join("container.json"), &record)?;
+        tracing::info!(container.id = %id, container.name = %record.name(), "container started");
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<(), RuntimeError> {
+        let (id, entry) = self.container_entry(id)?;
+        let _op = entry.op.lock().await;
+        let record = entry.get();
+        if matches!(
+            self.state_of(&record),
+            ContainerState::Exited | ContainerState::Unknown
+        ) {
+            return Ok(());
+        }
+        let mut exited = self.exit_receiver(&record);
+        if timeout > 0 {
+            let signal = record
+                .stop_signal
+                .clone()
+                .unwrap_or_else(|| "SIGTERM".into());
+            match self.inner.oci.kill(&id, &signal).await {
+                Err(e) if !(e.is_not_running() || e.is_not_found()) => return Err(e.into()),
+                _ => {}
+            }
+            let wait = exited.wait_for(|done| *done);
+            if tokio::time::timeout(Duration::from_secs(timeout as u64), wait)
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+        match self.inner.oci.kill(&id, "SIGKILL").await {
+            Err(e) if !(e.is_not_running() || e.is_not_found()) => return Err(e.into()),
+            _ => {}
+        }
+        // SIGKILL cannot be ignored; the bound only guards against a wedged runtime.
+        let _ = tokio::time::timeout(Duration::from_secs(10), exited.wait_for(|done| *done)).await;
+        tracing::info!(container.id = %id, "container stopped");
+        Ok(())
+    }
+
+    /// RemoveContainer: kills it if running and removes all its state. Idempotent.
+    pub async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, entry) = match self.container_entry(id) {
+            Ok(found) => found,
+            Err(RuntimeError::ContainerNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_container(&id, 0).await?;
+        let _op = entry.op.lock().await;
+        self.inner.oci.delete(&id).await?;
+        self.remove_container_files(&id).await;
+        self.inner
+            .containers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.inner
+            .exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.release_name(&entry.get().reserved_name());
+        tracing::info!(container.id = %id, "container removed");
+        Ok(())
+    }
+
+    /// Unmounts the rootfs and deletes the container directory (not the log).
+    async fn remove_container_files(&self, id: &str) {
+        let dir = self.container_dir(id);
+        let rootfs = dir.join("bundle").join("rootfs");
+        match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => tracing::warn!(container.id = %id, error = %e, "unmounting rootfs"),
+        }
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(container.id = %id, error = %e, "removing container directory");
+            }
+        }
+    }
+
+    fn exit_receiver(&self, record: &ContainerRecord) -> watch::Receiver<bool> {
+        let mut exits = self.inner.exits.lock().unwrap_or_else(|e| e.into_inner());
+        exits
+            .entry(record.id.clone())
+            .or_insert_with(|| watch_exit(record.monitor_pid))
+            .clone()
+    }
+
+    fn state_of(&self, r: &ContainerRecord) -> ContainerState {
+        if self.exit_record(r).is_some() {
+            ContainerState::Exited
+        } else if !pidfd::alive_with(r.monitor_pid, &r.id) {
+            // Re-check: the monitor may have written the record and exited
+            // between the two looks.
+            if self.exit_record(r).is_some() {
+                ContainerState::Exited
+            } else {
+                ContainerState::Unknown
+            }
+        } else if r.started_at.is_some() {
+            ContainerState::Running
+        } else {
+            ContainerState::Created
+        }
+    }
+
+    fn exit_record(&self, r: &ContainerRecord) -> Option<ExitRecord> {
+        ExitRecord::read(&self.container_dir(&r.id).join("exit.json"))
+    }
+
+    /// ContainerStatus.
+    pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, RuntimeError> {
+        let (_, entry) = self.container_entry(id)?;
+        let r = entry.get();
+        let state = self.state_of(&r);
+        let exit = self.exit_record(&r);
+        let (exit_code, finished_at, reason) = match (&state, &exit) {
+            (ContainerState::Exited, Some(e)) => (
+                e.exit_code,
+                e.finished_at,
+                if e.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                }
+                .to_owned(),
+            ),
+            (ContainerState::Unknown, _) => (255, 0, "Unknown".to_owned()),
+            _ => (0, 0, String::new()),
+        };
+        let image = self.inner.images.get(&r.image_ref);
+        Ok(cri::ContainerStatus {
+            id: r.id.clone(),
+            metadata: r.config.metadata.clone(),
+            state: cri_state(state) as i32,
+            created_at: r.created_at,
+            started_at: r.started_at.unwrap_or(0),
+            finished_at,
+            exit_code,
+            image: r.config.image.clone(),
+            image_ref: image
+                .as_ref()
+                .and_then(|i| i.repo_digests.first().cloned())
+                .unwrap_or_else(|| r.image_ref.clone()),
+            reason,
+            message: String::new(),
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+            mounts: r.config.mounts.clone(),
+            log_path: r.log_path.to_string_lossy().into_owned(),
+            ..Default::default()
+        })
+    }
+
+    /// ListContainers.
+    pub fn list_containers(
+        &self,
+        filter: Option<cri::ContainerFilter>,
+    ) -> Result<Vec<cri::Container>, RuntimeError> {
+        let filter = filter.unwrap_or_default();
+        let entries: Vec<_> = {
+            let map = self
+                .inner
+                .containers
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match super::resolve_prefix(&map, &filter.id) {
+                Ok(Some(id)) => vec![Arc::clone(&map[&id])],
+                Ok(None) if !filter.id.is_empty() => Vec::new(),
+                Err(_) => Vec::new(),
+                Ok(None) => map.values().cloned().collect(),
+            }
+        };
+        Ok(entries
+            .iter()
+            .map(|e| e.get())
+            .filter(|r| {
+                filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
+            })
+            .map(|r| cri::Container {
+                id: r.id.clone(),
+                pod_sandbox_id: r.sandbox_id.clone(),
+                metadata: r.config.metadata.clone(),
+                image: r.config.image.clone(),
+                image_ref: r.image_ref.clone(),
+                state: cri_state(self.state_of(&r)) as i32,
+                created_at: r.created_at,
+                labels: r.config.labels.clone(),
+                annotations: r.config.annotations.clone(),
+                ..Default::default()
+            })
+            .filter(|c| filter.state.as_ref().is_none_or(|f| f.state == c.state))
+            .filter(|c| super::labels_match(&c.labels, &filter.label_selector))
+            .collect())
+    }
+
+    /// Rebuilds the container map from disk; removes half-made containers.
+    pub(super) async fn load_containers(&self) {
+        let dir = self.inner.config.root.join("containers");
+        for id in list_dirs(&dir) {
+            let record = read_json::<ContainerRecord>(&dir.join(&id).join("container.json"));
+            let Some(record) = record.filter(|r| r.created) else {
+                tracing::warn!(container.id = %id, "removing half-made container");
+                let _ = self.inner.oci.delete(&id).await;
+                self.remove_container_files(&id).await;
+                continue;
+            };
+            if let Err(e) = self.reserve_name(&record.reserved_name(), &id) {
+                tracing::warn!(container.id = %id, error = %e, "duplicate container name on disk");
+            }
+            self.inner
+                .containers
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, Entry::new(record));
+        }
+    }
+}
+
+fn cri_state(s: ContainerState) -> cri::ContainerState {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+/// A receiver that turns true when the monitor (and so the container) is gone.
+fn watch_exit(monitor_pid: i32) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        pidfd::wait_exit(monitor_pid).await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn mount_overlay(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RuntimeError> {
+    let lower = layers
+        .iter()
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(":");
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|source| RuntimeError::Mount {
+        op: "mounting overlay rootfs at",
+        path: target.to_owned(),
+        source,
+    })
+}
+
+/// Starts the monitor and waits for its report: `(monitor pid, container pid)`.
+async fn spawn_monitor(id: &str, spec: &MonitorSpec) -> Result<(i32, i32), RuntimeError> {
+    let err = |message: String| RuntimeError::Create {
+        container: id.to_owned(),
+        message,
+    };
+    let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .arg(MONITOR_ARG)
+        .arg(spec_json)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("spawning monitor: {e}")))?;
+    let monitor_pid = child
+        .id()
+        .ok_or_else(|| err("monitor exited at once".into()))? as i32;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| err("no monitor stdout".into()))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let read = reader.read_line(&mut line);
+    let report = match tokio::time::timeout(Duration::from_secs(60), read).await {
+        Ok(Ok(_)) => serde_json::from_str::<MonitorReport>(line.trim())
+            .map_err(|e| err(format!("bad monitor report {line:?}: {e}")))?,
+        Ok(Err(e)) => return Err(err(format!("reading monitor report: {e}"))),
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(err("monitor gave no report within 60s".into()));
+        }
+    };
+    // The monitor must outlive us; tokio reaps it if it exits while we run.
+    drop(child);
+    match report {
+        MonitorReport::Created { pid } => Ok((monitor_pid, pid)),
+        MonitorReport::Failed { message } => Err(err(message)),
+    }
+}

@@ -1,0 +1,375 @@
+//! The runtime: pod sandboxes and containers, their on-disk records, and the
+//! operations the CRI server maps its RPCs to.
+//!
+//! Invariants:
+//! - Every object has a record file under `<root>`; the in-memory maps are a
+//!   cache of those files, rebuilt at start ([`Runtime::open`]).
+//! - Lifecycle operations on one object are serialised by its `op` lock; reads
+//!   (List*, *Status) only take the short `record` lock, so a StopContainer
+//!   waiting out a grace period never blocks a relist.
+//! - A failed RunPodSandbox or CreateContainer undoes what it made before
+//!   returning the error.
+
+mod container;
+mod ocirt;
+mod pidfd;
+mod sandbox;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use container::ContainerState;
+pub use ocirt::{OciRuntime, OciRuntimeError};
+pub use sandbox::SandboxState;
+
+use crate::config::Config;
+use crate::image::{ImageError, ImageStore};
+use crate::oci::OciError;
+
+/// Errors of runtime operations; mapped to gRPC status codes at the server.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No sandbox has this id (or unique id prefix).
+    #[error("pod sandbox {id:?} not found")]
+    SandboxNotFound {
+        /// The id as given.
+        id: String,
+    },
+    /// No container has this id (or unique id prefix).
+    #[error("container {id:?} not found")]
+    ContainerNotFound {
+        /// The id as given.
+        id: String,
+    },
+    /// An id prefix matches more than one object.
+    #[error("id prefix {id:?} is ambiguous")]
+    AmbiguousId {
+        /// The prefix.
+        id: String,
+    },
+    /// The name is reserved by another sandbox or container.
+    #[error("name {name:?} is reserved for {owner:?}")]
+    AlreadyExists {
+        /// The reserved name.
+        name: String,
+        /// Id of the object holding it.
+        owner: String,
+    },
+    /// A required field is missing or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The sandbox is not ready for new containers.
+    #[error("pod sandbox {id:?} is not ready")]
+    SandboxNotReady {
+        /// Sandbox id.
+        id: String,
+    },
+    /// The image is not in the store.
+    #[error("image {image:?} not found")]
+    ImageNotFound {
+        /// Image reference.
+        image: String,
+    },
+    /// The image store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The container config cannot become an OCI spec.
+    #[error(transparent)]
+    Spec(#[from] OciError),
+    /// CNI failed for a sandbox.
+    #[error("pod sandbox {sandbox}: network: {source}")]
+    Network {
+        /// Sandbox id.
+        sandbox: String,
+        /// CNI error.
+        #[source]
+        source: cni_plugins::CniError,
+    },
+    /// The infra process did not come up.
+    #[error("pod sandbox {sandbox}: infra process: {message}")]
+    Infra {
+        /// Sandbox id.
+        sandbox: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The container monitor or `runc create` failed.
+    #[error("container {container}: {message}")]
+    Create {
+        /// Container id.
+        container: String,
+        /// The runtime's message.
+        message: String,
+    },
+    /// The OCI runtime binary failed.
+    #[error(transparent)]
+    OciRuntime(#[from] OciRuntimeError),
+    /// A mount or unmount failed.
+    #[error("{op} {path}: {source}")]
+    Mount {
+        /// What was attempted.
+        op: &'static str,
+        /// Mount point.
+        path: PathBuf,
+        /// Errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let path = path.to_owned();
+        move |source| RuntimeError::Io { op, path, source }
+    }
+}
+
+/// A sandbox or container known to the runtime.
+struct Entry<R> {
+    /// Serialises lifecycle operations on this object.
+    op: tokio::sync::Mutex<()>,
+    /// The record; held only briefly.
+    record: Mutex<R>,
+}
+
+impl<R: Clone> Entry<R> {
+    fn new(record: R) -> Arc<Self> {
+        Arc::new(Self {
+            op: tokio::sync::Mutex::new(()),
+            record: Mutex::new(record),
+        })
+    }
+
+    fn get(&self) -> R {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut R)) -> R {
+        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard);
+        guard.clone()
+    }
+}
+
+/// The runtime; cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    images: ImageStore,
+    cni: cni_plugins::Invoker,
+    oci: OciRuntime,
+    sandboxes: RwLock<HashMap<String, Arc<Entry<sandbox::SandboxRecord>>>>,
+    containers: RwLock<HashMap<String, Arc<Entry<container::ContainerRecord>>>>,
+    /// Exit notifications per container id (true once exited).
+    exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Reserved names (sandbox and container) → owner id.
+    names: Mutex<HashMap<String, String>>,
+    /// oom_score_adj of this process, the floor for containers.
+    oom_score_adj: i32,
+}
+
+/// Persisted as `<dir>/<file>` via a temp file and rename.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
+        op: "encoding",
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    std::fs::write(&tmp, data).map_err(RuntimeError::io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(RuntimeError::io("renaming", path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// 64 hex characters, like containerd's ids.
+fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Finds the unique key with prefix `id`.
+fn resolve_prefix<V>(map: &HashMap<String, V>, id: &str) -> Result<Option<String>, RuntimeError> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if map.contains_key(id) {
+        return Ok(Some(id.to_owned()));
+    }
+    let mut found = map.keys().filter(|k| k.starts_with(id));
+    match (found.next(), found.next()) {
+        (Some(k), None) => Ok(Some(k.clone())),
+        (Some(_), Some(_)) => Err(RuntimeError::AmbiguousId { id: id.to_owned() }),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `labels` match every pair of `selector`.
+pub(crate) fn labels_match(
+    labels: &HashMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+impl Runtime {
+    /// Opens the runtime state under `config.root`, adopting what a previous
+    /// run left (running containers keep running) and removing half-made
+    /// objects.
+    pub async fn open(config: Config) -> Result<Self, RuntimeError> {
+        for dir in ["sandboxes", "containers", "runc", "cni-cache"] {
+            let p = config.root.join(dir);
+            std::fs::create_dir_all(&p).map_err(RuntimeError::io("creating", &p))?;
+        }
+        let images = ImageStore::open(&config.root)?;
+        let cni = cni_plugins::Invoker::new(
+            config.cni_conf_dir.clone(),
+            config.cni_bin_dirs.clone(),
+            config.root.join("cni-cache"),
+        );
+        let oci = OciRuntime {
+            binary: config.oci_runtime.clone(),
+            root: config.root.join("runc"),
+        };
+        let oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                config,
+                images,
+                cni,
+                oci,
+                sandboxes: RwLock::default(),
+                containers: RwLock::default(),
+                exits: Mutex::default(),
+                names: Mutex::default(),
+                oom_score_adj,
+            }),
+        };
+        rt.load_sandboxes().await;
+        rt.load_containers().await;
+        Ok(rt)
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    /// The runtime configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Whether a valid CNI network configuration exists; the error says why not.
+    pub fn network_ready(&self) -> Result<(), cni_plugins::CniError> {
+        self.inner.cni.load_network().map(|_| ())
+    }
+
+    fn reserve_name(&self, name: &str, owner: &str) -> Result<(), RuntimeError> {
+        let mut names = self.inner.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = names.get(name) {
+            return Err(RuntimeError::AlreadyExists {
+                name: name.to_owned(),
+                owner: existing.clone(),
+            });
+        }
+        names.insert(name.to_owned(), owner.to_owned());
+        Ok(())
+    }
+
+    fn release_name(&self, name: &str) {
+        self.inner
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    fn sandbox_entry(
+        &self,
+        id: &str,
+    ) -> Result<(String, Arc<Entry<sandbox::SandboxRecord>>), RuntimeError> {
+        let map = self
+            .inner
+            .sandboxes
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = resolve_prefix(&map, id)?
+            .ok_or_else(|| RuntimeError::SandboxNotFound { id: id.to_owned() })?;
+        let entry = Arc::clone(&map[&key]);
+        Ok((key, entry))
+    }
+
+    fn container_entry(
+        &self,
+        id: &str,
+    ) -> Result<(String, Arc<Entry<container::ContainerRecord>>), RuntimeError> {
+        let map = self
+            .inner
+            .containers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = resolve_prefix(&map, id)?
+            .ok_or_else(|| RuntimeError::ContainerNotFound { id: id.to_owned() })?;
+        let entry = Arc::clone(&map[&key]);
+        Ok((key, entry))
+    }
+
+    fn container_ids_of_sandbox(&self, sandbox_id: &str) -> Vec<String> {
+        let map = self
+            .inner
+            .containers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .filter(|(_, e)| e.get().sandbox_id == sandbox_id)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.root.join("sandboxes").join(id)
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.inner.config.root.join("containers").join(id)
+    }
+}
+
+/// Ids of the directories under `dir` (one per object).
+fn list_dirs(dir: &Path) -> HashSet<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}

@@ -1,0 +1,652 @@
+//! Pod sandboxes: an infra process pinning the namespaces, a bind-mounted
+//! network namespace under `/run/netns`, CNI attachment, and the per-sandbox
+//! `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+
+use super::pidfd;
+use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
+use crate::infra::InfraSpec;
+use crate::monitor::now_ns;
+use crate::reexec::INFRA_ARG;
+
+/// Where sandbox network namespaces are pinned (visible to `ip netns`).
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// Sandbox state as CRI reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    /// Namespaces and network are up.
+    Ready,
+    /// Stopped (or its infra process died).
+    NotReady,
+}
+
+/// The persisted sandbox (`<root>/sandboxes/<id>/sandbox.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub(super) id: String,
+    pub(super) config: cri::PodSandboxConfig,
+    pub(super) created_at: i64,
+    pub(super) state: SandboxState,
+    pub(super) infra_pid: Option<i32>,
+    /// Bind-mounted network namespace; `None` with host networking.
+    pub(super) netns: Option<PathBuf>,
+    /// Pod IPs from CNI, primary first.
+    pub(super) ips: Vec<String>,
+    /// Whether a CNI ADD succeeded and a DEL is still owed.
+    pub(super) network_attached: bool,
+}
+
+impl SandboxRecord {
+    fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+
+    fn namespace_options(&self) -> cri::NamespaceOption {
+        self.config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn host_network(&self) -> bool {
+        self.namespace_options().network == cri::NamespaceMode::Node as i32
+    }
+
+    pub(super) fn host_ipc(&self) -> bool {
+        self.namespace_options().ipc == cri::NamespaceMode::Node as i32
+    }
+
+    /// The name reserved for this sandbox, unique per pod and attempt.
+    pub(super) fn reserved_name(&self) -> String {
+        reserved_name(&self.metadata())
+    }
+
+    pub(super) fn hostname(&self) -> String {
+        if self.config.hostname.is_empty() {
+            self.metadata().name
+        } else {
+            self.config.hostname.clone()
+        }
+    }
+}
+
+fn reserved_name(m: &cri::PodSandboxMetadata) -> String {
+    format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+/// The pinned network namespace path of a sandbox.
+fn netns_path(id: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(format!("cri-shim-{}", &id[..id.len().min(16)]))
+}
+
+impl Runtime {
+    /// RunPodSandbox.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: cri::PodSandboxConfig,
+    ) -> Result<String, RuntimeError> {
+        let meta = config.metadata.clone().ok_or_else(|| {
+            RuntimeError::InvalidArgument("sandbox config has no metadata".into())
+        })?;
+        for (field, value) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if value.is_empty() {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "sandbox metadata.{field} is empty"
+                )));
+            }
+        }
+        let id = new_id();
+        let name = reserved_name(&meta);
+        self.reserve_name(&name, &id)?;
+        let mut record = SandboxRecord {
+            id: id.clone(),
+            config,
+            created_at: now_ns(),
+            state: SandboxState::NotReady,
+            infra_pid: None,
+            netns: None,
+            ips: Vec::new(),
+            network_attached: false,
+        };
+        let span = tracing::info_span!("run_pod_sandbox", sandbox.id = %id, pod.name = %meta.name, pod.namespace = %meta.namespace, pod.uid = %meta.uid);
+        let _enter = span.enter();
+        match self.set_up_sandbox(&mut record).await {
+            Ok(()) => {
+                record.state = SandboxState::Ready;
+                write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
+                self.inner
+                    .sandboxes
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), Entry::new(record));
+                tracing::info!("pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                // Undo whatever was made; the error that matters is the first.
+                let leftovers = self.tear_down_sandbox(&mut record).await;
+                for l in leftovers {
+                    tracing::warn!(error = %l, "cleaning up failed sandbox");
+                }
+                let _ = std::fs::remove_dir_all(self.sandbox_dir(&id));
+                self.release_name(&name);
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up_sandbox(&self, record: &mut SandboxRecord) -> Result<(), RuntimeError> {
+        let id = record.id.clone();
+        let dir = self.sandbox_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("creating", &dir))?;
+        // Write the record early so a crash mid-setup leaves something the
+        // next start can find and clean.
+        write_json(&dir.join("sandbox.json"), record)?;
+        let hostname = record.hostname();
+        let write = |name: &str, content: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, content).map_err(RuntimeError::io("writing", &p))
+        };
+        write("hostname", format!("{hostname}\n"))?;
+        write(
+            "resolv.conf",
+            resolv_conf(record.config.dns_config.as_ref()),
+        )?;
+        write("hosts", hosts_file(&hostname, &[]))?;
+
+        let host_network = record.host_network();
+        let spec = InfraSpec {
+            id: id.clone(),
+            hostname: hostname.clone(),
+            new_net: !host_network,
+            new_ipc: !record.host_ipc(),
+            new_uts: !host_network,
+        };
+        let pid = spawn_infra(&id, &spec).await?;
+        record.infra_pid = Some(pid);
+        write_json(&dir.join("sandbox.json"), record)?;
+
+        if host_network {
+            return Ok(());
+        }
+        let netns = netns_path(&id);
+        bind_netns(pid, &netns)?;
+        record.netns = Some(netns.clone());
+        write_json(&dir.join("sandbox.json"), record)?;
+
+        let net = self
+            .inner
+            .cni
+            .load_network()
+            .map_err(|source| RuntimeError::Network {
+                sandbox: id.clone(),
+                source,
+            })?;
+        let rt = cni_runtime_conf(record, &netns);
+        // Mark before the call: a failed or interrupted ADD still owes a DEL.
+        record.network_attached = true;
+        write_json(&dir.join("sandbox.json"), record)?;
+        let result =
+            self.inner
+                .cni
+                .add(&net, &rt)
+                .await
+                .map_err(|source| RuntimeError::Network {
+                    sandbox: id.clone(),
+                    source,
+                })?;
+        record.ips = result
+            .pod_ips(&rt.ifname)
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        write("hosts", hosts_file(&hostname, &record.ips))?;
+        tracing::info!(ips = ?record.ips, network = %net.name, "pod network attached");
+        Ok(())
+    }
+
+    /// Releases network, infra process and netns; returns what failed and
+    /// keeps going after each failure.
+    async fn tear_down_sandbox(&self, record: &mut SandboxRecord) -> Vec<RuntimeError> {
+        let mut errors = Vec::new();
+        if record.network_attached {
+            let netns = record.netns.clone().unwrap_or_default();
+            let rt = cni_runtime_conf(record, &netns);
+            let net = self.inner.cni.load_network().ok();
+            match self.inner.cni.del(net.as_ref(), &rt).await {
+                Ok(()) => record.network_attached = false,
+                Err(source) => errors.push(RuntimeError::Network {
+                    sandbox: record.id.clone(),
+                    source,
+                }),
+            }
+        }
+        if let Some(pid) = record.infra_pid {
+            if pidfd::alive_with(pid, &record.id) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(5), pidfd::wait_exit(pid)).await;
+            }
+            record.infra_pid = None;
+        }
+        if let Some(netns) = record.netns.clone() {
+            match unmount_and_remove(&netns) {
+                Ok(()) => record.netns = None,
+                Err(e) => errors.push(e),
+            }
+        }
+        errors
+    }
+
+    /// StopPodSandbox: kills the sandbox's containers and releases its
+    /// namespaces and network. Idempotent.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, entry) = match self.sandbox_entry(id) {
+            Ok(found) => found,
+            // Stopping an unknown sandbox is not an error (containerd).
+            Err(RuntimeError::SandboxNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _op = entry.op.lock().await;
+        for cid in self.container_ids_of_sandbox(&id) {
+            self.stop_container(&cid, 0).await?;
+        }
+        let mut record = entry.get();
+        let errors = self.tear_down_sandbox(&mut record).await;
+        record.state = SandboxState::NotReady;
+        entry.update(|r| *r = record.clone());
+        write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// RemovePodSandbox: stops it if needed, removes its containers and all
+    /// its state. Idempotent.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, entry) = match self.sandbox_entry(id) {
+            Ok(found) => found,
+            Err(RuntimeError::SandboxNotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(&id).await?;
+        let _op = entry.op.lock().await;
+        for cid in self.container_ids_of_sandbox(&id) {
+            self.remove_container(&cid).await?;
+        }
+        let dir = self.sandbox_dir(&id);
+        std::fs::remove_dir_all(&dir)
+            .or_else(ignore_not_found)
+            .map_err(RuntimeError::io("removing", &dir))?;
+        self.inner
+            .sandboxes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.release_name(&entry.get().reserved_name());
+        tracing::info!(sandbox.id = %id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// PodSandboxStatus.
+    pub fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus, RuntimeError> {
+        let (_, entry) = self.sandbox_entry(id)?;
+        Ok(self.sandbox_status(&entry.get()))
+    }
+
+    fn effective_state(&self, r: &SandboxRecord) -> SandboxState {
+        match (r.state, r.infra_pid) {
+            (SandboxState::Ready, Some(pid)) if pidfd::alive_with(pid, &r.id) => {
+                SandboxState::Ready
+            }
+            _ => SandboxState::NotReady,
+        }
+    }
+
+    fn sandbox_status(&self, r: &SandboxRecord) -> cri::PodSandboxStatus {
+        let state = match self.effective_state(r) {
+            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+            SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+        };
+        let ns = r.namespace_options();
+        cri::PodSandboxStatus {
+            id: r.id.clone(),
+            metadata: r.config.metadata.clone(),
+            state: state as i32,
+            created_at: r.created_at,
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: r.ips.first().cloned().unwrap_or_default(),
+                additional_ips: r
+                    .ips
+                    .iter()
+                    .skip(1)
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace { options: Some(ns) }),
+            }),
+            labels: r.config.labels.clone(),
+            annotations: r.config.annotations.clone(),
+            runtime_handler: String::new(),
+        }
+    }
+
+    /// ListPodSandbox.
+    pub fn list_pod_sandboxes(
+        &self,
+        filter: Option<cri::PodSandboxFilter>,
+    ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
+        let filter = filter.unwrap_or_default();
+        let entries: Vec<_> = {
+            let map = self
+                .inner
+                .sandboxes
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match super::resolve_prefix(&map, &filter.id) {
+                Ok(Some(id)) => vec![Arc::clone(&map[&id])],
+                Ok(None) if !filter.id.is_empty() => Vec::new(),
+                Err(_) => Vec::new(),
+                Ok(None) => map.values().cloned().collect(),
+            }
+        };
+        Ok(entries
+            .iter()
+            .map(|e| e.get())
+            .map(|r| {
+                let state = match self.effective_state(&r) {
+                    SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+                    SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+                };
+                cri::PodSandbox {
+                    id: r.id.clone(),
+                    metadata: r.config.metadata.clone(),
+                    state: state as i32,
+                    created_at: r.created_at,
+                    labels: r.config.labels.clone(),
+                    annotations: r.config.annotations.clone(),
+                    runtime_handler: String::new(),
+                }
+            })
+            .filter(|s| filter.state.as_ref().is_none_or(|f| f.state == s.state))
+            .filter(|s| super::labels_match(&s.labels, &filter.label_selector))
+            .collect())
+    }
+
+    /// Paths and settings a container of this sandbox needs.
+    pub(super) fn sandbox_paths(&self, r: &SandboxRecord) -> crate::oci::SandboxPaths {
+        let dir = self.sandbox_dir(&r.id);
+        let pid = r.infra_pid.unwrap_or(0);
+        let host_network = r.host_network();
+        crate::oci::SandboxPaths {
+            netns: r.netns.clone(),
+            ipcns: (!r.host_ipc()).then(|| PathBuf::from(format!("/proc/{pid}/ns/ipc"))),
+            utsns: (!host_network).then(|| PathBuf::from(format!("/proc/{pid}/ns/uts"))),
+            hosts: Some(if host_network {
+                PathBuf::from("/etc/hosts")
+            } else {
+                dir.join("hosts")
+            }),
+            resolv_conf: Some(dir.join("resolv.conf")),
+            hostname_file: Some(dir.join("hostname")),
+            hostname: r.hostname(),
+            cgroup_parent: r
+                .config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(super) fn sandbox_record(&self, id: &str) -> Result<SandboxRecord, RuntimeError> {
+        Ok(self.sandbox_entry(id)?.1.get())
+    }
+
+    /// Rebuilds the sandbox map from disk; removes half-made sandboxes.
+    pub(super) async fn load_sandboxes(&self) {
+        let dir = self.inner.config.root.join("sandboxes");
+        for id in list_dirs(&dir) {
+            let Some(mut record) = read_json::<SandboxRecord>(&dir.join(&id).join("sandbox.json"))
+            else {
+                tracing::warn!(sandbox.id = %id, "removing sandbox directory without a record");
+                let _ = std::fs::remove_dir_all(dir.join(&id));
+                continue;
+            };
+            if record.state == SandboxState::NotReady && record.infra_pid.is_some() {
+                // Crashed during RunPodSandbox: the caller never got the id.
+                tracing::warn!(sandbox.id = %id, "removing sandbox that was never completed");
+                for e in self.tear_down_sandbox(&mut record).await {
+                    tracing::warn!(sandbox.id = %id, error = %e, "cleaning up half-made sandbox");
+                }
+                let _ = std::fs::remove_dir_all(dir.join(&id));
+                continue;
+            }
+            if let Err(e) = self.reserve_name(&record.reserved_name(), &id) {
+                tracing::warn!(sandbox.id = %id, error = %e, "duplicate sandbox name on disk");
+            }
+            self.inner
+                .sandboxes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, Entry::new(record));
+        }
+    }
+}
+
+fn ignore_not_found(e: std::io::Error) -> std::io::Result<()> {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+fn cni_runtime_conf(r: &SandboxRecord, netns: &Path) -> cni_plugins::RuntimeConf {
+    let m = r.metadata();
+    let mut capability_args = serde_json::Map::new();
+    let port_mappings: Vec<serde_json::Value> = r
+        .config
+        .port_mappings
+        .iter()
+        .filter(|p| p.host_port > 0)
+        .map(|p| {
+            let protocol = match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            };
+            serde_json::json!({
+                "hostPort": p.host_port,
+                "containerPort": p.container_port,
+                "protocol": protocol,
+                "hostIP": p.host_ip,
+            })
+        })
+        .collect();
+    if !port_mappings.is_empty() {
+        capability_args.insert("portMappings".into(), port_mappings.into());
+    }
+    cni_plugins::RuntimeConf {
+        container_id: r.id.clone(),
+        netns: netns.to_owned(),
+        ifname: "eth0".into(),
+        args: vec![
+            ("IgnoreUnknown".into(), "1".into()),
+            ("K8S_POD_NAMESPACE".into(), m.namespace),
+            ("K8S_POD_NAME".into(), m.name),
+            ("K8S_POD_INFRA_CONTAINER_ID".into(), r.id.clone()),
+            ("K8S_POD_UID".into(), m.uid),
+        ],
+        capability_args,
+    }
+}
+
+/// Starts the infra process and waits for it to report readiness.
+async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
+    let err = |message: String| RuntimeError::Infra {
+        sandbox: id.to_owned(),
+        message,
+    };
+    let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .arg(INFRA_ARG)
+        .arg(spec_json)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("spawning: {e}")))?;
+    let pid = child.id().ok_or_else(|| err("exited at once".into()))? as i32;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| err("no stdout pipe".into()))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    let read = reader.read_line(&mut line);
+    match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(_)) if line.trim() == "ready" => {}
+        Ok(_) => {
+            let _ = child.kill().await;
+            return Err(err(format!("did not start: {}", line.trim())));
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(err("no readiness report within 10s".into()));
+        }
+    }
+    // The infra process must outlive us; tokio reaps it if it exits while we run.
+    drop(child);
+    Ok(pid)
+}
+
+/// Pins the network namespace of `pid` at `path`.
+fn bind_netns(pid: i32, path: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(NETNS_DIR)
+        .map_err(RuntimeError::io("creating", Path::new(NETNS_DIR)))?;
+    std::fs::File::create(path).map_err(RuntimeError::io("creating", path))?;
+    let source = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    nix::mount::mount(
+        Some(&source),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| RuntimeError::Mount {
+        op: "bind-mounting netns at",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn unmount_and_remove(path: &Path) -> Result<(), RuntimeError> {
+    match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(source) => {
+            return Err(RuntimeError::Mount {
+                op: "unmounting",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    std::fs::remove_file(path)
+        .or_else(ignore_not_found)
+        .map_err(RuntimeError::io("removing", path))
+}
+
+/// `/etc/resolv.conf` from the CRI DNS config, or the host's when none is given.
+fn resolv_conf(dns: Option<&cri::DnsConfig>) -> String {
+    match dns {
+        Some(d) if !(d.servers.is_empty() && d.searches.is_empty() && d.options.is_empty()) => {
+            let mut out = String::new();
+            if !d.searches.is_empty() {
+                out.push_str(&format!("search {}\n", d.searches.join(" ")));
+            }
+            for s in &d.servers {
+                out.push_str(&format!("nameserver {s}\n"));
+            }
+            if !d.options.is_empty() {
+                out.push_str(&format!("options {}\n", d.options.join(" ")));
+            }
+            out
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    }
+}
+
+fn hosts_file(hostname: &str, ips: &[String]) -> String {
+    let mut out = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    for ip in ips {
+        out.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_from_dns_config() {
+        let d = cri::DnsConfig {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&d)),
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+    }
+
+    #[test]
+    fn hosts_file_names_pod_ips() {
+        let h = hosts_file("web", &["10.88.0.5".into()]);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(h.ends_with("10.88.0.5\tweb\n"));
+    }
+
+    #[test]
+    fn netns_path_is_short_and_unique_per_id() {
+        let a = netns_path(&"a".repeat(64));
+        assert_eq!(a, Path::new("/run/netns/cri-shim-aaaaaaaaaaaaaaaa"));
+    }
+
+    #[test]
+    fn reserved_name_includes_attempt() {
+        let m = cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "u".into(),
+            namespace: "default".into(),
+            attempt: 2,
+        };
+        assert_eq!(reserved_name(&m), "web_default_u_2");
+    }
+}
