@@ -1,1 +1,2 @@
 //! End-to-end test fixtures.
+pub mod image;
