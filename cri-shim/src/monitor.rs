@@ -199,10 +199,10 @@ fn run(spec: &MonitorSpec) -> i32 {
             let _ = p.join();
         }
     }
-    if let Ok(mut guard) = log.lock() {
-        if let Some(f) = guard.as_mut() {
-            let _ = f.flush();
-        }
+    if let Ok(mut guard) = log.lock()
+        && let Some(f) = guard.as_mut()
+    {
+        let _ = f.flush();
     }
     write_exit(&spec.exit_file, &exit);
     0
@@ -234,11 +234,11 @@ fn pump(fd: OwnedFd, stream: Stream, log: &Mutex<Option<File>>) {
             return;
         }
         let ts = now_rfc3339_nano();
-        if let Ok(mut guard) = log.lock() {
-            if let Some(f) = guard.as_mut() {
-                for r in &records {
-                    let _ = write_record(f, &ts, r);
-                }
+        if let Ok(mut guard) = log.lock()
+            && let Some(f) = guard.as_mut()
+        {
+            for r in &records {
+                let _ = write_record(f, &ts, r);
             }
         }
     };
@@ -288,10 +288,10 @@ fn reap_until_exit(init: Pid) -> ExitRecord {
 
 fn write_exit(path: &Path, exit: &ExitRecord) {
     let tmp = path.with_extension("tmp");
-    if let Ok(data) = serde_json::to_vec(exit) {
-        if std::fs::write(&tmp, data).is_ok() {
-            let _ = std::fs::rename(&tmp, path);
-        }
+    if let Ok(data) = serde_json::to_vec(exit)
+        && std::fs::write(&tmp, data).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, path);
     }
 }
 

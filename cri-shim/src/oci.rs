@@ -212,10 +212,11 @@ pub fn resolve_user(
     let mut additional_gids: Vec<u32> = Vec::new();
     if let Some(name) = name {
         for f in group.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
-            if f.len() >= 4 && f[3].split(',').any(|m| m == name) {
-                if let Ok(g) = f[2].parse() {
-                    additional_gids.push(g);
-                }
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m == name)
+                && let Ok(g) = f[2].parse()
+            {
+                additional_gids.push(g);
             }
         }
     }

@@ -319,10 +319,10 @@ impl Runtime {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => tracing::warn!(container.id = %id, error = %e, "unmounting rootfs"),
         }
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(container.id = %id, error = %e, "removing container directory");
-            }
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(container.id = %id, error = %e, "removing container directory");
         }
     }
 
