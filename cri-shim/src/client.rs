@@ -40,5 +40,8 @@ pub async fn connect(endpoint: &str) -> Result<Channel, ConnectError> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
         }))
         .await
-        .map_err(|source| ConnectError::Connect { endpoint: endpoint.to_owned(), source })
+        .map_err(|source| ConnectError::Connect {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
 }
