@@ -1,0 +1,478 @@
+//! cri-shim over its CRI socket: a sandbox with a real network namespace and
+//! CNI (reference plugins), containers run by runc, CRI-format logs, stop with
+//! SIGKILL escalation, AlreadyExists/NotFound, survival of a cri-shim restart,
+//! and nothing left behind after RemovePodSandbox.
+//!
+//! Needs root; when not root every trial is reported as ignored, by name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use e2e::harness::{self, CniNetwork, CriClient, TestImages, read_cri_log};
+use k8s_cri::v1 as cri;
+use libtest_mimic::{Arguments, Trial};
+
+/// A cri-shim process with its own root, socket and network.
+struct CriShim {
+    child: Child,
+    root: PathBuf,
+    endpoint: String,
+    conf_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl CriShim {
+    fn start(dir: &Path, net: &CniNetwork) -> anyhow::Result<Self> {
+        let root = dir.join("root");
+        let images = TestImages::get()?;
+        let bin = harness::binary("cri-shim")?;
+        let status = Command::new(&bin)
+            .arg("--root")
+            .arg(&root)
+            .arg("import")
+            .arg(images.busybox())
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "cri-shim import failed");
+        let socket = dir.join("cri.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        let mut shim = CriShim {
+            child: Command::new("true").spawn()?,
+            root,
+            endpoint,
+            conf_dir: net.conf_dir.clone(),
+            log: dir.join("cri-shim.log"),
+        };
+        shim.restart()?;
+        Ok(shim)
+    }
+
+    /// (Re)starts the server process and waits for its socket.
+    fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.wait();
+        let socket = harness_socket(&self.endpoint);
+        // A killed server leaves its socket file; wait for the new one.
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.child = Command::new(harness::binary("cri-shim")?)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--listen")
+            .arg(&self.endpoint)
+            .arg("--cni-conf-dir")
+            .arg(&self.conf_dir)
+            .arg("--cni-bin-dir")
+            .arg("/usr/lib/cni")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let start = Instant::now();
+        while !socket.exists() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "cri-shim socket did not appear"
+            );
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "cri-shim exited with {status}: {}",
+                    harness::tail(&self.log, 20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    async fn client(&self) -> anyhow::Result<CriClient> {
+        harness::cri_client(&self.endpoint).await
+    }
+}
+
+impl Drop for CriShim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn harness_socket(endpoint: &str) -> PathBuf {
+    PathBuf::from(endpoint.trim_start_matches("unix://"))
+}
+
+fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("io.kubernetes.container.name".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+async fn status(cri: &mut CriClient, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    harness::container_status(cri, id).await
+}
+
+async fn wait_state(
+    cri: &mut CriClient,
+    id: &str,
+    state: cri::ContainerState,
+) -> anyhow::Result<cri::ContainerStatus> {
+    harness::wait_until(
+        &format!("container {id} is {state:?}"),
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            let s = status(cri, id).await?;
+            Ok((s.state == state as i32).then_some(s))
+        },
+    )
+    .await
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn sandbox_lifecycle() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("cri-shim-e2e-").tempdir()?;
+    let net = CniNetwork::create(dir.path(), 201)?;
+    let mut shim = CriShim::start(dir.path(), &net)?;
+    let mut cri = shim.client().await?;
+    let log_dir = dir.path().join("logs");
+
+    let version = cri
+        .version(cri::VersionRequest::default())
+        .await?
+        .into_inner();
+    ensure!(version.runtime_name == "cri-shim" && version.runtime_api_version == "v1");
+    let st = cri
+        .status(cri::StatusRequest::default())
+        .await?
+        .into_inner();
+    let conditions = st.status.context("no status")?.conditions;
+    ensure!(
+        conditions.iter().all(|c| c.status),
+        "runtime not ready: {conditions:?}"
+    );
+
+    let config = sandbox_config("lifecycle", &log_dir);
+    let sandbox_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let dup = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await;
+    ensure!(
+        matches!(&dup, Err(s) if s.code() == tonic::Code::AlreadyExists),
+        "second RunPodSandbox of the same pod: {dup:?}"
+    );
+    let sb = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no sandbox status")?;
+    let ip = sb.network.context("no network status")?.ip;
+    ensure!(
+        ip.starts_with("10.91.201."),
+        "pod IP {ip:?} not in {}",
+        net.subnet
+    );
+    ensure!(
+        net.veths()?.len() == 1,
+        "expected one veth on {}",
+        net.bridge
+    );
+
+    // A container that writes to both streams and ignores SIGTERM (pid 1).
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(container_config(
+                "talker",
+                "echo hello; echo oops >&2; hostname; exec sleep 300",
+            )),
+            sandbox_config: Some(config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    ensure!(status(&mut cri, &id).await?.state == cri::ContainerState::ContainerCreated as i32);
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    wait_state(&mut cri, &id, cri::ContainerState::ContainerRunning).await?;
+    let log_path = log_dir.join("talker/0.log");
+    let lines = harness::wait_until(
+        "the log has three lines",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            let lines = read_cri_log(&log_path)?;
+            Ok((lines.len() >= 3).then_some(lines))
+        },
+    )
+    .await?;
+    let text: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| (format!("{:?}", l.stream), l.content.clone()))
+        .collect();
+    ensure!(
+        text.contains(&("Stdout".into(), "hello".into())),
+        "log: {text:?}"
+    );
+    ensure!(
+        text.contains(&("Stderr".into(), "oops".into())),
+        "log: {text:?}"
+    );
+    ensure!(
+        text.contains(&("Stdout".into(), "lifecycle".into())),
+        "hostname not set: {text:?}"
+    );
+
+    // Survives a kill -9 of the runtime and is adopted by the next one.
+    let pid_before = status(&mut cri, &id).await?.started_at;
+    shim.kill9();
+    shim.restart()?;
+    let mut cri = shim.client().await?;
+    let after = status(&mut cri, &id).await?;
+    ensure!(
+        after.state == cri::ContainerState::ContainerRunning as i32,
+        "not running after restart"
+    );
+    ensure!(after.started_at == pid_before, "container was restarted");
+
+    // SIGTERM is ignored by pid 1 without a handler: StopContainer escalates.
+    let t = Instant::now();
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 1,
+    })
+    .await?;
+    ensure!(
+        t.elapsed() >= Duration::from_secs(1),
+        "stop did not wait for the grace period"
+    );
+    let stopped = status(&mut cri, &id).await?;
+    ensure!(stopped.state == cri::ContainerState::ContainerExited as i32);
+    ensure!(
+        stopped.exit_code == 137,
+        "exit code {} (want 137 = SIGKILL)",
+        stopped.exit_code
+    );
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 1,
+    })
+    .await?;
+
+    // Exit codes and reasons.
+    let failing = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(container_config("failing", "exit 3")),
+            sandbox_config: Some(config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: failing.clone(),
+    })
+    .await?;
+    let exited = wait_state(&mut cri, &failing, cri::ContainerState::ContainerExited).await?;
+    ensure!(
+        exited.exit_code == 3 && exited.reason == "Error",
+        "{exited:?}"
+    );
+    ensure!(exited.finished_at >= exited.started_at && exited.started_at > 0);
+
+    let missing = cri
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "nope".into(),
+            verbose: false,
+        })
+        .await;
+    ensure!(matches!(missing, Err(s) if s.code() == tonic::Code::NotFound));
+
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox_id.clone(),
+    })
+    .await?;
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id.clone(),
+    })
+    .await?;
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id.clone(),
+    })
+    .await?;
+    ensure!(
+        harness::list_sandboxes(&mut cri, None).await?.is_empty(),
+        "sandbox still listed"
+    );
+    ensure!(
+        harness::list_containers(&mut cri, None).await?.is_empty(),
+        "containers still listed"
+    );
+    ensure!(net.veths()?.is_empty(), "veth left on {}", net.bridge);
+    let netns_left: Vec<_> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(&sandbox_id[..16]))
+        .collect();
+    ensure!(netns_left.is_empty(), "netns left: {netns_left:?}");
+    ensure!(
+        mounts_under(dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir.path())
+    );
+    Ok(())
+}
+
+async fn bad_input_leaves_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("cri-shim-e2e-").tempdir()?;
+    let net = CniNetwork::create(dir.path(), 202)?;
+    let shim = CriShim::start(dir.path(), &net)?;
+    let mut cri = shim.client().await?;
+    let config = sandbox_config("badinput", &dir.path().join("logs"));
+    let sandbox_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("noimage", "true");
+    c.image = Some(cri::ImageSpec {
+        image: "docker.io/library/absent:1".into(),
+        ..Default::default()
+    });
+    let r = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(c),
+            sandbox_config: None,
+        })
+        .await;
+    ensure!(
+        matches!(&r, Err(s) if s.code() == tonic::Code::NotFound && s.message().contains("absent")),
+        "{r:?}"
+    );
+    let mut c = container_config("badmount", "true");
+    c.mounts = vec![cri::Mount {
+        container_path: "/x".into(),
+        host_path: "/does/not/exist".into(),
+        ..Default::default()
+    }];
+    let r = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(c),
+            sandbox_config: None,
+        })
+        .await;
+    ensure!(r.is_err(), "a mount of a missing host path was accepted");
+    ensure!(
+        harness::list_containers(&mut cri, None).await?.is_empty(),
+        "a failed create left a container"
+    );
+    let containers_dir = shim.root.join("containers");
+    let left = std::fs::read_dir(&containers_dir)?.count();
+    ensure!(
+        left == 0,
+        "{left} container directories left in {}",
+        containers_dir.display()
+    );
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id,
+    })
+    .await?;
+    ensure!(
+        mounts_under(dir.path()).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir.path())
+    );
+    Ok(())
+}
+
+fn trial(
+    name: &'static str,
+    f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
+) -> Trial {
+    let root = harness::is_root();
+    Trial::test(name, move || {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        rt.block_on(f()).map_err(|e| format!("{e:#}").into())
+    })
+    .with_ignored_flag(!root)
+    .with_kind(if root { "" } else { "needs root" })
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let trials = vec![
+        trial("cri_shim_sandbox_and_container_lifecycle", || {
+            Box::pin(sandbox_lifecycle())
+        }),
+        trial("cri_shim_bad_input_leaves_nothing", || {
+            Box::pin(bad_input_leaves_nothing())
+        }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
