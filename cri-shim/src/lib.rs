@@ -47,6 +47,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How long shutdown waits for in-flight CRI calls.
+pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves CRI v1 on `config.listen` until `cancel` fires. Containers keep
 /// running when it returns.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), ServeError> {
@@ -67,7 +70,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
     let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
     tracing::info!(socket = %path.display(), root = %config.root.display(), "cri-shim serving CRI v1");
     let images = image::ImageService::new(runtime.images().clone(), config.root.clone());
-    let result = tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(server::RuntimeServer::new(
             runtime,
         )))
@@ -75,8 +78,22 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             cancel.cancelled(),
-        )
-        .await;
+        );
+    // Graceful shutdown waits for in-flight calls, and a StopContainer may be
+    // sitting out a long grace period. Bound the drain: containers outlive
+    // the server anyway, and whatever a cut-short call left half-made is
+    // cleaned up when the runtime state is opened next time.
+    let drain_deadline = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = drain_deadline => {
+            tracing::warn!(drain = ?SHUTDOWN_DRAIN, "in-flight CRI calls cut short at shutdown");
+            Ok(())
+        }
+    };
     let _ = std::fs::remove_file(&path);
     Ok(result?)
 }
