@@ -1,2 +1,3 @@
 //! End-to-end test fixtures.
+pub mod harness;
 pub mod image;

@@ -1,1 +1,378 @@
-fn main() {}
+//! End-to-end trials: the real `kubelet` binary runs static pods with real
+//! runc, overlayfs, network namespaces and the reference CNI plugins, on its
+//! embedded cri-shim or on a private containerd, observed through the CRI, over
+//! HTTP and in the log files.
+//!
+//! Each trial brings up its own node (temp dir, node name, bridge, subnet,
+//! runtime), so trials run in parallel, and tears it down even when it fails;
+//! a teardown that leaves anything behind fails the trial. Without root every
+//! trial is reported as ignored ("needs root"), never as passed.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use e2e::harness::{
+    self, BUSYBOX_HTTPD_IMAGE, BUSYBOX_IMAGE, HTTPD_INDEX_TEXT, LogStream, Node, RuntimeKind,
+    container_status, list_containers, list_sandboxes, pod_log_path, read_cri_log, restart_count,
+    running_pod,
+};
+use k8s_cri::v1::ContainerState;
+use libtest_mimic::{Arguments, Completion, Trial};
+
+type TrialFn = fn() -> anyhow::Result<()>;
+
+const TRIALS: &[(&str, TrialFn)] = &[
+    (
+        "static_pod_web_embedded_runtime",
+        static_pod_web_embedded_runtime,
+    ),
+    ("static_pod_web_containerd", static_pod_web_containerd),
+    ("manifest_edit_replaces_pod", manifest_edit_replaces_pod),
+    ("manifest_delete_removes_pod", manifest_delete_removes_pod),
+    (
+        "restart_policy_always_restarts",
+        restart_policy_always_restarts,
+    ),
+    (
+        "restart_policy_never_does_not",
+        restart_policy_never_does_not,
+    ),
+    (
+        "malformed_manifest_next_to_good_one",
+        malformed_manifest_next_to_good_one,
+    ),
+];
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = harness::is_root();
+    if !root {
+        eprintln!(
+            "e2e: not running as root (euid {}): the end-to-end trials need root and are \
+             reported as ignored",
+            nix::unistd::geteuid()
+        );
+    }
+    let trials = TRIALS
+        .iter()
+        .map(|&(name, run)| privileged(name, run, root))
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A trial that needs root: ignored (with the reason "needs root") without
+/// it, also when ignored trials are requested explicitly.
+fn privileged(name: &str, run: TrialFn, root: bool) -> Trial {
+    let trial = Trial::ignorable_test(name, move || {
+        if !harness::is_root() {
+            return Ok(Completion::ignored_with("needs root"));
+        }
+        run()
+            .map(|()| Completion::Completed)
+            .map_err(|e| report(&e).into())
+    });
+    if root {
+        trial
+    } else {
+        trial.with_ignored_flag(true).with_kind("needs root")
+    }
+}
+
+/// An error and its causes, one per line (without a backtrace).
+fn report(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let _ = write!(text, "\n  caused by: {cause}");
+    }
+    text
+}
+
+/// Brings up a node, runs `body` against it and tears the node down. A
+/// failure report carries the logs; an unclean teardown fails the trial too.
+fn on_node(
+    runtime: RuntimeKind,
+    body: impl AsyncFnOnce(&Node) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the trial's tokio runtime")?;
+    tokio.block_on(async {
+        let node = Node::start(runtime).await.context("bringing up the node")?;
+        let outcome = body(&node).await;
+        let (teardown, diagnostics) = node.shutdown_with_logs().await;
+        if outcome.is_ok() && teardown.is_ok() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        if let Err(e) = &outcome {
+            let _ = writeln!(text, "{}", report(e));
+        }
+        if let Err(e) = &teardown {
+            let _ = writeln!(text, "{}", report(e));
+        }
+        text.push_str(&diagnostics);
+        Err(anyhow::Error::msg(text))
+    })
+}
+
+/// Pod termination: a shell or httpd as PID 1 ignores SIGTERM (no handler),
+/// so keep the grace period short; teardown then takes seconds, not 30.
+const GRACE_SECONDS: u32 = 2;
+
+fn web_manifest(extra_label: Option<(&str, &str)>) -> String {
+    let extra = extra_label
+        .map(|(k, v)| format!("\n    {k}: \"{v}\""))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels:
+    app: web{extra}
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: web
+      image: {BUSYBOX_HTTPD_IMAGE}
+      imagePullPolicy: IfNotPresent
+      ports:
+        - containerPort: 80
+"#
+    )
+}
+
+fn busybox_manifest(pod: &str, restart_policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {pod}
+spec:
+  restartPolicy: {restart_policy}
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", {script:?}]
+"#
+    )
+}
+
+async fn get_index_page(node: &Node, ip: IpAddr) -> anyhow::Result<String> {
+    node.wait_until(&format!("http://{ip}/ answers"), async || {
+        let response = harness::http_get(ip, 80, "/", Duration::from_secs(3))?;
+        ensure!(
+            response.status == 200,
+            "status {}: {}",
+            response.status,
+            response.body
+        );
+        Ok(Some(response.body))
+    })
+    .await
+}
+
+fn static_pod_web_embedded_runtime() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, web_pod_serves_and_logs)
+}
+
+fn static_pod_web_containerd() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Containerd, web_pod_serves_and_logs)
+}
+
+/// The web pod runs, answers HTTP on its pod IP, and its log file holds the
+/// request httpd logged to stderr, in the CRI format.
+async fn web_pod_serves_and_logs(node: &Node) -> anyhow::Result<()> {
+    node.kubelet
+        .write_manifest("web.yaml", &web_manifest(None))?;
+    let mut cri = node.cri().await?;
+    let pod = node.wait_for_running_pod(&mut cri, "web", &["web"]).await?;
+    ensure!(
+        pod.namespace == "default",
+        "pod namespace label is {:?}",
+        pod.namespace
+    );
+
+    let body = get_index_page(node, pod.ip).await?;
+    ensure!(
+        body.contains(HTTPD_INDEX_TEXT),
+        "unexpected index page: {body:?}"
+    );
+
+    let log = pod_log_path("default", &node.kubelet.pod_name("web"), &pod.uid, "web", 0);
+    node.wait_until(
+        &format!("httpd's request log reaches {}", log.display()),
+        async || {
+            let logged = read_cri_log(&log)?.iter().any(|line| {
+                line.stream == LogStream::Stderr && line.content.contains("response:200")
+            });
+            Ok(logged.then_some(()))
+        },
+    )
+    .await
+}
+
+fn manifest_edit_replaces_pod() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, async |node| {
+        let pod_name = node.kubelet.pod_name("web");
+        let mut cri = node.cri().await?;
+        node.kubelet
+            .write_manifest("web.yaml", &web_manifest(None))?;
+        let first = node.wait_for_running_pod(&mut cri, "web", &["web"]).await?;
+
+        node.kubelet
+            .write_manifest("web.yaml", &web_manifest(Some(("edited", "yes"))))?;
+        let second = node
+            .wait_until("the edited pod runs with a new UID", async || {
+                let pod = running_pod(&mut cri, &pod_name, &["web"]).await?;
+                Ok(pod.filter(|pod| pod.uid != first.uid))
+            })
+            .await?;
+        ensure!(
+            second.sandbox_id != first.sandbox_id,
+            "the sandbox was not replaced"
+        );
+
+        node.wait_until("the old sandbox and its containers are gone", async || {
+            let sandboxes = list_sandboxes(&mut cri, Some(&pod_name)).await?;
+            let containers = list_containers(&mut cri, Some(&pod_name)).await?;
+            let old_left = sandboxes.iter().any(|s| s.id == first.sandbox_id)
+                || containers
+                    .iter()
+                    .any(|c| c.pod_sandbox_id == first.sandbox_id);
+            Ok((!old_left).then_some(()))
+        })
+        .await?;
+        get_index_page(node, second.ip).await?;
+        Ok(())
+    })
+}
+
+fn manifest_delete_removes_pod() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, async |node| {
+        let pod_name = node.kubelet.pod_name("web");
+        let mut cri = node.cri().await?;
+        node.kubelet
+            .write_manifest("web.yaml", &web_manifest(None))?;
+        node.wait_for_running_pod(&mut cri, "web", &["web"]).await?;
+        ensure!(
+            !node.network.veths()?.is_empty(),
+            "the pod has no veth on the test bridge"
+        );
+
+        node.kubelet.remove_manifest("web.yaml")?;
+        node.wait_until("the pod's sandbox and containers are removed", async || {
+            let sandboxes = list_sandboxes(&mut cri, Some(&pod_name)).await?;
+            let containers = list_containers(&mut cri, Some(&pod_name)).await?;
+            Ok((sandboxes.is_empty() && containers.is_empty()).then_some(()))
+        })
+        .await?;
+        let veths = node.network.veths()?;
+        ensure!(
+            veths.is_empty(),
+            "veths left on the bridge after the pod was removed: {veths:?}"
+        );
+        Ok(())
+    })
+}
+
+/// Runs briefly and fails.
+const CRASHING_SCRIPT: &str = "echo run; sleep 1; exit 3";
+
+fn restart_policy_always_restarts() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, async |node| {
+        let manifest = busybox_manifest("crash", "Always", CRASHING_SCRIPT);
+        node.kubelet.write_manifest("crash.yaml", &manifest)?;
+        let pod_name = node.kubelet.pod_name("crash");
+        let mut cri = node.cri().await?;
+        let restarted = node
+            .wait_until("the container was restarted", async || {
+                let containers = list_containers(&mut cri, Some(&pod_name)).await?;
+                Ok(containers.into_iter().find(|c| restart_count(c) >= 1))
+            })
+            .await?;
+
+        // The first run logged to 0.log before it exited.
+        let uid = restarted
+            .labels
+            .get(harness::LABEL_POD_UID)
+            .context("container has no pod UID label")?;
+        let log = pod_log_path("default", &pod_name, uid, "main", 0);
+        let lines = read_cri_log(&log)?;
+        ensure!(
+            lines
+                .iter()
+                .any(|line| line.stream == LogStream::Stdout && line.content == "run"),
+            "{} does not hold the first run's output: {lines:?}",
+            log.display()
+        );
+        Ok(())
+    })
+}
+
+fn restart_policy_never_does_not() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, async |node| {
+        let manifest = busybox_manifest("once", "Never", CRASHING_SCRIPT);
+        node.kubelet.write_manifest("once.yaml", &manifest)?;
+        let pod_name = node.kubelet.pod_name("once");
+        let mut cri = node.cri().await?;
+        let exited = node
+            .wait_until("the container exited", async || {
+                for container in list_containers(&mut cri, Some(&pod_name)).await? {
+                    let status = container_status(&mut cri, &container.id).await?;
+                    if status.state == ContainerState::ContainerExited as i32 {
+                        return Ok(Some(status));
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
+        ensure!(
+            exited.exit_code == 3,
+            "exit code {} (want 3)",
+            exited.exit_code
+        );
+
+        // Longer than the first restart backoff (10 s): under Always the
+        // container would have been restarted by now.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        node.check_alive()?;
+        let containers = list_containers(&mut cri, Some(&pod_name)).await?;
+        ensure!(
+            containers.len() == 1,
+            "want the one exited container, have {containers:?}"
+        );
+        let container = &containers[0];
+        ensure!(
+            restart_count(container) == 0,
+            "restarted under Never: {container:?}"
+        );
+        ensure!(
+            container.state == ContainerState::ContainerExited as i32,
+            "the container no longer is exited: {container:?}"
+        );
+        Ok(())
+    })
+}
+
+fn malformed_manifest_next_to_good_one() -> anyhow::Result<()> {
+    on_node(RuntimeKind::Embedded, async |node| {
+        let broken = "apiVersion: v1\nkind: Pod\nmetadata: [this is not\n";
+        node.kubelet.write_manifest("broken.yaml", broken)?;
+        let good = busybox_manifest("good", "Always", "sleep 3600");
+        node.kubelet.write_manifest("good.yaml", &good)?;
+        let mut cri = node.cri().await?;
+        node.wait_for_running_pod(&mut cri, "good", &["main"])
+            .await?;
+        node.wait_until("the kubelet log names broken.yaml", async || {
+            Ok(node.kubelet.log()?.contains("broken.yaml").then_some(()))
+        })
+        .await
+    })
+}
