@@ -1,1 +1,280 @@
-//! The Kubernetes node agent.
+//! The Kubernetes node agent: turns desired pods into containers through a
+//! CRI runtime.
+//!
+//! [`run`] wires the pieces: the static pod source publishes desired pods,
+//! the PLEG reports runtime changes, and the pod workers sync each pod
+//! through the runtime manager. With no remote runtime endpoint, cri-shim
+//! runs in-process on a private socket and is reached over that socket like
+//! any other runtime.
+
+pub mod actions;
+pub mod backoff;
+pub mod config;
+pub mod labels;
+pub mod pleg;
+pub mod pod_workers;
+pub mod runtime;
+pub mod static_pods;
+
+#[cfg(test)]
+mod fake_runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{EmbeddedRuntimeConfig, KubeletConfig, RuntimeEndpoint};
+use crate::pleg::GenericPleg;
+use crate::pod_workers::PodWorkers;
+use crate::runtime::{CriError, RemoteRuntimeService, RuntimeManager, RuntimeService};
+use crate::static_pods::StaticPodSource;
+
+/// How long the kubelet waits for the embedded runtime's socket to accept.
+const EMBEDDED_RUNTIME_STARTUP: Duration = Duration::from_secs(60);
+
+/// Displays an error with all its sources: `outer: inner: root cause`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// Errors that stop the kubelet.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// `--root-dir` could not be created.
+    #[error("creating root directory {path}")]
+    RootDir {
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A stale embedded runtime socket could not be removed.
+    #[error("removing stale runtime socket {path}")]
+    StaleSocket {
+        /// Socket path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime endpoint could not be reached.
+    #[error("connecting to the container runtime")]
+    Connect(#[source] cri_shim::client::ConnectError),
+    /// The embedded runtime did not accept connections in time.
+    #[error("the embedded runtime did not come up on {path} within {timeout:?}")]
+    EmbeddedRuntimeStartup {
+        /// Socket path.
+        path: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+        /// Last connection error.
+        #[source]
+        source: cri_shim::client::ConnectError,
+    },
+    /// The embedded runtime stopped with an error.
+    #[error("the embedded runtime failed")]
+    EmbeddedRuntime(#[source] cri_shim::ServeError),
+    /// The embedded runtime task panicked or was aborted.
+    #[error("the embedded runtime task ended abnormally")]
+    EmbeddedRuntimeTask(#[source] tokio::task::JoinError),
+    /// The embedded runtime stopped although nobody asked it to.
+    #[error("the embedded runtime stopped unexpectedly")]
+    EmbeddedRuntimeStopped,
+    /// The runtime did not answer `Version`.
+    #[error("querying the container runtime version")]
+    RuntimeVersion(#[source] CriError),
+}
+
+type EmbeddedRuntime = JoinHandle<Result<(), cri_shim::ServeError>>;
+
+fn start_embedded_runtime(
+    config: &EmbeddedRuntimeConfig,
+    root_dir: &Path,
+    cancel: CancellationToken,
+) -> Result<EmbeddedRuntime, KubeletError> {
+    std::fs::create_dir_all(root_dir).map_err(|source| KubeletError::RootDir {
+        path: root_dir.to_owned(),
+        source,
+    })?;
+    match std::fs::remove_file(&config.socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(KubeletError::StaleSocket {
+                path: config.socket.clone(),
+                source: e,
+            });
+        }
+        _ => {}
+    }
+    let shim_config = cri_shim::Config {
+        listen: format!("unix://{}", config.socket.display()),
+        root: config.root.clone(),
+        cni_conf_dir: config.cni_conf_dir.clone(),
+        cni_bin_dirs: config.cni_bin_dirs.clone(),
+        ..cri_shim::Config::default()
+    };
+    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "starting embedded runtime");
+    Ok(tokio::spawn(cri_shim::serve(shim_config, cancel)))
+}
+
+fn embedded_runtime_ended(
+    result: Result<Result<(), cri_shim::ServeError>, tokio::task::JoinError>,
+) -> KubeletError {
+    match result {
+        Ok(Ok(())) => KubeletError::EmbeddedRuntimeStopped,
+        Ok(Err(e)) => KubeletError::EmbeddedRuntime(e),
+        Err(e) => KubeletError::EmbeddedRuntimeTask(e),
+    }
+}
+
+/// Connects to the embedded runtime, retrying while it binds its socket.
+async fn connect_embedded(
+    socket: &Path,
+    server: &mut EmbeddedRuntime,
+    cancel: &CancellationToken,
+) -> Result<Option<tonic::transport::Channel>, KubeletError> {
+    let endpoint = format!("unix://{}", socket.display());
+    let deadline = tokio::time::Instant::now() + EMBEDDED_RUNTIME_STARTUP;
+    let mut retry = Backoff::new(Duration::from_millis(5), Duration::from_millis(500));
+    loop {
+        let error = match cri_shim::client::connect(&endpoint).await {
+            Ok(channel) => return Ok(Some(channel)),
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(KubeletError::EmbeddedRuntimeStartup {
+                path: socket.to_owned(),
+                timeout: EMBEDDED_RUNTIME_STARTUP,
+                source: error,
+            });
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(None),
+            result = &mut *server => return Err(embedded_runtime_ended(result)),
+            _ = tokio::time::sleep(retry.next_delay()) => {}
+        }
+    }
+}
+
+/// Runs the kubelet until `cancel` fires. Pods keep running after it returns
+/// (as upstream); remove their manifests first to tear them down.
+pub async fn run(config: KubeletConfig, cancel: CancellationToken) -> Result<(), KubeletError> {
+    let cancel = cancel.child_token();
+    let mut embedded = None;
+    let result = run_with_runtime(&config, &cancel, &mut embedded).await;
+    cancel.cancel();
+    let stopped = stop_embedded(embedded).await;
+    result.and(stopped)
+}
+
+/// Connects to the runtime (starting the embedded one if configured) and
+/// runs the kubelet's tasks until cancelled. `embedded` is left holding a
+/// still-running embedded runtime for the caller to stop.
+async fn run_with_runtime(
+    config: &KubeletConfig,
+    cancel: &CancellationToken,
+    embedded: &mut Option<EmbeddedRuntime>,
+) -> Result<(), KubeletError> {
+    let channel = match &config.runtime {
+        RuntimeEndpoint::Remote(endpoint) => cri_shim::client::connect(endpoint)
+            .await
+            .map_err(KubeletError::Connect)?,
+        RuntimeEndpoint::Embedded(embedded_config) => {
+            let server = embedded.insert(start_embedded_runtime(
+                embedded_config,
+                &config.root_dir,
+                cancel.child_token(),
+            )?);
+            match connect_embedded(&embedded_config.socket, server, cancel).await {
+                Ok(Some(channel)) => channel,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    if !matches!(error, KubeletError::EmbeddedRuntimeStartup { .. }) {
+                        *embedded = None;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    };
+    let service = RemoteRuntimeService::new(channel, config.runtime_request_timeout);
+    let version = service
+        .version()
+        .await
+        .map_err(KubeletError::RuntimeVersion)?;
+    tracing::info!(
+        runtime.name = version.runtime_name,
+        runtime.version = version.runtime_version,
+        runtime.api_version = version.runtime_api_version,
+        node.name = config.node_name,
+        "connected to container runtime"
+    );
+
+    let runtime = Arc::new(RuntimeManager::new(
+        service,
+        config.pod_logs_dir.clone(),
+        config.resolv_conf.clone(),
+    ));
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let source = StaticPodSource::new(
+        config.pod_manifest_path.clone(),
+        config.node_name.clone(),
+        config.file_check_frequency,
+    );
+    let (pleg_tx, pleg_rx) = mpsc::channel(64);
+    let pleg = GenericPleg::new(runtime.clone(), config.pleg_relist_period);
+    let workers = PodWorkers::new(runtime, cancel.clone());
+
+    let source_task = tokio::spawn(source.run(desired_tx, cancel.clone()));
+    let pleg_task = tokio::spawn(pleg.run(pleg_tx, cancel.clone()));
+    let server_ended = match embedded.as_mut() {
+        Some(server) => tokio::select! {
+            _ = workers.run(desired_rx, pleg_rx) => None,
+            ended = server => Some(ended),
+        },
+        None => {
+            workers.run(desired_rx, pleg_rx).await;
+            None
+        }
+    };
+    cancel.cancel();
+    for task in [source_task, pleg_task] {
+        if let Err(error) = task.await {
+            tracing::error!(error = %error, "kubelet task ended abnormally");
+        }
+    }
+    match server_ended {
+        Some(ended) => {
+            *embedded = None;
+            Err(embedded_runtime_ended(ended))
+        }
+        None => Ok(()),
+    }
+}
+
+/// Waits for the cancelled embedded runtime to shut down.
+async fn stop_embedded(server: Option<EmbeddedRuntime>) -> Result<(), KubeletError> {
+    match server {
+        None => Ok(()),
+        Some(server) => match server.await {
+            Ok(Ok(())) => Ok(()),
+            other => Err(embedded_runtime_ended(other)),
+        },
+    }
+}

@@ -1,0 +1,290 @@
+//! Command-line flags (upstream kubelet names) and the resolved [`KubeletConfig`].
+//!
+//! Flags are parsed in `main`; everything the library needs arrives here as
+//! plain values, with host paths as parameters so tests can point them elsewhere.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Upstream default of `--root-dir`.
+pub const DEFAULT_ROOT_DIR: &str = "/var/lib/kubelet";
+/// Upstream location of container logs (`podLogsDir` in the kubelet config).
+pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
+/// Host resolver configuration copied into pods with the `Default` DNS policy.
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// File name of the embedded runtime's socket inside `--root-dir`.
+pub const EMBEDDED_RUNTIME_SOCKET: &str = "cri-shim.sock";
+
+/// Errors turning flags into a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A duration flag is not in Go `time.ParseDuration` syntax.
+    #[error("invalid duration {value:?} for --{flag}: expected e.g. 20s, 1m30s, 500ms")]
+    Duration {
+        /// Flag name without dashes.
+        flag: &'static str,
+        /// Value as given.
+        value: String,
+    },
+    /// No `--hostname-override` and the system hostname could not be read.
+    #[error("reading the system hostname (pass --hostname-override)")]
+    Hostname(#[source] nix::Error),
+    /// The node name is empty after trimming.
+    #[error("the node name is empty")]
+    EmptyNodeName,
+}
+
+/// Flags of the `kubelet` binary, named as upstream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "kubelet", version, about = "Kubernetes node agent")]
+pub struct KubeletFlags {
+    /// Directory with static pod manifests (`*.yaml`, `*.yml`, `*.json`).
+    #[arg(long, value_name = "DIR")]
+    pub pod_manifest_path: PathBuf,
+    /// CRI endpoint, e.g. unix:///run/containerd/containerd.sock. Without it the
+    /// embedded cri-shim runtime is started on a private socket.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Directory for the kubelet's files.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_ROOT_DIR)]
+    pub root_dir: PathBuf,
+    /// Node name to use instead of the system hostname.
+    #[arg(long, value_name = "NAME")]
+    pub hostname_override: Option<String>,
+    /// How often the manifest directory is re-listed besides inotify.
+    #[arg(long, value_name = "DURATION", default_value = "20s")]
+    pub file_check_frequency: String,
+    /// CNI network configuration directory (embedded runtime only).
+    #[arg(long, value_name = "DIR", default_value = cri_shim::config::DEFAULT_CNI_CONF_DIR)]
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories, comma-separated (embedded runtime only).
+    #[arg(
+        long,
+        value_name = "DIRS",
+        value_delimiter = ',',
+        default_value = "/opt/cni/bin,/usr/lib/cni"
+    )]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// State root of the embedded runtime.
+    #[arg(long, value_name = "DIR", default_value = cri_shim::config::DEFAULT_ROOT)]
+    pub cri_shim_root: PathBuf,
+    /// Timeout of every CRI request except image pulls.
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    pub runtime_request_timeout: String,
+    /// Log verbosity (klog levels: 0-2 info, 3-4 debug, 5+ trace).
+    #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0)]
+    pub verbosity: u8,
+}
+
+/// Where the kubelet finds its container runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeEndpoint {
+    /// A CRI server run by someone else (containerd, CRI-O, a standalone cri-shim).
+    Remote(String),
+    /// cri-shim started inside this process.
+    Embedded(EmbeddedRuntimeConfig),
+}
+
+/// Settings of the in-process cri-shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedRuntimeConfig {
+    /// Private socket path (`<root-dir>/cri-shim.sock`).
+    pub socket: PathBuf,
+    /// cri-shim state root.
+    pub root: PathBuf,
+    /// CNI network configuration directory.
+    pub cni_conf_dir: PathBuf,
+    /// CNI plugin directories in search order.
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
+/// Everything the kubelet library needs, resolved from flags.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// Lowercased node name.
+    pub node_name: String,
+    /// Static pod manifest directory.
+    pub pod_manifest_path: PathBuf,
+    /// Periodic re-list interval of the manifest directory.
+    pub file_check_frequency: Duration,
+    /// The kubelet's own directory.
+    pub root_dir: PathBuf,
+    /// Container runtime to use.
+    pub runtime: RuntimeEndpoint,
+    /// Timeout of CRI requests (image pulls excepted).
+    pub runtime_request_timeout: Duration,
+    /// Root of the per-pod log directories.
+    pub pod_logs_dir: PathBuf,
+    /// Resolver configuration given to pods.
+    pub resolv_conf: PathBuf,
+    /// How often PLEG relists the runtime.
+    pub pleg_relist_period: Duration,
+}
+
+impl KubeletFlags {
+    /// Resolves the flags; reads the system hostname when not overridden.
+    pub fn into_config(self) -> Result<KubeletConfig, ConfigError> {
+        let hostname = match self.hostname_override {
+            Some(name) => name,
+            None => nix::unistd::gethostname()
+                .map_err(ConfigError::Hostname)?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let node_name = node_name(&hostname).ok_or(ConfigError::EmptyNodeName)?;
+        let runtime = match self.container_runtime_endpoint {
+            Some(endpoint) => RuntimeEndpoint::Remote(endpoint),
+            None => RuntimeEndpoint::Embedded(EmbeddedRuntimeConfig {
+                socket: self.root_dir.join(EMBEDDED_RUNTIME_SOCKET),
+                root: self.cri_shim_root,
+                cni_conf_dir: self.cni_conf_dir,
+                cni_bin_dirs: self.cni_bin_dir,
+            }),
+        };
+        Ok(KubeletConfig {
+            node_name,
+            pod_manifest_path: self.pod_manifest_path,
+            file_check_frequency: duration_flag(
+                "file-check-frequency",
+                &self.file_check_frequency,
+            )?,
+            root_dir: self.root_dir,
+            runtime,
+            runtime_request_timeout: duration_flag(
+                "runtime-request-timeout",
+                &self.runtime_request_timeout,
+            )?,
+            pod_logs_dir: PathBuf::from(DEFAULT_POD_LOGS_DIR),
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            pleg_relist_period: Duration::from_secs(1),
+        })
+    }
+}
+
+/// Node names are the trimmed, lowercased hostname, as upstream `GetHostname`.
+pub fn node_name(hostname: &str) -> Option<String> {
+    let name = hostname.trim().to_lowercase();
+    (!name.is_empty()).then_some(name)
+}
+
+fn duration_flag(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    parse_duration(value).ok_or_else(|| ConfigError::Duration {
+        flag,
+        value: value.to_owned(),
+    })
+}
+
+/// Parses a Go `time.ParseDuration` string without sign: `300ms`, `1.5h`, `2h45m`, `0`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds_per_unit;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_go_durations() {
+        assert_eq!(parse_duration("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn rejects_malformed_durations() {
+        for bad in ["", "20", "s", "1x", "-1s", "1m30"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_name_is_lowercased_and_trimmed() {
+        assert_eq!(node_name(" KLTest\n").as_deref(), Some("kltest"));
+        assert_eq!(node_name("  "), None);
+    }
+
+    #[test]
+    fn embedded_runtime_when_no_endpoint() {
+        let flags = KubeletFlags::parse_from([
+            "kubelet",
+            "--pod-manifest-path",
+            "/m",
+            "--root-dir",
+            "/r",
+            "--hostname-override",
+            "Node1",
+            "--cni-bin-dir",
+            "/a,/b",
+        ]);
+        let config = flags.into_config().unwrap();
+        assert_eq!(config.node_name, "node1");
+        assert_eq!(config.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(config.runtime_request_timeout, Duration::from_secs(120));
+        assert_eq!(
+            config.runtime,
+            RuntimeEndpoint::Embedded(EmbeddedRuntimeConfig {
+                socket: PathBuf::from("/r/cri-shim.sock"),
+                root: PathBuf::from("/var/lib/cri-shim"),
+                cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
+                cni_bin_dirs: vec![PathBuf::from("/a"), PathBuf::from("/b")],
+            })
+        );
+    }
+
+    #[test]
+    fn remote_runtime_and_verbosity() {
+        let flags = KubeletFlags::parse_from([
+            "kubelet",
+            "--pod-manifest-path=/m",
+            "--container-runtime-endpoint=unix:///run/c.sock",
+            "--hostname-override=n",
+            "--file-check-frequency=5s",
+            "-v",
+            "4",
+        ]);
+        assert_eq!(flags.verbosity, 4);
+        let config = flags.into_config().unwrap();
+        assert_eq!(
+            config.runtime,
+            RuntimeEndpoint::Remote("unix:///run/c.sock".into())
+        );
+        assert_eq!(config.file_check_frequency, Duration::from_secs(5));
+    }
+}

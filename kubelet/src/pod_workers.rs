@@ -1,0 +1,699 @@
+//! Pod workers: one task per pod UID that syncs the pod level-triggered, and
+//! the manager that starts, retargets and reaps them.
+//!
+//! A worker's intent only ever moves from running to terminating; once its
+//! pod is gone from the runtime the worker ends. A pod that is desired again
+//! afterwards gets a fresh worker. A new pod waits while a terminating pod
+//! with the same namespace/name still exists (an edited static manifest
+//! keeps its name but gets a new UID), so both never hold the same host
+//! ports. Runtime pods that nobody desires are torn down as orphans, but
+//! only after the pod source and the PLEG have both reported once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ErrorChain;
+use crate::actions::{Action, DesiredPod, PodIntent, compute_actions, termination_grace_period};
+use crate::backoff::{Backoff, CrashLoopBackOff};
+use crate::pleg::PodLifecycleEvent;
+use crate::runtime::{PodRef, RuntimeError, RuntimeManager, RuntimeService};
+use crate::static_pods::{DesiredPods, DesiredPodsReceiver};
+
+/// First retry delay after a failed sync.
+const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Longest retry delay after failed syncs (upstream retries every 10 s).
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Wall-clock source. Production uses [`SystemTime::now`]; tests pass one
+/// that follows tokio's paused clock so CrashLoopBackOff can be fast-forwarded.
+pub type Clock = fn() -> SystemTime;
+
+/// What a worker is told to do.
+#[derive(Debug, Clone)]
+pub enum WorkerIntent {
+    /// Keep the pod running as specified.
+    Run(Arc<Pod>),
+    /// Stop and remove everything of the pod.
+    Terminate {
+        /// Grace period override in seconds; `None` uses what each container recorded.
+        grace_period: Option<i64>,
+    },
+}
+
+/// How a sync ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SyncOutcome {
+    /// Nothing of a terminating pod is left.
+    Terminated,
+    /// Actions ran without error.
+    Synced {
+        /// CrashLoopBackOff expiry to wake up at.
+        next_wakeup: Option<SystemTime>,
+        /// Actions were executed (state changed).
+        acted: bool,
+    },
+}
+
+struct PodWorker<R> {
+    pod: PodRef,
+    runtime: Arc<RuntimeManager<R>>,
+    intent: watch::Receiver<WorkerIntent>,
+    wake: Arc<Notify>,
+    crash_loop: CrashLoopBackOff,
+    clock: Clock,
+    cancel: CancellationToken,
+}
+
+impl<R: RuntimeService> PodWorker<R> {
+    async fn run(mut self) {
+        let mut retry = Backoff::new(SYNC_RETRY_INITIAL, SYNC_RETRY_MAX);
+        let mut immediate_resync_used = false;
+        loop {
+            let intent = self.intent.borrow_and_update().clone();
+            let span =
+                tracing::info_span!("sync_pod", pod.uid = %self.pod.uid, pod.name = %self.pod.name);
+            let cancel = self.cancel.clone();
+            let outcome = tokio::select! {
+                _ = cancel.cancelled() => return,
+                outcome = self.sync(&intent).instrument(span) => outcome,
+            };
+            let wake_at = match outcome {
+                Ok(SyncOutcome::Terminated) => {
+                    tracing::info!(pod.uid = %self.pod.uid, pod.name = %self.pod.name, "pod terminated");
+                    return;
+                }
+                Ok(SyncOutcome::Synced { next_wakeup, acted }) => {
+                    retry.reset();
+                    // A terminating pod is checked again at once instead of
+                    // waiting for the PLEG to notice the removal; once per
+                    // wake-up, so a runtime that does not remove cannot spin us.
+                    let terminating = matches!(intent, WorkerIntent::Terminate { .. });
+                    if terminating && acted && !immediate_resync_used {
+                        immediate_resync_used = true;
+                        continue;
+                    }
+                    let now = (self.clock)();
+                    next_wakeup
+                        .map(|at| Instant::now() + at.duration_since(now).unwrap_or_default())
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!(pod.uid = %self.pod.uid, pod.name = %self.pod.name, error = %ErrorChain(error), "pod sync failed");
+                    }
+                    Some(Instant::now() + retry.next_delay())
+                }
+            };
+            immediate_resync_used = false;
+            let timer = async {
+                match wake_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                changed = self.intent.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = self.wake.notified() => {}
+                _ = timer => {}
+            }
+        }
+    }
+
+    async fn sync(&mut self, intent: &WorkerIntent) -> Result<SyncOutcome, Vec<RuntimeError>> {
+        let observed = self
+            .runtime
+            .observe_pod(&self.pod.uid)
+            .await
+            .map_err(|e| vec![e])?;
+        let desired;
+        let (pod, pod_intent) = match intent {
+            WorkerIntent::Run(pod) => {
+                desired = DesiredPod::from_pod(pod);
+                (Some(pod.as_ref()), PodIntent::Run(&desired))
+            }
+            WorkerIntent::Terminate { grace_period } => (
+                None,
+                PodIntent::Terminate {
+                    grace_period: *grace_period,
+                },
+            ),
+        };
+        let now = (self.clock)();
+        let plan = compute_actions(pod_intent, &observed, &self.crash_loop, now);
+        if plan.terminated {
+            return Ok(SyncOutcome::Terminated);
+        }
+        for wait in &plan.waiting {
+            let remaining = wait.until.duration_since(now).unwrap_or_default();
+            tracing::info!(
+                container.name = wait.name,
+                backoff_s = self.crash_loop.current(&wait.name).map(|d| d.as_secs()),
+                remaining_ms = remaining.as_millis() as u64,
+                "back-off restarting failed container (CrashLoopBackOff)"
+            );
+        }
+        for action in &plan.actions {
+            if let Action::StartContainer {
+                name,
+                previous_finished_at: Some(finished_at),
+                ..
+            } = action
+            {
+                self.crash_loop.record_restart(name, *finished_at, now);
+            }
+        }
+        let errors = self
+            .runtime
+            .execute(pod, &self.pod, &observed, &plan.actions)
+            .await;
+        if errors.is_empty() {
+            Ok(SyncOutcome::Synced {
+                next_wakeup: plan.next_wakeup(),
+                acted: !plan.actions.is_empty(),
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+struct WorkerHandle {
+    pod: PodRef,
+    intent: watch::Sender<WorkerIntent>,
+    wake: Arc<Notify>,
+}
+
+impl WorkerHandle {
+    fn is_terminating(&self) -> bool {
+        matches!(*self.intent.borrow(), WorkerIntent::Terminate { .. })
+    }
+}
+
+/// Owns the pod workers and routes desired-state changes and PLEG events to them.
+pub struct PodWorkers<R> {
+    runtime: Arc<RuntimeManager<R>>,
+    cancel: CancellationToken,
+    clock: Clock,
+    workers: HashMap<String, WorkerHandle>,
+    tasks: JoinSet<()>,
+    task_pods: HashMap<tokio::task::Id, String>,
+    desired: Option<Arc<DesiredPods>>,
+    /// Pods the PLEG saw in the runtime; `None` until its first relist.
+    runtime_pods: Option<BTreeMap<String, PodRef>>,
+}
+
+impl<R: RuntimeService> PodWorkers<R> {
+    /// Workers acting through `runtime`, all stopped by `cancel`.
+    pub fn new(runtime: Arc<RuntimeManager<R>>, cancel: CancellationToken) -> Self {
+        Self::with_clock(runtime, cancel, SystemTime::now)
+    }
+
+    /// Like [`PodWorkers::new`] with a given wall clock.
+    pub fn with_clock(
+        runtime: Arc<RuntimeManager<R>>,
+        cancel: CancellationToken,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            runtime,
+            cancel,
+            clock,
+            workers: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_pods: HashMap::new(),
+            desired: None,
+            runtime_pods: None,
+        }
+    }
+
+    /// Runs until cancelled, then waits for the workers to stop.
+    pub async fn run(
+        mut self,
+        mut desired: DesiredPodsReceiver,
+        mut pleg: mpsc::Receiver<Vec<PodLifecycleEvent>>,
+    ) {
+        self.desired = desired.borrow_and_update().clone();
+        let mut source_open = true;
+        let mut pleg_open = true;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                changed = desired.changed(), if source_open => {
+                    match changed {
+                        Ok(()) => {
+                            self.desired = desired.borrow_and_update().clone();
+                            self.reconcile();
+                        }
+                        Err(_) => source_open = false,
+                    }
+                }
+                batch = pleg.recv(), if pleg_open => {
+                    match batch {
+                        Some(batch) => self.handle_pleg(batch),
+                        None => pleg_open = false,
+                    }
+                }
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    let (id, panic) = match joined {
+                        Ok((id, ())) => (id, None),
+                        Err(e) => (e.id(), Some(e)),
+                    };
+                    if let Some(uid) = self.task_pods.remove(&id) {
+                        if let Some(panic) = panic {
+                            tracing::error!(pod.uid = uid, error = %panic, "pod worker failed");
+                        }
+                        self.workers.remove(&uid);
+                        // Confirmed gone (or unknown after a panic: the PLEG will tell).
+                        if let Some(pods) = self.runtime_pods.as_mut() {
+                            pods.remove(&uid);
+                        }
+                        self.reconcile();
+                    }
+                }
+            }
+        }
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    fn handle_pleg(&mut self, batch: Vec<PodLifecycleEvent>) {
+        let pods = self.runtime_pods.get_or_insert_default();
+        let mut unknown_pod_seen = batch.is_empty();
+        for event in batch {
+            if event.present {
+                pods.insert(event.pod.uid.clone(), event.pod.clone());
+            } else {
+                pods.remove(&event.pod.uid);
+            }
+            match self.workers.get(&event.pod.uid) {
+                Some(worker) => worker.wake.notify_one(),
+                None => unknown_pod_seen = true,
+            }
+        }
+        if unknown_pod_seen {
+            self.reconcile();
+        }
+    }
+
+    /// Brings the set of workers in line with the desired pods and the runtime.
+    fn reconcile(&mut self) {
+        let (Some(desired), Some(runtime_pods)) = (self.desired.clone(), self.runtime_pods.clone())
+        else {
+            return;
+        };
+        for (uid, worker) in &self.workers {
+            // Cloned so no read guard is held while sending on the same channel.
+            let current = worker.intent.borrow().clone();
+            match (desired.get(uid), &current) {
+                (None, WorkerIntent::Run(pod)) => {
+                    tracing::info!(
+                        pod.uid = uid,
+                        pod.name = worker.pod.name,
+                        "pod no longer desired, terminating"
+                    );
+                    let grace_period = Some(termination_grace_period(pod));
+                    // The receiver lives as long as the worker; if it is gone, so is the worker.
+                    let _ = worker
+                        .intent
+                        .send_replace(WorkerIntent::Terminate { grace_period });
+                }
+                (Some(new), WorkerIntent::Run(old)) if new != old => {
+                    let _ = worker.intent.send_replace(WorkerIntent::Run(new.clone()));
+                }
+                _ => {}
+            }
+        }
+        // Orphans first, so a desired pod with the same name waits for them.
+        for (uid, pod) in &runtime_pods {
+            if !desired.contains_key(uid) && !self.workers.contains_key(uid) {
+                tracing::info!(
+                    pod.uid = uid,
+                    pod.name = pod.name,
+                    "tearing down orphaned pod"
+                );
+                self.spawn(pod.clone(), WorkerIntent::Terminate { grace_period: None });
+            }
+        }
+        for (uid, pod) in desired.iter() {
+            if self.workers.contains_key(uid) {
+                continue;
+            }
+            let pod_ref = PodRef::from_pod(pod);
+            let full_name = pod_ref.full_name();
+            if let Some(previous) = self
+                .workers
+                .values()
+                .find(|w| w.pod.full_name() == full_name)
+            {
+                tracing::info!(
+                    pod.uid = uid,
+                    pod.name = pod_ref.name,
+                    previous.uid = previous.pod.uid,
+                    previous.terminating = previous.is_terminating(),
+                    "waiting for the previous pod with this name to terminate"
+                );
+                continue;
+            }
+            self.spawn(pod_ref, WorkerIntent::Run(pod.clone()));
+        }
+    }
+
+    fn spawn(&mut self, pod: PodRef, intent: WorkerIntent) {
+        let (intent_tx, intent_rx) = watch::channel(intent);
+        let wake = Arc::new(Notify::new());
+        let worker = PodWorker {
+            pod: pod.clone(),
+            runtime: self.runtime.clone(),
+            intent: intent_rx,
+            wake: wake.clone(),
+            crash_loop: CrashLoopBackOff::default(),
+            clock: self.clock,
+            cancel: self.cancel.child_token(),
+        };
+        let task = self.tasks.spawn(worker.run());
+        self.task_pods.insert(task.id(), pod.uid.clone());
+        self.workers.insert(
+            pod.uid.clone(),
+            WorkerHandle {
+                pod,
+                intent: intent_tx,
+                wake,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use k8s_cri::v1 as cri;
+
+    use super::*;
+    use crate::fake_runtime::{FakeRuntime, FakeState};
+    use crate::labels;
+    use crate::pleg::GenericPleg;
+
+    /// Wall clock that advances with tokio's (paused) clock.
+    fn test_clock() -> SystemTime {
+        static BASE: OnceLock<(SystemTime, Instant)> = OnceLock::new();
+        let (system, instant) = *BASE.get_or_init(|| (SystemTime::now(), Instant::now()));
+        system + Instant::now().saturating_duration_since(instant)
+    }
+
+    fn pod(uid: &str, name: &str, restart_policy: &str, grace: i64) -> Arc<Pod> {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, uid: {uid}}}\n\
+             spec:\n  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: {grace}\n  \
+             containers:\n  - {{name: app, image: busybox}}\n"
+        );
+        Arc::new(serde_yaml::from_str(&yaml).unwrap())
+    }
+
+    fn desired(pods: &[&Arc<Pod>]) -> Option<Arc<DesiredPods>> {
+        let map = pods
+            .iter()
+            .map(|p| (p.metadata.uid.clone().unwrap(), (*p).clone()))
+            .collect();
+        Some(Arc::new(map))
+    }
+
+    struct Kubelet {
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        desired: watch::Sender<Option<Arc<DesiredPods>>>,
+    }
+
+    impl Kubelet {
+        fn start(fake: &FakeRuntime, logs: &Path, pods: Option<Arc<DesiredPods>>) -> Self {
+            let runtime = Arc::new(RuntimeManager::new(
+                fake.clone(),
+                logs.to_owned(),
+                logs.join("no-resolv.conf"),
+            ));
+            let (desired, desired_rx) = watch::channel(pods);
+            let (pleg_tx, pleg_rx) = mpsc::channel(64);
+            let cancel = CancellationToken::new();
+            let pleg = GenericPleg::new(runtime.clone(), Duration::from_secs(1));
+            tokio::spawn(pleg.run(pleg_tx, cancel.clone()));
+            let workers = PodWorkers::with_clock(runtime, cancel.clone(), test_clock);
+            let task = tokio::spawn(workers.run(desired_rx, pleg_rx));
+            Self {
+                cancel,
+                task,
+                desired,
+            }
+        }
+
+        async fn stop(self) {
+            self.cancel.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
+    fn restart_count(c: &crate::fake_runtime::FakeContainer) -> &str {
+        &c.config.annotations[labels::CONTAINER_RESTART_COUNT]
+    }
+
+    fn running_with_restart(state: &FakeState, uid: &str, count: &str) -> bool {
+        state
+            .running_of(uid)
+            .iter()
+            .any(|(_, c)| restart_count(c) == count)
+    }
+
+    fn only_running(fake: &FakeRuntime, uid: &str) -> String {
+        fake.state().running_of(uid)[0].0.clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_a_pod_and_restarts_an_exited_container_with_backoff() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let web = pod("u1", "web-node1", "Always", 30);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        {
+            let state = fake.state();
+            let (_, sandbox) = state.sandboxes_of("u1")[0];
+            assert_eq!(sandbox.config.metadata.as_ref().unwrap().attempt, 0);
+            let (_, container) = state.running_of("u1")[0];
+            assert_eq!(container.config.labels[labels::CONTAINER_NAME], "app");
+            assert_eq!(container.config.labels[labels::POD_NAME], "web-node1");
+            assert_eq!(restart_count(container), "0");
+            assert!(
+                state.calls_of("PullImage").is_empty(),
+                "present image is not pulled"
+            );
+        }
+        assert!(logs.path().join("default_web-node1_u1/app").is_dir());
+
+        // First exit: restarted at once.
+        fake.exit_container(&only_running(&fake, "u1"), 1);
+        fake.wait_for("first restart", |s| running_with_restart(s, "u1", "1"))
+            .await;
+
+        // Second exit: held back 10 s by CrashLoopBackOff, then restarted by
+        // the worker's own timer (the runtime reports no further change).
+        let exited_at = Instant::now();
+        fake.exit_container(&only_running(&fake, "u1"), 1);
+        fake.wait_for("second restart", |s| running_with_restart(s, "u1", "2"))
+            .await;
+        let waited = exited_at.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10),
+            "restarted after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(13),
+            "restarted after {waited:?}"
+        );
+
+        // Only the most recent dead instance is kept.
+        fake.wait_for("old instance removed", |s| s.containers_of("u1").len() == 2)
+            .await;
+        kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_policy_never_leaves_an_exited_container_alone() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let job = pod("u1", "job-node1", "Never", 30);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&job]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        fake.exit_container(&only_running(&fake, "u1"), 1);
+        fake.wait_for("sandbox released", |s| {
+            s.sandboxes_of("u1")
+                .iter()
+                .all(|(_, sb)| sb.state == cri::PodSandboxState::SandboxNotready)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        {
+            let state = fake.state();
+            assert_eq!(state.calls_of("CreateContainer").len(), 1);
+            assert_eq!(state.calls_of("RunPodSandbox").len(), 1);
+        }
+        kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_kubelet_adopts_running_pods_and_a_missing_image_is_pulled() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &[]);
+        let web = pod("u1", "web-node1", "Always", 30);
+        let first = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        assert_eq!(fake.state().calls_of("PullImage").len(), 1);
+        first.stop().await;
+
+        let calls_before = fake.state().calls.len();
+        let second = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            fake.state().calls[calls_before..],
+            [],
+            "nothing was touched"
+        );
+        second.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_pod_is_stopped_with_its_grace_period_and_removed() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let web = pod("u1", "web-node1", "Always", 5);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        let container = only_running(&fake, "u1");
+
+        kubelet.desired.send_replace(desired(&[]));
+        fake.wait_for("pod gone", |s| {
+            s.sandboxes.is_empty() && s.containers.is_empty()
+        })
+        .await;
+        let (stops, methods): (Vec<_>, Vec<_>) = {
+            let state = fake.state();
+            let stops = state
+                .calls_of("StopContainer")
+                .iter()
+                .map(|c| c.target.clone())
+                .collect();
+            (stops, state.calls.iter().map(|c| c.method).collect())
+        };
+        assert_eq!(stops, [format!("{container} timeout=5")]);
+        let teardown = &methods[methods.len() - 4..];
+        assert_eq!(
+            teardown,
+            [
+                "StopContainer",
+                "StopPodSandbox",
+                "RemoveContainer",
+                "RemovePodSandbox"
+            ]
+        );
+        kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn orphans_are_torn_down_only_once_the_source_has_listed() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let web = pod("u1", "web-node1", "Always", 30);
+        let first = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        first.stop().await;
+
+        // Source not listed yet: the pod is not an orphan yet.
+        let second = Kubelet::start(&fake, logs.path(), None);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(fake.state().running_of("u1").len(), 1);
+
+        second.desired.send_replace(desired(&[]));
+        fake.wait_for("orphan gone", |s| {
+            s.sandboxes.is_empty() && s.containers.is_empty()
+        })
+        .await;
+        // The orphan's grace period came from the container's annotation.
+        assert!(
+            fake.state().calls_of("StopContainer")[0]
+                .target
+                .ends_with("timeout=30")
+        );
+        second.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_edited_pod_starts_after_the_old_one_with_the_same_name_is_gone() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let old = pod("u1", "web-node1", "Always", 30);
+        let new = pod("u2", "web-node1", "Always", 30);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&old]));
+        fake.wait_for("old running", |s| s.running_of("u1").len() == 1)
+            .await;
+        let old_sandbox = fake.state().sandboxes_of("u1")[0].0.clone();
+
+        kubelet.desired.send_replace(desired(&[&new]));
+        fake.wait_for("new running, old gone", |s| {
+            s.running_of("u2").len() == 1 && s.sandboxes_of("u1").is_empty()
+        })
+        .await;
+        let calls = fake.state().calls.clone();
+        let position = |method: &str, target: &str| {
+            calls
+                .iter()
+                .position(|c| c.method == method && c.target == target)
+                .unwrap()
+        };
+        assert!(position("RemovePodSandbox", &old_sandbox) < position("RunPodSandbox", "u2"));
+        kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_sandbox_is_replaced_with_the_next_attempt() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let web = pod("u1", "web-node1", "Always", 30);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        let sandbox = fake.state().sandboxes_of("u1")[0].0.clone();
+
+        fake.kill_sandbox(&sandbox);
+        fake.wait_for("new sandbox with a running container", |s| {
+            let new_sandbox = s.sandboxes_of("u1").into_iter().find(|(_, sb)| {
+                sb.state == cri::PodSandboxState::SandboxReady
+                    && sb.config.metadata.as_ref().unwrap().attempt == 1
+            });
+            new_sandbox
+                .is_some_and(|(id, _)| s.running_of("u1").iter().any(|(_, c)| &c.sandbox_id == id))
+        })
+        .await;
+        assert_eq!(
+            fake.state().running_of("u1").len(),
+            1,
+            "the old container was stopped"
+        );
+        kubelet.stop().await;
+    }
+}

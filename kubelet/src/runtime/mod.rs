@@ -1,0 +1,723 @@
+//! The runtime manager: reads a pod's CRI state into an [`ObservedPod`] and
+//! carries out [`Action`]s as CRI calls (upstream `kuberuntime_manager`).
+//!
+//! CRI objects are found by their `io.kubernetes.pod.uid` label only, so the
+//! runtime is the single source of truth and a restarted kubelet adopts what
+//! is there. Errors of one action do not stop the independent ones after it;
+//! they are returned together with the pod UID and the object id.
+
+pub mod container;
+pub mod cri;
+pub mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use k8s_cri::v1 as cri_api;
+use k8s_openapi::api::core::v1::{Container, Pod};
+
+use crate::actions::{
+    Action, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, SandboxTarget,
+};
+use crate::labels;
+pub use cri::{CriError, RemoteRuntimeService, RuntimeService};
+
+/// Identity of a pod, known from its spec or from the labels of its CRI objects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodRef {
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl PodRef {
+    /// The identity of a pod object.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let meta = &pod.metadata;
+        Self {
+            uid: meta.uid.clone().unwrap_or_default(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The pod a CRI object belongs to; `None` for objects without a pod UID
+    /// label, which this kubelet did not create and leaves alone.
+    pub fn from_labels(labels: &HashMap<String, String>) -> Option<Self> {
+        let uid = labels.get(labels::POD_UID).filter(|uid| !uid.is_empty())?;
+        let get = |key: &str| labels.get(key).cloned().unwrap_or_default();
+        Some(Self {
+            uid: uid.clone(),
+            namespace: get(labels::POD_NAMESPACE),
+            name: get(labels::POD_NAME),
+        })
+    }
+
+    /// `namespace/name`, unique among the pods of a node at any time.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Errors of runtime operations on one pod.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Listing the pod's sandboxes or containers failed.
+    #[error("listing runtime objects of pod {pod_uid}")]
+    ListPod {
+        /// Pod UID.
+        pod_uid: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Reading a container's status failed.
+    #[error("reading status of container {container_id} of pod {pod_uid}")]
+    ContainerStatus {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container id.
+        container_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Creating the sandbox failed.
+    #[error("creating sandbox (attempt {attempt}) of pod {pod_name} ({pod_uid})")]
+    RunPodSandbox {
+        /// Pod UID.
+        pod_uid: String,
+        /// Pod name.
+        pod_name: String,
+        /// Sandbox attempt.
+        attempt: u32,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Stopping a sandbox failed.
+    #[error("stopping sandbox {sandbox_id} of pod {pod_uid}")]
+    StopPodSandbox {
+        /// Pod UID.
+        pod_uid: String,
+        /// Sandbox id.
+        sandbox_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Removing a sandbox failed.
+    #[error("removing sandbox {sandbox_id} of pod {pod_uid}")]
+    RemovePodSandbox {
+        /// Pod UID.
+        pod_uid: String,
+        /// Sandbox id.
+        sandbox_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Checking or pulling an image failed.
+    #[error("ensuring image {image} for container {container_name} of pod {pod_uid}")]
+    Image {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Image reference.
+        image: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// The image is absent and `imagePullPolicy: Never` forbids pulling it.
+    #[error(
+        "image {image} for container {container_name} of pod {pod_uid} is not present and imagePullPolicy is Never"
+    )]
+    ImageNeverPull {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Image reference.
+        image: String,
+    },
+    /// Creating a container failed.
+    #[error("creating container {container_name} (restart {restart_count}) of pod {pod_uid}")]
+    CreateContainer {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Restart count of the instance.
+        restart_count: u32,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Starting a created container failed.
+    #[error("starting container {container_name} ({container_id}) of pod {pod_uid}")]
+    StartContainer {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Container id.
+        container_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Stopping a container failed.
+    #[error("stopping container {container_name} ({container_id}) of pod {pod_uid}")]
+    StopContainer {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Container id.
+        container_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// Removing a container failed.
+    #[error("removing container {container_name} ({container_id}) of pod {pod_uid}")]
+    RemoveContainer {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// Container id.
+        container_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
+    /// A log directory could not be created.
+    #[error("creating log directory {path} of pod {pod_uid}")]
+    LogDirectory {
+        /// Pod UID.
+        pod_uid: String,
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host resolver configuration could not be read.
+    #[error("reading {path} for the DNS config of pod {pod_uid}")]
+    ResolvConf {
+        /// Pod UID.
+        pod_uid: String,
+        /// resolv.conf path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A sandbox or container was to be created for a pod without a spec
+    /// (an orphan) or for a container not in the spec: a bug in the caller.
+    #[error("no spec for container {container_name:?} of pod {pod_uid}")]
+    MissingSpec {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name (empty for the sandbox).
+        container_name: String,
+    },
+}
+
+fn nanos_to_time(nanos: i64) -> Option<SystemTime> {
+    (nanos > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.unsigned_abs()))
+}
+
+fn observed_sandbox(sandbox: cri_api::PodSandbox) -> ObservedSandbox {
+    ObservedSandbox {
+        attempt: sandbox.metadata.as_ref().map_or(0, |m| m.attempt),
+        ready: sandbox.state == cri_api::PodSandboxState::SandboxReady as i32,
+        created_at: sandbox.created_at,
+        id: sandbox.id,
+    }
+}
+
+/// Maps a CRI container state to the kubelet's.
+pub fn container_state(state: i32) -> ContainerState {
+    match cri_api::ContainerState::try_from(state) {
+        Ok(cri_api::ContainerState::ContainerCreated) => ContainerState::Created,
+        Ok(cri_api::ContainerState::ContainerRunning) => ContainerState::Running,
+        Ok(cri_api::ContainerState::ContainerExited) => ContainerState::Exited,
+        _ => ContainerState::Unknown,
+    }
+}
+
+fn observed_container(sandbox_id: String, status: cri_api::ContainerStatus) -> ObservedContainer {
+    let metadata = status.metadata.unwrap_or_default();
+    let annotation = |key: &str| status.annotations.get(key);
+    ObservedContainer {
+        name: status
+            .labels
+            .get(labels::CONTAINER_NAME)
+            .cloned()
+            .unwrap_or(metadata.name),
+        restart_count: annotation(labels::CONTAINER_RESTART_COUNT)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(metadata.attempt),
+        hash: annotation(labels::CONTAINER_HASH).cloned(),
+        termination_grace_period: annotation(labels::POD_TERMINATION_GRACE_PERIOD)
+            .and_then(|v| v.parse().ok()),
+        state: container_state(status.state),
+        created_at: status.created_at,
+        finished_at: nanos_to_time(status.finished_at),
+        exit_code: status.exit_code,
+        log_path: Some(status.log_path).filter(|p| !p.is_empty()),
+        sandbox_id,
+        id: status.id,
+    }
+}
+
+/// Time since the kubelet first saw the pod (`kubernetes.io/config.seen`).
+fn since_pod_seen(pod: &Pod) -> Option<Duration> {
+    let seen = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(labels::CONFIG_SEEN)?;
+    let seen = chrono::DateTime::parse_from_rfc3339(seen).ok()?;
+    (chrono::Utc::now() - seen.to_utc()).to_std().ok()
+}
+
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+}
+
+/// Carries out pod actions on a CRI runtime.
+#[derive(Debug)]
+pub struct RuntimeManager<R> {
+    service: R,
+    pod_logs_dir: PathBuf,
+    resolv_conf: PathBuf,
+}
+
+impl<R: RuntimeService> RuntimeManager<R> {
+    /// A manager writing pod logs under `pod_logs_dir` and giving pods the
+    /// resolver configuration of `resolv_conf`.
+    pub fn new(service: R, pod_logs_dir: PathBuf, resolv_conf: PathBuf) -> Self {
+        Self {
+            service,
+            pod_logs_dir,
+            resolv_conf,
+        }
+    }
+
+    /// The underlying CRI service.
+    pub fn service(&self) -> &R {
+        &self.service
+    }
+
+    /// Everything the runtime has for pod `uid`.
+    pub async fn observe_pod(&self, uid: &str) -> Result<ObservedPod, RuntimeError> {
+        let selector = HashMap::from([(labels::POD_UID.to_owned(), uid.to_owned())]);
+        let list_error = |source| RuntimeError::ListPod {
+            pod_uid: uid.to_owned(),
+            source,
+        };
+        let sandbox_filter = cri_api::PodSandboxFilter {
+            label_selector: selector.clone(),
+            ..Default::default()
+        };
+        let sandboxes = self
+            .service
+            .list_pod_sandbox(Some(sandbox_filter))
+            .await
+            .map_err(list_error)?;
+        let container_filter = cri_api::ContainerFilter {
+            label_selector: selector,
+            ..Default::default()
+        };
+        let containers = self
+            .service
+            .list_containers(Some(container_filter))
+            .await
+            .map_err(list_error)?;
+
+        let mut observed = ObservedPod {
+            sandboxes: sandboxes.into_iter().map(observed_sandbox).collect(),
+            containers: Vec::with_capacity(containers.len()),
+        };
+        for container in containers {
+            match self.service.container_status(&container.id).await {
+                Ok(status) => observed
+                    .containers
+                    .push(observed_container(container.pod_sandbox_id, status)),
+                // Removed since the listing.
+                Err(e) if e.is_not_found() => {}
+                Err(source) => {
+                    return Err(RuntimeError::ContainerStatus {
+                        pod_uid: uid.to_owned(),
+                        container_id: container.id,
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(observed)
+    }
+
+    async fn host_dns(&self, pod_uid: &str) -> Result<cri_api::DnsConfig, RuntimeError> {
+        match tokio::fs::read_to_string(&self.resolv_conf).await {
+            Ok(text) => Ok(sandbox::parse_resolv_conf(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(cri_api::DnsConfig::default()),
+            Err(source) => Err(RuntimeError::ResolvConf {
+                pod_uid: pod_uid.to_owned(),
+                path: self.resolv_conf.clone(),
+                source,
+            }),
+        }
+    }
+
+    async fn sandbox_config(
+        &self,
+        pod: &Pod,
+        attempt: u32,
+    ) -> Result<cri_api::PodSandboxConfig, RuntimeError> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dns = self.host_dns(uid).await?;
+        Ok(sandbox::pod_sandbox_config(
+            pod,
+            attempt,
+            &self.pod_logs_dir,
+            &dns,
+        ))
+    }
+
+    async fn create_dir(&self, pod_uid: &str, path: &Path) -> Result<(), RuntimeError> {
+        tokio::fs::create_dir_all(path)
+            .await
+            .map_err(|source| RuntimeError::LogDirectory {
+                pod_uid: pod_uid.to_owned(),
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// Executes `actions` (from `compute_actions` over `observed`) for the pod.
+    /// `pod` is the spec, absent for orphans (which only get stop/remove
+    /// actions). Returns every error; an action whose prerequisite failed
+    /// (a container in a sandbox that could not be created) is skipped.
+    pub async fn execute(
+        &self,
+        pod: Option<&Pod>,
+        pod_ref: &PodRef,
+        observed: &ObservedPod,
+        actions: &[Action],
+    ) -> Vec<RuntimeError> {
+        let uid = pod_ref.uid.as_str();
+        let mut errors = Vec::new();
+        let mut new_sandbox: Option<(String, u32)> = None;
+        for action in actions {
+            let result = match action {
+                Action::StopContainer {
+                    container_id,
+                    name,
+                    grace_period,
+                    reason,
+                } => {
+                    tracing::info!(
+                        pod.uid = uid,
+                        pod.name = pod_ref.name,
+                        container.id = container_id,
+                        container.name = name,
+                        grace_period,
+                        ?reason,
+                        "stopping container"
+                    );
+                    match self
+                        .service
+                        .stop_container(container_id, *grace_period)
+                        .await
+                    {
+                        Err(e) if !e.is_not_found() => Err(RuntimeError::StopContainer {
+                            pod_uid: uid.to_owned(),
+                            container_name: name.clone(),
+                            container_id: container_id.clone(),
+                            source: e,
+                        }),
+                        _ => Ok(()),
+                    }
+                }
+                Action::StopPodSandbox { sandbox_id } => {
+                    tracing::info!(
+                        pod.uid = uid,
+                        pod.name = pod_ref.name,
+                        sandbox.id = sandbox_id,
+                        "stopping pod sandbox"
+                    );
+                    match self.service.stop_pod_sandbox(sandbox_id).await {
+                        Err(e) if !e.is_not_found() => Err(RuntimeError::StopPodSandbox {
+                            pod_uid: uid.to_owned(),
+                            sandbox_id: sandbox_id.clone(),
+                            source: e,
+                        }),
+                        _ => Ok(()),
+                    }
+                }
+                Action::RunPodSandbox { attempt } => match pod {
+                    Some(pod) => self.run_pod_sandbox(pod, *attempt).await.map(|id| {
+                        new_sandbox = Some((id, *attempt));
+                    }),
+                    None => Err(RuntimeError::MissingSpec {
+                        pod_uid: uid.to_owned(),
+                        container_name: String::new(),
+                    }),
+                },
+                Action::StartContainer {
+                    name,
+                    restart_count,
+                    sandbox,
+                    ..
+                } => {
+                    let target = match sandbox {
+                        SandboxTarget::New => new_sandbox.clone(),
+                        SandboxTarget::Existing(id) => {
+                            let attempt = observed
+                                .sandboxes
+                                .iter()
+                                .find(|s| &s.id == id)
+                                .map_or(0, |s| s.attempt);
+                            Some((id.clone(), attempt))
+                        }
+                    };
+                    match (pod, target) {
+                        // The sandbox could not be created; that error is already reported.
+                        (_, None) => Ok(()),
+                        (Some(pod), Some((sandbox_id, attempt))) => {
+                            self.start_container(pod, name, *restart_count, &sandbox_id, attempt)
+                                .await
+                        }
+                        (None, Some(_)) => Err(RuntimeError::MissingSpec {
+                            pod_uid: uid.to_owned(),
+                            container_name: name.clone(),
+                        }),
+                    }
+                }
+                Action::RemoveContainer {
+                    container_id,
+                    name,
+                    delete_log,
+                } => {
+                    tracing::debug!(
+                        pod.uid = uid,
+                        container.id = container_id,
+                        container.name = name,
+                        "removing container"
+                    );
+                    let removed = match self.service.remove_container(container_id).await {
+                        Err(e) if !e.is_not_found() => Err(RuntimeError::RemoveContainer {
+                            pod_uid: uid.to_owned(),
+                            container_name: name.clone(),
+                            container_id: container_id.clone(),
+                            source: e,
+                        }),
+                        _ => Ok(()),
+                    };
+                    if removed.is_ok() && *delete_log {
+                        let log_path = observed
+                            .containers
+                            .iter()
+                            .find(|c| &c.id == container_id)
+                            .and_then(|c| c.log_path.as_deref());
+                        if let Some(path) = log_path {
+                            remove_log_file(uid, container_id, Path::new(path)).await;
+                        }
+                    }
+                    removed
+                }
+                Action::RemovePodSandbox { sandbox_id } => {
+                    tracing::debug!(
+                        pod.uid = uid,
+                        sandbox.id = sandbox_id,
+                        "removing pod sandbox"
+                    );
+                    match self.service.remove_pod_sandbox(sandbox_id).await {
+                        Err(e) if !e.is_not_found() => Err(RuntimeError::RemovePodSandbox {
+                            pod_uid: uid.to_owned(),
+                            sandbox_id: sandbox_id.clone(),
+                            source: e,
+                        }),
+                        _ => Ok(()),
+                    }
+                }
+            };
+            if let Err(error) = result {
+                errors.push(error);
+            }
+        }
+        errors
+    }
+
+    async fn run_pod_sandbox(&self, pod: &Pod, attempt: u32) -> Result<String, RuntimeError> {
+        let pod_ref = PodRef::from_pod(pod);
+        let config = self.sandbox_config(pod, attempt).await?;
+        self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
+            .await?;
+        let sandbox_id = self
+            .service
+            .run_pod_sandbox(config)
+            .await
+            .map_err(|source| RuntimeError::RunPodSandbox {
+                pod_uid: pod_ref.uid.clone(),
+                pod_name: pod_ref.name.clone(),
+                attempt,
+                source,
+            })?;
+        // Only for the log: the pod IP is what users look for first.
+        let pod_ip = match self.service.pod_sandbox_status(&sandbox_id).await {
+            Ok(status) => status.network.map(|n| n.ip).unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        tracing::info!(
+            pod.uid = pod_ref.uid,
+            pod.name = pod_ref.name,
+            sandbox.id = sandbox_id,
+            attempt,
+            pod.ip = pod_ip,
+            since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
+            "pod sandbox started"
+        );
+        Ok(sandbox_id)
+    }
+
+    async fn ensure_image(
+        &self,
+        pod_uid: &str,
+        container: &Container,
+        sandbox_config: &cri_api::PodSandboxConfig,
+    ) -> Result<(), RuntimeError> {
+        let image = container.image.clone().unwrap_or_default();
+        let spec = cri_api::ImageSpec {
+            image: image.clone(),
+            user_specified_image: image.clone(),
+            ..Default::default()
+        };
+        let image_error = |source| RuntimeError::Image {
+            pod_uid: pod_uid.to_owned(),
+            container_name: container.name.clone(),
+            image: image.clone(),
+            source,
+        };
+        if self
+            .service
+            .image_status(spec.clone())
+            .await
+            .map_err(image_error)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        // For now every policy but Never pulls only when the image is absent.
+        if container.image_pull_policy.as_deref() == Some("Never") {
+            return Err(RuntimeError::ImageNeverPull {
+                pod_uid: pod_uid.to_owned(),
+                container_name: container.name.clone(),
+                image,
+            });
+        }
+        tracing::info!(
+            pod.uid = pod_uid,
+            container.name = container.name,
+            image,
+            "pulling image"
+        );
+        let image_ref = self
+            .service
+            .pull_image(spec, sandbox_config.clone())
+            .await
+            .map_err(image_error)?;
+        tracing::info!(
+            pod.uid = pod_uid,
+            container.name = container.name,
+            image,
+            image_ref,
+            "pulled image"
+        );
+        Ok(())
+    }
+
+    async fn start_container(
+        &self,
+        pod: &Pod,
+        name: &str,
+        restart_count: u32,
+        sandbox_id: &str,
+        attempt: u32,
+    ) -> Result<(), RuntimeError> {
+        let pod_ref = PodRef::from_pod(pod);
+        let uid = pod_ref.uid.as_str();
+        let container = find_container(pod, name).ok_or_else(|| RuntimeError::MissingSpec {
+            pod_uid: uid.to_owned(),
+            container_name: name.to_owned(),
+        })?;
+        let sandbox_config = self.sandbox_config(pod, attempt).await?;
+        self.ensure_image(uid, container, &sandbox_config).await?;
+        let (config, unsupported) = container::container_config(pod, container, restart_count);
+        for field in unsupported {
+            tracing::warn!(
+                pod.uid = uid,
+                pod.name = pod_ref.name,
+                container.name = name,
+                "{field}; ignored"
+            );
+        }
+        let log_dir = Path::new(&sandbox_config.log_directory).join(name);
+        self.create_dir(uid, &log_dir).await?;
+        let container_id = self
+            .service
+            .create_container(sandbox_id, config, sandbox_config)
+            .await
+            .map_err(|source| RuntimeError::CreateContainer {
+                pod_uid: uid.to_owned(),
+                container_name: name.to_owned(),
+                restart_count,
+                source,
+            })?;
+        self.service
+            .start_container(&container_id)
+            .await
+            .map_err(|source| RuntimeError::StartContainer {
+                pod_uid: uid.to_owned(),
+                container_name: name.to_owned(),
+                container_id: container_id.clone(),
+                source,
+            })?;
+        tracing::info!(
+            pod.uid = uid,
+            pod.name = pod_ref.name,
+            sandbox.id = sandbox_id,
+            container.id = container_id,
+            container.name = name,
+            restart_count,
+            since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
+            "container started"
+        );
+        Ok(())
+    }
+}
+
+/// Deletes the log of a garbage-collected container instance; failure only
+/// costs disk space, so it is logged here and not returned.
+async fn remove_log_file(pod_uid: &str, container_id: &str, path: &Path) {
+    match tokio::fs::remove_file(path).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(pod.uid = pod_uid, container.id = container_id, path = %path.display(), error = %e, "removing container log");
+        }
+        _ => {}
+    }
+}

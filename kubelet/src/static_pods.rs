@@ -1,0 +1,834 @@
+//! The static pod source: Pod manifests in `--pod-manifest-path`.
+//!
+//! Every `*.yaml`, `*.yml` and `*.json` file holds one Pod. Each pod is
+//! defaulted as upstream `pkg/kubelet/config` does (name `<name>-<node>`,
+//! content-hash UID, `kubernetes.io/config.*` annotations, node name, the
+//! NoExecute toleration). A broken file is reported once per content and
+//! skipped. The source publishes the whole desired set, keyed by UID, on a
+//! watch channel whenever it changes; `None` there means "not listed yet", so
+//! nobody mistakes an unread directory for "no pods".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use inotify::{EventMask, Inotify, WatchMask};
+use k8s_openapi::api::core::v1::{Pod, Toleration};
+use md5::{Digest, Md5};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ErrorChain;
+use crate::labels;
+
+/// Desired pods keyed by UID.
+pub type DesiredPods = BTreeMap<String, Arc<Pod>>;
+
+/// What the source publishes: `None` until the directory was listed once.
+pub type DesiredPodsReceiver = watch::Receiver<Option<Arc<DesiredPods>>>;
+
+/// Value of `kubernetes.io/config.source` for manifest files.
+pub const FILE_SOURCE: &str = "file";
+
+/// Delay between an inotify event and the re-list, so a burst of events
+/// (create, write, close) from one save costs one re-list.
+const INOTIFY_DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// Problems with the manifest directory or one manifest file.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The directory could not be listed.
+    #[error("could not list manifest directory {path}")]
+    ReadDir {
+        /// Directory.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A manifest file could not be read.
+    #[error("could not read {path}")]
+    Read {
+        /// Manifest file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A YAML manifest is not valid YAML or not a valid Pod.
+    #[error("could not parse {path}")]
+    ParseYaml {
+        /// Manifest file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: serde_yaml::Error,
+    },
+    /// A JSON manifest is not valid JSON or not a valid Pod.
+    #[error("could not parse {path}")]
+    ParseJson {
+        /// Manifest file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The object is not a `v1` `Pod`.
+    #[error(
+        "{path}: expected apiVersion v1, kind Pod, found apiVersion {api_version:?}, kind {kind:?}"
+    )]
+    NotAPod {
+        /// Manifest file.
+        path: PathBuf,
+        /// `apiVersion` found.
+        api_version: Option<String>,
+        /// `kind` found.
+        kind: Option<String>,
+    },
+    /// `metadata.name` is missing or empty.
+    #[error("{path}: the pod has no metadata.name")]
+    MissingName {
+        /// Manifest file.
+        path: PathBuf,
+    },
+    /// The pod has no containers.
+    #[error("{path}: pod {name:?} has no containers")]
+    NoContainers {
+        /// Manifest file.
+        path: PathBuf,
+        /// Pod name from the manifest.
+        name: String,
+    },
+    /// A container has no name, or shares its name with another container.
+    #[error("{path}: pod {name:?} has an empty or duplicate container name {container:?}")]
+    ContainerName {
+        /// Manifest file.
+        path: PathBuf,
+        /// Pod name from the manifest.
+        name: String,
+        /// The offending container name.
+        container: String,
+    },
+    /// A container has no image.
+    #[error("{path}: container {container:?} of pod {name:?} has no image")]
+    MissingImage {
+        /// Manifest file.
+        path: PathBuf,
+        /// Pod name from the manifest.
+        name: String,
+        /// Container name.
+        container: String,
+    },
+    /// Another manifest already defines a pod with this namespace and name.
+    #[error("{path}: pod {namespace}/{name} is already defined by {other}")]
+    DuplicatePod {
+        /// Manifest file that is skipped.
+        path: PathBuf,
+        /// Namespace.
+        namespace: String,
+        /// Full static pod name.
+        name: String,
+        /// The manifest that defines it first (in file name order).
+        other: PathBuf,
+    },
+}
+
+/// The outcome of reading the manifest directory once.
+#[derive(Debug, Default)]
+pub struct ManifestListing {
+    /// Valid pods, defaulted, without the `config.seen` annotation, in file name order.
+    pub pods: Vec<(PathBuf, Pod)>,
+    /// Broken files with an md5 of their content and the reason.
+    pub errors: Vec<(PathBuf, [u8; 16], ManifestError)>,
+}
+
+fn is_manifest_file_name(name: &str) -> bool {
+    !name.starts_with('.')
+        && [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.len() > ext.len() && name.ends_with(ext))
+}
+
+/// Reads every manifest in `dir`. A missing directory lists as empty (as
+/// upstream, so the source still counts as seen); other directory errors fail.
+pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, ManifestError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ManifestListing::default()),
+        Err(source) => {
+            return Err(ManifestError::ReadDir {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(is_manifest_file_name)
+        })
+        // Follows symlinks: a symlinked manifest counts, a subdirectory does not.
+        .filter(|entry| std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()))
+        .map(|entry| entry.path())
+        .collect();
+    paths.sort();
+
+    let mut listing = ManifestListing::default();
+    let mut full_names: HashMap<(String, String), PathBuf> = HashMap::new();
+    for path in paths {
+        let data = match std::fs::read(&path) {
+            Ok(data) => data,
+            // Deleted between listing and reading: the next event re-lists.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                listing
+                    .errors
+                    .push((path.clone(), [0; 16], ManifestError::Read { path, source }));
+                continue;
+            }
+        };
+        let digest: [u8; 16] = Md5::digest(&data).into();
+        let pod = static_pod_from_manifest(&path, &data, node_name).and_then(|pod| {
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            match full_names.get(&(namespace.clone(), name.clone())) {
+                Some(other) => Err(ManifestError::DuplicatePod {
+                    path: path.clone(),
+                    namespace,
+                    name,
+                    other: other.clone(),
+                }),
+                None => {
+                    full_names.insert((namespace, name), path.clone());
+                    Ok(pod)
+                }
+            }
+        });
+        match pod {
+            Ok(pod) => listing.pods.push((path, pod)),
+            Err(error) => listing.errors.push((path, digest, error)),
+        }
+    }
+    Ok(listing)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Parses one manifest, validates what the kubelet relies on and applies the
+/// static pod defaults.
+pub fn static_pod_from_manifest(
+    path: &Path,
+    data: &[u8],
+    node_name: &str,
+) -> Result<Pod, ManifestError> {
+    let is_json = path.extension().is_some_and(|ext| ext == "json");
+    let parse_error_yaml = |source| ManifestError::ParseYaml {
+        path: path.to_owned(),
+        source,
+    };
+    let parse_error_json = |source| ManifestError::ParseJson {
+        path: path.to_owned(),
+        source,
+    };
+    let type_meta: TypeMeta = if is_json {
+        serde_json::from_slice(data).map_err(parse_error_json)?
+    } else {
+        serde_yaml::from_slice(data).map_err(parse_error_yaml)?
+    };
+    if type_meta.api_version.as_deref() != Some("v1") || type_meta.kind.as_deref() != Some("Pod") {
+        return Err(ManifestError::NotAPod {
+            path: path.to_owned(),
+            api_version: type_meta.api_version,
+            kind: type_meta.kind,
+        });
+    }
+    let pod: Pod = if is_json {
+        serde_json::from_slice(data).map_err(parse_error_json)?
+    } else {
+        serde_yaml::from_slice(data).map_err(parse_error_yaml)?
+    };
+    validate(path, &pod)?;
+    Ok(apply_static_pod_defaults(pod, path, node_name))
+}
+
+fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
+    let name = match pod.metadata.name.as_deref() {
+        Some(name) if !name.is_empty() => name,
+        _ => {
+            return Err(ManifestError::MissingName {
+                path: path.to_owned(),
+            });
+        }
+    };
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|spec| spec.containers.as_slice())
+        .unwrap_or_default();
+    if containers.is_empty() {
+        return Err(ManifestError::NoContainers {
+            path: path.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    let mut seen = HashSet::new();
+    for container in containers {
+        if container.name.is_empty() || !seen.insert(container.name.as_str()) {
+            return Err(ManifestError::ContainerName {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                container: container.name.clone(),
+            });
+        }
+        if container.image.as_deref().is_none_or(str::is_empty) {
+            return Err(ManifestError::MissingImage {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                container: container.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Upstream `applyDefaults` for file sources. The UID is an md5 over the pod
+/// as read, then `host:<node>` and `file:<path>`. Upstream hashes the pod with
+/// Go's spew printer, which has no Rust equivalent, so the serialisation here
+/// is the pod's canonical JSON: UIDs are stable for this kubelet but differ
+/// from an upstream kubelet's for the same file.
+fn apply_static_pod_defaults(mut pod: Pod, path: &Path, node_name: &str) -> Pod {
+    let uid = match pod.metadata.uid.as_deref() {
+        Some(uid) if !uid.is_empty() => uid.to_owned(),
+        _ => {
+            let mut hasher = Md5::new();
+            hasher.update(serde_json::to_vec(&pod).unwrap_or_default());
+            hasher.update(format!("host:{node_name}"));
+            hasher.update(format!("file:{}", path.display()));
+            hex::encode(hasher.finalize())
+        }
+    };
+    let meta = &mut pod.metadata;
+    meta.uid = Some(uid.clone());
+    meta.name = Some(format!(
+        "{}-{}",
+        meta.name.as_deref().unwrap_or_default(),
+        node_name
+    ));
+    if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace = Some("default".to_owned());
+    }
+    let annotations = meta.annotations.get_or_insert_default();
+    annotations.insert(labels::CONFIG_HASH.to_owned(), uid);
+    annotations.insert(labels::CONFIG_SOURCE.to_owned(), FILE_SOURCE.to_owned());
+
+    let spec = pod.spec.get_or_insert_default();
+    spec.node_name = Some(node_name.to_owned());
+    // Static pods tolerate every NoExecute taint so node problems never evict them.
+    let toleration = Toleration {
+        operator: Some("Exists".to_owned()),
+        effect: Some("NoExecute".to_owned()),
+        ..Toleration::default()
+    };
+    let tolerations = spec.tolerations.get_or_insert_default();
+    if !tolerations.iter().any(|t| same_toleration(t, &toleration)) {
+        tolerations.push(toleration);
+    }
+    pod
+}
+
+/// Upstream `MatchToleration`: equal key, effect, operator and value.
+fn same_toleration(a: &Toleration, b: &Toleration) -> bool {
+    a.key == b.key && a.effect == b.effect && a.operator == b.operator && a.value == b.value
+}
+
+/// Go's `time.RFC3339Nano` for UTC: fractional seconds without trailing zeros.
+fn rfc3339_nano(time: chrono::DateTime<chrono::Utc>) -> String {
+    let text = time.format("%Y-%m-%dT%H:%M:%S%.9f").to_string();
+    let trimmed = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{trimmed}Z")
+}
+
+/// State of the source between listings: first-seen times per UID and the
+/// broken files already reported.
+#[derive(Debug, Default)]
+pub struct StaticPodState {
+    first_seen: HashMap<String, String>,
+    reported: HashMap<PathBuf, [u8; 16]>,
+    current: Option<Arc<DesiredPods>>,
+}
+
+impl StaticPodState {
+    /// Folds a listing in; returns the new desired set if it differs from the
+    /// last one. Logs each broken file once per content.
+    pub fn apply(
+        &mut self,
+        listing: ManifestListing,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<Arc<DesiredPods>> {
+        let mut still_broken = HashSet::new();
+        for (path, digest, error) in &listing.errors {
+            still_broken.insert(path.clone());
+            if self.reported.get(path) != Some(digest) {
+                tracing::error!(path = %path.display(), error = %ErrorChain(error), "skipping static pod manifest");
+                self.reported.insert(path.clone(), *digest);
+            }
+        }
+        self.reported.retain(|path, _| still_broken.contains(path));
+
+        let mut desired = DesiredPods::new();
+        for (path, mut pod) in listing.pods {
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let seen = self
+                .first_seen
+                .entry(uid.clone())
+                .or_insert_with(|| rfc3339_nano(now));
+            pod.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(labels::CONFIG_SEEN.to_owned(), seen.clone());
+            if !self
+                .current
+                .as_ref()
+                .is_some_and(|current| current.contains_key(&uid))
+            {
+                tracing::info!(
+                    pod.uid = %uid,
+                    pod.name = pod.metadata.name.as_deref().unwrap_or_default(),
+                    path = %path.display(),
+                    "static pod added"
+                );
+            }
+            desired.insert(uid, Arc::new(pod));
+        }
+        if let Some(current) = &self.current {
+            for (uid, pod) in current
+                .iter()
+                .filter(|(uid, _)| !desired.contains_key(*uid))
+            {
+                tracing::info!(
+                    pod.uid = %uid,
+                    pod.name = pod.metadata.name.as_deref().unwrap_or_default(),
+                    "static pod removed"
+                );
+            }
+        }
+        self.first_seen.retain(|uid, _| desired.contains_key(uid));
+
+        if self.current.as_deref() == Some(&desired) {
+            return None;
+        }
+        let desired = Arc::new(desired);
+        self.current = Some(desired.clone());
+        Some(desired)
+    }
+}
+
+/// Watches the manifest directory and publishes the desired set.
+#[derive(Debug)]
+pub struct StaticPodSource {
+    dir: PathBuf,
+    node_name: String,
+    file_check_frequency: Duration,
+    state: StaticPodState,
+}
+
+type EventStream = inotify::EventStream<[u8; 4096]>;
+
+impl StaticPodSource {
+    /// A source for `dir`, re-listed at least every `file_check_frequency`.
+    pub fn new(dir: PathBuf, node_name: String, file_check_frequency: Duration) -> Self {
+        Self {
+            dir,
+            node_name,
+            file_check_frequency,
+            state: StaticPodState::default(),
+        }
+    }
+
+    fn watch_dir(&self) -> Option<EventStream> {
+        let mask = WatchMask::CREATE
+            | WatchMask::MODIFY
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DELETE
+            | WatchMask::MOVE
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF
+            | WatchMask::ONLYDIR;
+        let result = Inotify::init().and_then(|inotify| {
+            inotify.watches().add(&self.dir, mask)?;
+            inotify.into_event_stream([0u8; 4096])
+        });
+        match result {
+            Ok(stream) => Some(stream),
+            Err(error) => {
+                // The periodic re-list still works; the watch is retried then.
+                tracing::warn!(path = %self.dir.display(), error = %error, "cannot watch manifest directory");
+                None
+            }
+        }
+    }
+
+    async fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
+        let dir = self.dir.clone();
+        let node_name = self.node_name.clone();
+        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir, &node_name)).await;
+        match listing {
+            Ok(Ok(listing)) => {
+                if let Some(desired) = self.state.apply(listing, chrono::Utc::now()) {
+                    tx.send_replace(Some(desired));
+                }
+            }
+            // Keep the last known set: an unreadable directory is not "no pods".
+            Ok(Err(error)) => tracing::error!(error = %ErrorChain(&error), "listing static pods"),
+            Err(join_error) => tracing::error!(error = %join_error, "listing static pods panicked"),
+        }
+    }
+
+    /// Lists at once, then on every inotify event (debounced) and every
+    /// `file_check_frequency`, until cancelled.
+    pub async fn run(
+        mut self,
+        tx: watch::Sender<Option<Arc<DesiredPods>>>,
+        cancel: CancellationToken,
+    ) {
+        let mut events = self.watch_dir();
+        let mut periodic = tokio::time::interval(self.file_check_frequency);
+        periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut debounce: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let next_event = async {
+                match events.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let debounced = async {
+                match debounce.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = periodic.tick() => {
+                    if events.is_none() {
+                        events = self.watch_dir();
+                    }
+                    debounce = None;
+                    self.relist(&tx).await;
+                }
+                event = next_event => {
+                    match event {
+                        Some(Ok(event)) => {
+                            let lost = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED;
+                            if event.mask.intersects(lost) {
+                                events = None;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(error = %error, "reading inotify events");
+                            events = None;
+                        }
+                        None => events = None,
+                    }
+                    if debounce.is_none() {
+                        debounce = Some(Box::pin(tokio::time::sleep(INOTIFY_DEBOUNCE)));
+                    }
+                }
+                _ = debounced => {
+                    debounce = None;
+                    self.relist(&tx).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "node1";
+
+    const WEB: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  containers:
+  - name: httpd
+    image: docker.io/library/busybox-httpd:latest
+    ports: [{containerPort: 80, hostPort: 8080}]
+"#;
+
+    fn parse(name: &str, data: &str) -> Result<Pod, ManifestError> {
+        static_pod_from_manifest(
+            &Path::new("/etc/kubernetes/manifests").join(name),
+            data.as_bytes(),
+            NODE,
+        )
+    }
+
+    #[test]
+    fn static_pod_gets_upstream_defaults() {
+        let pod = parse("web.yaml", WEB).unwrap();
+        let meta = &pod.metadata;
+        assert_eq!(meta.name.as_deref(), Some("web-node1"));
+        assert_eq!(meta.namespace.as_deref(), Some("default"));
+        let uid = meta.uid.clone().unwrap();
+        assert_eq!(uid.len(), 32);
+        assert!(uid.chars().all(|c| c.is_ascii_hexdigit()));
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations[labels::CONFIG_HASH], uid);
+        assert_eq!(annotations[labels::CONFIG_SOURCE], "file");
+        let spec = pod.spec.as_ref().unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some(NODE));
+        let tolerations = spec.tolerations.as_ref().unwrap();
+        assert_eq!(tolerations.len(), 1);
+        assert_eq!(tolerations[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoExecute"));
+        assert_eq!(tolerations[0].key, None);
+        assert_eq!(meta.labels.as_ref().unwrap()["app"], "web");
+    }
+
+    #[test]
+    fn uid_depends_on_content_path_and_node() {
+        let uid = |name: &str, data: &str, node: &str| {
+            static_pod_from_manifest(Path::new(name), data.as_bytes(), node)
+                .unwrap()
+                .metadata
+                .uid
+                .unwrap()
+        };
+        let base = uid("/m/web.yaml", WEB, NODE);
+        assert_eq!(base, uid("/m/web.yaml", WEB, NODE), "stable across reads");
+        assert_ne!(base, uid("/m/web2.yaml", WEB, NODE));
+        assert_ne!(base, uid("/m/web.yaml", WEB, "node2"));
+        assert_ne!(base, uid("/m/web.yaml", &WEB.replace("8080", "8081"), NODE));
+        // Formatting alone does not change the pod, so not the UID either.
+        assert_eq!(base, uid("/m/web.yaml", &format!("# comment\n{WEB}"), NODE));
+    }
+
+    #[test]
+    fn explicit_uid_and_namespace_are_kept() {
+        let data = WEB.replace(
+            "  name: web\n",
+            "  name: web\n  namespace: kube-system\n  uid: abc\n",
+        );
+        let pod = parse("web.yaml", &data).unwrap();
+        assert_eq!(pod.metadata.uid.as_deref(), Some("abc"));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some("kube-system"));
+    }
+
+    #[test]
+    fn existing_noexecute_toleration_is_not_duplicated() {
+        let data = format!("{WEB}  tolerations: [{{operator: Exists, effect: NoExecute}}]\n");
+        let pod = parse("web.yaml", &data).unwrap();
+        assert_eq!(pod.spec.unwrap().tolerations.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_manifests_parse() {
+        let data = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"j"},
+            "spec":{"containers":[{"name":"c","image":"busybox"}]}}"#;
+        assert_eq!(
+            parse("j.json", data).unwrap().metadata.name.as_deref(),
+            Some("j-node1")
+        );
+    }
+
+    fn message(error: &ManifestError) -> String {
+        ErrorChain(error).to_string()
+    }
+
+    #[test]
+    fn broken_manifests_name_the_file_and_the_reason() {
+        let cases = [
+            (
+                "bad.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: [unclosed",
+                "could not parse /etc/kubernetes/manifests/bad.yaml: ",
+            ),
+            (
+                "svc.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
+                "kind Some(\"Service\")",
+            ),
+            (
+                "noname.yaml",
+                "apiVersion: v1\nkind: Pod\nspec: {containers: [{name: c, image: i}]}\n",
+                "has no metadata.name",
+            ),
+            (
+                "empty.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: e}\nspec: {containers: []}\n",
+                "has no containers",
+            ),
+            (
+                "noimage.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: n}\nspec: {containers: [{name: c}]}\n",
+                "container \"c\" of pod \"n\" has no image",
+            ),
+            (
+                "dup.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: d}\nspec: {containers: [{name: c, image: i}, {name: c, image: i}]}\n",
+                "duplicate container name \"c\"",
+            ),
+            (
+                "field.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: f}\nspec: {containers: [{name: c, image: i, ports: [{containerPort: eighty}]}]}\n",
+                "could not parse /etc/kubernetes/manifests/field.yaml: ",
+            ),
+        ];
+        for (name, data, expected) in cases {
+            let error = parse(name, data).unwrap_err();
+            let text = message(&error);
+            assert!(text.contains(name), "{text}");
+            assert!(text.contains(expected), "{name}: {text}");
+        }
+    }
+
+    fn write(dir: &Path, name: &str, data: &str) {
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+
+    #[test]
+    fn listing_skips_other_files_and_reports_broken_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", WEB);
+        write(
+            dir.path(),
+            "other.yml",
+            &WEB.replace("name: web", "name: other"),
+        );
+        write(
+            dir.path(),
+            ".hidden.yaml",
+            &WEB.replace("name: web", "name: hidden"),
+        );
+        write(dir.path(), "notes.txt", "hello");
+        write(dir.path(), "web.yaml.swp", "junk");
+        write(dir.path(), "bad.yaml", "kind: [");
+        std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+
+        let listing = list_manifests(dir.path(), NODE).unwrap();
+        let names: Vec<_> = listing
+            .pods
+            .iter()
+            .map(|(_, p)| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["other-node1", "web-node1"]);
+        assert_eq!(listing.errors.len(), 1);
+        assert_eq!(listing.errors[0].0, dir.path().join("bad.yaml"));
+    }
+
+    #[test]
+    fn second_manifest_with_the_same_pod_name_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", WEB);
+        write(dir.path(), "b.yaml", &WEB.replace("app: web", "app: web2"));
+        let listing = list_manifests(dir.path(), NODE).unwrap();
+        assert_eq!(listing.pods.len(), 1);
+        assert!(matches!(
+            listing.errors[0].2,
+            ManifestError::DuplicatePod { .. }
+        ));
+        assert!(message(&listing.errors[0].2).contains("a.yaml"));
+    }
+
+    #[test]
+    fn missing_directory_lists_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let listing = list_manifests(&dir.path().join("absent"), NODE).unwrap();
+        assert!(listing.pods.is_empty() && listing.errors.is_empty());
+    }
+
+    #[test]
+    fn state_publishes_only_changes_and_keeps_first_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", WEB);
+        let mut state = StaticPodState::default();
+        let t0 = chrono::DateTime::from_timestamp(1_700_000_000, 120_000_000).unwrap();
+        let t1 = t0 + chrono::Duration::seconds(5);
+
+        let first = state
+            .apply(list_manifests(dir.path(), NODE).unwrap(), t0)
+            .unwrap();
+        assert_eq!(first.len(), 1);
+        let pod = first.values().next().unwrap();
+        assert_eq!(
+            pod.metadata.annotations.as_ref().unwrap()[labels::CONFIG_SEEN],
+            "2023-11-14T22:13:20.12Z"
+        );
+        assert!(
+            state
+                .apply(list_manifests(dir.path(), NODE).unwrap(), t1)
+                .is_none()
+        );
+
+        write(dir.path(), "web.yaml", &WEB.replace("8080", "9090"));
+        let edited = state
+            .apply(list_manifests(dir.path(), NODE).unwrap(), t1)
+            .unwrap();
+        assert_eq!(edited.len(), 1);
+        assert_ne!(
+            edited.keys().next(),
+            first.keys().next(),
+            "edit gives a new UID"
+        );
+
+        std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+        assert!(
+            state
+                .apply(list_manifests(dir.path(), NODE).unwrap(), t1)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn rfc3339_nano_trims_zeros() {
+        let t = chrono::DateTime::from_timestamp(0, 0).unwrap();
+        assert_eq!(rfc3339_nano(t), "1970-01-01T00:00:00Z");
+        let t = chrono::DateTime::from_timestamp(0, 5).unwrap();
+        assert_eq!(rfc3339_nano(t), "1970-01-01T00:00:00.000000005Z");
+    }
+
+    #[tokio::test]
+    async fn inotify_picks_up_a_new_manifest_without_waiting_for_the_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = watch::channel(None);
+        let cancel = CancellationToken::new();
+        let source = StaticPodSource::new(
+            dir.path().to_owned(),
+            NODE.into(),
+            Duration::from_secs(3600),
+        );
+        let task = tokio::spawn(source.run(tx, cancel.clone()));
+
+        rx.changed().await.unwrap();
+        assert!(rx.borrow_and_update().as_ref().unwrap().is_empty());
+        write(dir.path(), "web.yaml", WEB);
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.borrow().as_ref().unwrap().len(), 1);
+
+        cancel.cancel();
+        task.await.unwrap();
+    }
+}
