@@ -43,13 +43,42 @@ pub struct ErrorChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
         let mut source = self.0.source();
         while let Some(error) = source {
-            write!(f, ": {error}")?;
+            let text = error.to_string();
+            // Some errors (tonic, hyper) repeat their source in their own
+            // message; print each text once.
+            if !previous.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
             source = error.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_lists_sources_once() {
+        let error = Outer(Middle(std::io::Error::other("disk on fire")));
+        assert_eq!(
+            ErrorChain(&error).to_string(),
+            "outer: middle: disk on fire"
+        );
     }
 }
 

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let flags = KubeletFlags::parse();
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(flags.verbosity))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let config = match flags.into_config() {
@@ -67,7 +68,10 @@ fn main() -> ExitCode {
             on_signal.cancel();
         });
         match kubelet::run(config, cancel).await {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(()) => {
+                tracing::info!("kubelet stopped");
+                ExitCode::SUCCESS
+            }
             Err(error) => {
                 tracing::error!(error = %ErrorChain(&error), "kubelet failed");
                 ExitCode::FAILURE

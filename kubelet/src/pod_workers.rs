@@ -9,7 +9,7 @@
 //! ports. Runtime pods that nobody desires are torn down as orphans, but
 //! only after the pod source and the PLEG have both reported once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -68,6 +68,8 @@ struct PodWorker<R> {
     intent: watch::Receiver<WorkerIntent>,
     wake: Arc<Notify>,
     crash_loop: CrashLoopBackOff,
+    /// Back-off deadlines already logged, so each is reported once.
+    reported_waits: HashMap<String, SystemTime>,
     clock: Clock,
     cancel: CancellationToken,
 }
@@ -155,7 +157,12 @@ impl<R: RuntimeService> PodWorker<R> {
         if plan.terminated {
             return Ok(SyncOutcome::Terminated);
         }
+        self.reported_waits
+            .retain(|name, _| plan.waiting.iter().any(|w| &w.name == name));
         for wait in &plan.waiting {
+            if self.reported_waits.insert(wait.name.clone(), wait.until) == Some(wait.until) {
+                continue;
+            }
             let remaining = wait.until.duration_since(now).unwrap_or_default();
             tracing::info!(
                 container.name = wait.name,
@@ -212,6 +219,8 @@ pub struct PodWorkers<R> {
     desired: Option<Arc<DesiredPods>>,
     /// Pods the PLEG saw in the runtime; `None` until its first relist.
     runtime_pods: Option<BTreeMap<String, PodRef>>,
+    /// Desired pods already reported as waiting for a namesake to terminate.
+    reported_waiting: HashSet<String>,
 }
 
 impl<R: RuntimeService> PodWorkers<R> {
@@ -235,6 +244,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             task_pods: HashMap::new(),
             desired: None,
             runtime_pods: None,
+            reported_waiting: HashSet::new(),
         }
     }
 
@@ -356,6 +366,9 @@ impl<R: RuntimeService> PodWorkers<R> {
                 .values()
                 .find(|w| w.pod.full_name() == full_name)
             {
+                if !self.reported_waiting.insert(uid.clone()) {
+                    continue;
+                }
                 tracing::info!(
                     pod.uid = uid,
                     pod.name = pod_ref.name,
@@ -365,8 +378,11 @@ impl<R: RuntimeService> PodWorkers<R> {
                 );
                 continue;
             }
+            self.reported_waiting.remove(uid);
             self.spawn(pod_ref, WorkerIntent::Run(pod.clone()));
         }
+        self.reported_waiting
+            .retain(|uid| desired.contains_key(uid));
     }
 
     fn spawn(&mut self, pod: PodRef, intent: WorkerIntent) {
@@ -378,6 +394,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             intent: intent_rx,
             wake: wake.clone(),
             crash_loop: CrashLoopBackOff::default(),
+            reported_waits: HashMap::new(),
             clock: self.clock,
             cancel: self.cancel.child_token(),
         };
