@@ -291,7 +291,12 @@ async fn run_with_runtime(
     match server_ended {
         Some(ended) => {
             *embedded = None;
-            Err(embedded_runtime_ended(ended))
+            // On shutdown the server may finish before the workers do.
+            if cancel.is_cancelled() && matches!(ended, Ok(Ok(()))) {
+                Ok(())
+            } else {
+                Err(embedded_runtime_ended(ended))
+            }
         }
         None => Ok(()),
     }
