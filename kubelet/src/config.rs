@@ -280,6 +280,10 @@ mod tests {
             "4",
         ]);
         assert_eq!(flags.verbosity, 4);
+        for style in ["-v=3", "--v=3", "-v3"] {
+            let flags = KubeletFlags::parse_from(["kubelet", "--pod-manifest-path=/m", style]);
+            assert_eq!(flags.verbosity, 3, "{style}");
+        }
         let config = flags.into_config().unwrap();
         assert_eq!(
             config.runtime,

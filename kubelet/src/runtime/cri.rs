@@ -9,6 +9,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 /// The CRI API version this kubelet speaks.
 pub const CRI_API_VERSION: &str = "v1";
@@ -138,6 +139,7 @@ impl RemoteRuntimeService {
         timeout: Option<Duration>,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CriError> {
+        let call = call.instrument(tracing::debug_span!("cri_call", method));
         let result = match timeout {
             Some(timeout) => tokio::time::timeout(timeout, call)
                 .await
