@@ -11,6 +11,7 @@ use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::pidfd;
 use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
@@ -133,30 +134,33 @@ impl Runtime {
         let name = record.reserved_name();
         self.reserve_name(&name, &id)?;
         let span = tracing::info_span!("create_container", container.id = %id, container.name = %meta.name, sandbox.id = %sandbox.id);
-        let _enter = span.enter();
-        match self.set_up_container(&mut record, &sandbox, &image).await {
-            Ok(exit_rx) => {
-                record.created = true;
-                write_json(&self.container_dir(&id).join("container.json"), &record)?;
-                self.inner
-                    .exits
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), exit_rx);
-                self.inner
-                    .containers
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), Entry::new(record));
-                tracing::info!("container created");
-                Ok(id)
-            }
-            Err(e) => {
-                self.remove_container_files(&id).await;
-                self.release_name(&name);
-                Err(e)
+        async {
+            match self.set_up_container(&mut record, &sandbox, &image).await {
+                Ok(exit_rx) => {
+                    record.created = true;
+                    write_json(&self.container_dir(&id).join("container.json"), &record)?;
+                    self.inner
+                        .exits
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), exit_rx);
+                    self.inner
+                        .containers
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), Entry::new(record));
+                    tracing::info!("container created");
+                    Ok(id)
+                }
+                Err(e) => {
+                    self.remove_container_files(&id).await;
+                    self.release_name(&name);
+                    Err(e)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     fn effective_state_ready(&self, sandbox: &super::sandbox::SandboxRecord) -> bool {

@@ -10,6 +10,7 @@ use k8s_cri::v1 as cri;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
+use tracing::Instrument;
 
 use super::pidfd;
 use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
@@ -124,30 +125,33 @@ impl Runtime {
             network_attached: false,
         };
         let span = tracing::info_span!("run_pod_sandbox", sandbox.id = %id, pod.name = %meta.name, pod.namespace = %meta.namespace, pod.uid = %meta.uid);
-        let _enter = span.enter();
-        match self.set_up_sandbox(&mut record).await {
-            Ok(()) => {
-                record.state = SandboxState::Ready;
-                write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
-                self.inner
-                    .sandboxes
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), Entry::new(record));
-                tracing::info!("pod sandbox ready");
-                Ok(id)
-            }
-            Err(e) => {
-                // Undo whatever was made; the error that matters is the first.
-                let leftovers = self.tear_down_sandbox(&mut record).await;
-                for l in leftovers {
-                    tracing::warn!(error = %l, "cleaning up failed sandbox");
+        async {
+            match self.set_up_sandbox(&mut record).await {
+                Ok(()) => {
+                    record.state = SandboxState::Ready;
+                    write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
+                    self.inner
+                        .sandboxes
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id.clone(), Entry::new(record));
+                    tracing::info!("pod sandbox ready");
+                    Ok(id)
                 }
-                let _ = std::fs::remove_dir_all(self.sandbox_dir(&id));
-                self.release_name(&name);
-                Err(e)
+                Err(e) => {
+                    // Undo whatever was made; the error that matters is the first.
+                    let leftovers = self.tear_down_sandbox(&mut record).await;
+                    for l in leftovers {
+                        tracing::warn!(error = %l, "cleaning up failed sandbox");
+                    }
+                    let _ = std::fs::remove_dir_all(self.sandbox_dir(&id));
+                    self.release_name(&name);
+                    Err(e)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn set_up_sandbox(&self, record: &mut SandboxRecord) -> Result<(), RuntimeError> {
