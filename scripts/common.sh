@@ -11,6 +11,11 @@ else
     BOLD='' RED='' RESET=''
 fi
 
+# With `set -e` a failing command ends the script; say which one (-E: also
+# inside functions and command substitutions).
+set -E
+trap 'printf "%serror:%s \"%s\" failed with status %d (%s line %d)\n" "$RED" "$RESET" "$BASH_COMMAND" "$?" "$(basename "${BASH_SOURCE[0]:-$0}")" "$LINENO" >&2' ERR
+
 step() { printf '\n%s==> %s%s\n' "$BOLD" "$*" "$RESET"; }
 warn() { printf '%swarning:%s %s\n' "$RED" "$RESET" "$*" >&2; }
 die() {

@@ -14,6 +14,7 @@
 # /var/log/pods, and /etc/cni/net.d (a bridge config is installed there only
 # when the directory holds no network config).
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
@@ -82,8 +83,8 @@ fi
 # What the host looks like before the demo, to find leftovers afterwards.
 snapshot_host() {
     {
-        echo "# links"
-        ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'
+        echo "# interfaces on $BRIDGE"
+        { ip -o link show master "$BRIDGE" 2>/dev/null || true; } | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'
         echo "# netns"
         ip netns list 2>/dev/null | awk '{ print $1 }'
         echo "# mounts"
@@ -91,6 +92,8 @@ snapshot_host() {
             'index($5, a) == 1 || index($5, b) == 1 { print $5 }' /proc/self/mountinfo
         echo "# ip reservations"
         find "/var/lib/cni/networks/$CNI_NETWORK" -maxdepth 1 -name '[0-9]*.*' -printf '%f\n' 2>/dev/null || true
+        echo "# runc containers"
+        runc --root "$SHIM_ROOT/runc" list -q 2>/dev/null || true
         echo "# nat chains"
         iptables-save -t nat 2>/dev/null | grep -E '^:CNI-' | cut -d' ' -f1 || true
     } | sort
@@ -119,7 +122,7 @@ pod_ip() {
 # The newest log file of container $2 in pod $1.
 container_log() {
     find /var/log/pods -mindepth 3 -maxdepth 3 -path "/var/log/pods/default_$1_*/$2/*.log" \
-        -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n1 | cut -d' ' -f2-
+        -printf '%T@ %p\n' 2>/dev/null | sort -rn | head -n1 | cut -d' ' -f2- || true
 }
 
 runtime_ps() {
@@ -160,7 +163,7 @@ teardown() {
     # Ctrl-C is the normal way to end the interactive demo.
     ((status == 130 && following)) && status=0
     trap '' INT TERM
-    trap - EXIT
+    trap - EXIT ERR
     set +e
     if [[ -n "$kubelet_pid" ]]; then
         step "Tearing down: removing the manifests and waiting for the pods to go"

@@ -9,6 +9,7 @@
 # e.g. `bash scripts/test.sh -- --test-threads 1` or `bash scripts/test.sh static_pod`.
 # Exits non-zero when anything fails.
 set -euo pipefail
+# shellcheck source=SCRIPTDIR/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$REPO_ROOT"
 
@@ -32,6 +33,7 @@ step "Running the tests"
 log=$(mktemp "${TMPDIR:-/tmp}/kubelet-rs-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
 set +e
+trap - ERR # a failure is reported below, after the summary
 E2E_IMAGES_DIR="$IMAGES_DIR" cargo test --workspace "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

@@ -683,7 +683,8 @@ fn run_quiet(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A process the harness started and watches.
+/// A process under test (kubelet, containerd) exited while the harness
+/// relied on it; [`wait_until`] stops at once on this error.
 #[derive(Debug, Clone)]
 pub struct ProcessExited {
     /// Which process.
@@ -1092,6 +1093,8 @@ impl Kubelet {
             }
         };
         let child = command
+            // Plain log files: the tests search them.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -1263,6 +1266,7 @@ impl Kubelet {
                 let endpoint = format!("unix://{}", socket.display());
                 let log = File::create(self.dir.join("cleanup-cri-shim.log"))?;
                 let child = Command::new(binary("cri-shim")?)
+                    .env("NO_COLOR", "1")
                     .args(["--listen", &endpoint])
                     .arg("--root")
                     .arg(shim_root)
@@ -1524,7 +1528,7 @@ impl Node {
     /// then carries the logs.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let (outcome, logs) = self.shutdown_with_logs().await;
-        outcome.map_err(|e| e.context(logs))
+        outcome.map_err(|e| anyhow!("{e:#}\n{logs}"))
     }
 
     /// [`Self::shutdown`], also returning [`Self::diagnostics`] as they are
