@@ -41,9 +41,14 @@ set -e
 # One line per test binary, so the outcome is readable at the end of a long log.
 step "Summary"
 awk '
-    /^ *Running / { sub(/^ *Running /, ""); target = $0 }
+    /^ *Running / {
+        line = $0; sub(/^ *Running /, "", line)
+        binary = line; sub(/.*deps\//, "", binary); sub(/-[0-9a-f]+\)$/, "", binary)
+        sub(/ \(.*/, "", line)
+        target = binary ": " line
+    }
     /^ *Doc-tests / { sub(/^ */, ""); target = $0 }
-    /^test result:/ { printf "%-60s %s\n", target, $0 }
+    /^test result: (ok|FAILED)\./ { printf "%-45s %s\n", target, $0 }
 ' "$log"
 if grep -q 'needs root' "$log"; then
     warn "some trials were ignored because they need root"
