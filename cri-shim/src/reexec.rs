@@ -20,3 +20,14 @@ pub fn run_child_role_if_requested() {
         _ => {}
     }
 }
+
+/// A command that re-executes this very binary (even if the file on disk was
+/// replaced since) in a child role; `ps` shows it under its real name.
+pub fn child_command(role: &str, spec_json: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.arg0(exe);
+    }
+    cmd.arg(role).arg(spec_json);
+    cmd
+}

@@ -525,9 +525,7 @@ async fn spawn_monitor(id: &str, spec: &MonitorSpec) -> Result<(i32, i32), Runti
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
-    let mut child = tokio::process::Command::new("/proc/self/exe")
-        .arg(MONITOR_ARG)
-        .arg(spec_json)
+    let mut child = crate::reexec::child_command(MONITOR_ARG, &spec_json)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

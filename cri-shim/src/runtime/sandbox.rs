@@ -512,9 +512,7 @@ async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
-    let mut child = tokio::process::Command::new("/proc/self/exe")
-        .arg(INFRA_ARG)
-        .arg(spec_json)
+    let mut child = crate::reexec::child_command(INFRA_ARG, &spec_json)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
