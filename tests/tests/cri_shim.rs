@@ -97,6 +97,44 @@ impl CriShim {
     async fn client(&self) -> anyhow::Result<CriClient> {
         harness::cri_client(&self.endpoint).await
     }
+
+    /// Removes every sandbox and container through the CRI, so a failed
+    /// trial leaves no infra process, netns, veth or mount behind.
+    async fn remove_everything(&self) -> anyhow::Result<()> {
+        let mut cri = self.client().await?;
+        for c in harness::list_containers(&mut cri, None).await? {
+            cri.remove_container(cri::RemoveContainerRequest { container_id: c.id })
+                .await?;
+        }
+        for s in harness::list_sandboxes(&mut cri, None).await? {
+            cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `body` against a fresh cri-shim on network `index`, then removes
+/// whatever the body left, also when it failed.
+async fn with_shim(
+    index: u32,
+    body: impl AsyncFnOnce(&mut CriShim, &CniNetwork, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("cri-shim-e2e-").tempdir()?;
+    let net = CniNetwork::create(dir.path(), index)?;
+    let mut shim = CriShim::start(dir.path(), &net)?;
+    let result = body(&mut shim, &net, dir.path()).await;
+    if matches!(shim.child.try_wait(), Ok(Some(_))) {
+        // The server was killed mid-trial and not restarted.
+        let _ = shim.restart();
+    }
+    let cleanup = shim
+        .remove_everything()
+        .await
+        .context("cleaning up after the trial");
+    result.and(cleanup)
 }
 
 impl Drop for CriShim {
@@ -175,11 +213,16 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 async fn sandbox_lifecycle() -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("cri-shim-e2e-").tempdir()?;
-    let net = CniNetwork::create(dir.path(), 201)?;
-    let mut shim = CriShim::start(dir.path(), &net)?;
+    with_shim(201, sandbox_lifecycle_body).await
+}
+
+async fn sandbox_lifecycle_body(
+    shim: &mut CriShim,
+    net: &CniNetwork,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let mut cri = shim.client().await?;
-    let log_dir = dir.path().join("logs");
+    let log_dir = dir.join("logs");
 
     let version = cri
         .version(cri::VersionRequest::default())
@@ -377,19 +420,20 @@ async fn sandbox_lifecycle() -> anyhow::Result<()> {
         .collect();
     ensure!(netns_left.is_empty(), "netns left: {netns_left:?}");
     ensure!(
-        mounts_under(dir.path()).is_empty(),
+        mounts_under(dir).is_empty(),
         "mounts left: {:?}",
-        mounts_under(dir.path())
+        mounts_under(dir)
     );
     Ok(())
 }
 
 async fn bad_input_leaves_nothing() -> anyhow::Result<()> {
-    let dir = tempfile::Builder::new().prefix("cri-shim-e2e-").tempdir()?;
-    let net = CniNetwork::create(dir.path(), 202)?;
-    let shim = CriShim::start(dir.path(), &net)?;
+    with_shim(202, bad_input_body).await
+}
+
+async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> anyhow::Result<()> {
     let mut cri = shim.client().await?;
-    let config = sandbox_config("badinput", &dir.path().join("logs"));
+    let config = sandbox_config("badinput", &dir.join("logs"));
     let sandbox_id = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -444,9 +488,9 @@ async fn bad_input_leaves_nothing() -> anyhow::Result<()> {
     })
     .await?;
     ensure!(
-        mounts_under(dir.path()).is_empty(),
+        mounts_under(dir).is_empty(),
         "mounts left: {:?}",
-        mounts_under(dir.path())
+        mounts_under(dir)
     );
     Ok(())
 }
