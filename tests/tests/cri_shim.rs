@@ -495,10 +495,10 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
     Ok(())
 }
 
-fn trial(
-    name: &'static str,
-    f: fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
-) -> Trial {
+/// A trial body: a boxed future so trials fit in one list.
+type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
+
+fn trial(name: &'static str, f: TrialFn) -> Trial {
     let root = harness::is_root();
     Trial::test(name, move || {
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;

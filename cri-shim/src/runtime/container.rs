@@ -3,13 +3,11 @@
 //! the CRI log and records the exit.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -410,19 +408,7 @@ impl Runtime {
         filter: Option<cri::ContainerFilter>,
     ) -> Result<Vec<cri::Container>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries: Vec<_> = {
-            let map = self
-                .inner
-                .containers
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            match super::resolve_prefix(&map, &filter.id) {
-                Ok(Some(id)) => vec![Arc::clone(&map[&id])],
-                Ok(None) if !filter.id.is_empty() => Vec::new(),
-                Err(_) => Vec::new(),
-                Ok(None) => map.values().cloned().collect(),
-            }
-        };
+        let entries = super::select_entries(&self.inner.containers, &filter.id);
         Ok(entries
             .iter()
             .map(|e| e.get())
@@ -525,33 +511,13 @@ async fn spawn_monitor(id: &str, spec: &MonitorSpec) -> Result<(i32, i32), Runti
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
-    let mut child = crate::reexec::child_command(MONITOR_ARG, &spec_json)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| err(format!("spawning monitor: {e}")))?;
-    let monitor_pid = child
-        .id()
-        .ok_or_else(|| err("monitor exited at once".into()))? as i32;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| err("no monitor stdout".into()))?;
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(stdout);
-    let read = reader.read_line(&mut line);
-    let report = match tokio::time::timeout(Duration::from_secs(60), read).await {
-        Ok(Ok(_)) => serde_json::from_str::<MonitorReport>(line.trim())
-            .map_err(|e| err(format!("bad monitor report {line:?}: {e}")))?,
-        Ok(Err(e)) => return Err(err(format!("reading monitor report: {e}"))),
-        Err(_) => {
-            let _ = child.kill().await;
-            return Err(err("monitor gave no report within 60s".into()));
-        }
-    };
-    // The monitor must outlive us; tokio reaps it if it exits while we run.
-    drop(child);
+    // `runc create` pulls nothing, but a loaded machine can make it slow.
+    let (monitor_pid, line) =
+        crate::reexec::spawn_child("monitor", MONITOR_ARG, &spec_json, Duration::from_secs(60))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    let report = serde_json::from_str::<MonitorReport>(&line)
+        .map_err(|e| err(format!("bad monitor report {line:?}: {e}")))?;
     match report {
         MonitorReport::Created { pid } => Ok((monitor_pid, pid)),
         MonitorReport::Failed { message } => Err(err(message)),

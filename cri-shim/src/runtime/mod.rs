@@ -228,6 +228,19 @@ fn resolve_prefix<V>(map: &HashMap<String, V>, id: &str) -> Result<Option<String
     }
 }
 
+/// The entries a CRI list filter's `id` selects: all for an empty id, the one
+/// with that id or unique prefix, else none.
+fn select_entries<R>(map: &RwLock<HashMap<String, Arc<Entry<R>>>>, id: &str) -> Vec<Arc<Entry<R>>> {
+    let map = map.read().unwrap_or_else(|e| e.into_inner());
+    if id.is_empty() {
+        return map.values().cloned().collect();
+    }
+    match resolve_prefix(&map, id) {
+        Ok(Some(key)) => vec![Arc::clone(&map[&key])],
+        Ok(None) | Err(_) => Vec::new(),
+    }
+}
+
 /// Whether `labels` match every pair of `selector`.
 pub(crate) fn labels_match(
     labels: &HashMap<String, String>,

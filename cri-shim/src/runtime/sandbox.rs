@@ -3,13 +3,11 @@
 //! `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncBufReadExt;
 use tracing::Instrument;
 
 use super::pidfd;
@@ -17,6 +15,9 @@ use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_js
 use crate::infra::InfraSpec;
 use crate::monitor::now_ns;
 use crate::reexec::INFRA_ARG;
+
+/// How long an infra process may take to set up its namespaces.
+const INFRA_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where sandbox network namespaces are pinned (visible to `ip netns`).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -360,19 +361,7 @@ impl Runtime {
         filter: Option<cri::PodSandboxFilter>,
     ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries: Vec<_> = {
-            let map = self
-                .inner
-                .sandboxes
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            match super::resolve_prefix(&map, &filter.id) {
-                Ok(Some(id)) => vec![Arc::clone(&map[&id])],
-                Ok(None) if !filter.id.is_empty() => Vec::new(),
-                Err(_) => Vec::new(),
-                Ok(None) => map.values().cloned().collect(),
-            }
-        };
+        let entries = super::select_entries(&self.inner.sandboxes, &filter.id);
         Ok(entries
             .iter()
             .map(|e| e.get())
@@ -512,33 +501,13 @@ async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
-    let mut child = crate::reexec::child_command(INFRA_ARG, &spec_json)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| err(format!("spawning: {e}")))?;
-    let pid = child.id().ok_or_else(|| err("exited at once".into()))? as i32;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| err("no stdout pipe".into()))?;
-    let mut line = String::new();
-    let mut reader = tokio::io::BufReader::new(stdout);
-    let read = reader.read_line(&mut line);
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Ok(_)) if line.trim() == "ready" => {}
-        Ok(_) => {
-            let _ = child.kill().await;
-            return Err(err(format!("did not start: {}", line.trim())));
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            return Err(err("no readiness report within 10s".into()));
-        }
+    let (pid, report) =
+        crate::reexec::spawn_child("infra process", INFRA_ARG, &spec_json, INFRA_START_TIMEOUT)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+    if report != "ready" {
+        return Err(err(format!("did not start: {report}")));
     }
-    // The infra process must outlive us; tokio reaps it if it exits while we run.
-    drop(child);
     Ok(pid)
 }
 
