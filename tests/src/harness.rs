@@ -939,16 +939,10 @@ impl Containerd {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        wait_until(
+        wait_cri_ready(
             "containerd's CRI service answers",
-            Duration::from_secs(30),
-            POLL,
-            async || {
-                self.process.check_alive()?;
-                let mut cri = cri_client(&self.endpoint).await?;
-                cri.version(VersionRequest::default()).await?;
-                Ok(Some(()))
-            },
+            &self.process,
+            &self.endpoint,
         )
         .await
     }
@@ -1004,6 +998,18 @@ pub fn render_containerd_config(root: &Path, cni_conf_dir: &Path) -> anyhow::Res
     Ok(CONTAINERD_CONFIG_TEMPLATE
         .replace("@ROOT@", root)
         .replace("@CNI_CONF_DIR@", conf))
+}
+
+/// Waits until the CRI runtime at `endpoint` answers `Version`, giving up
+/// at once if `process` (the runtime or the kubelet embedding it) died.
+async fn wait_cri_ready(what: &str, process: &Process, endpoint: &str) -> anyhow::Result<()> {
+    wait_until(what, Duration::from_secs(30), POLL, async || {
+        process.check_alive()?;
+        let mut cri = cri_client(endpoint).await?;
+        cri.version(VersionRequest::default()).await?;
+        Ok(Some(()))
+    })
+    .await
 }
 
 /// Which CRI runtime a kubelet uses.
@@ -1122,16 +1128,10 @@ impl Kubelet {
     }
 
     async fn wait_runtime_ready(&self) -> anyhow::Result<()> {
-        wait_until(
+        wait_cri_ready(
             "the kubelet's runtime answers",
-            Duration::from_secs(30),
-            POLL,
-            async || {
-                self.process.check_alive()?;
-                let mut cri = cri_client(&self.endpoint).await?;
-                cri.version(VersionRequest::default()).await?;
-                Ok(Some(()))
-            },
+            &self.process,
+            &self.endpoint,
         )
         .await
     }
