@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ pub struct MonitorSpec {
     pub log_path: Option<PathBuf>,
     /// Where the exit record is written.
     pub exit_file: PathBuf,
+    /// The container's cgroup path (OCI `cgroupsPath`), to tell an OOM kill.
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
 }
 
 /// The first line a monitor prints: the container's pid or why it failed.
@@ -65,6 +69,9 @@ pub struct ExitRecord {
     pub finished_at: i64,
     /// The signal that killed the process, if any.
     pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitRecord {
@@ -172,13 +179,25 @@ fn run(spec: &MonitorSpec) -> i32 {
     report(&MonitorReport::Created { pid });
     detach_stdio();
 
-    let log = spec.log_path.as_ref().and_then(|p| {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
+    let log = Arc::new(Mutex::new(spec.log_path.as_deref().and_then(open_log)));
+    // SIGUSR1 = reopen the log (the kubelet rotated it). Blocked only now,
+    // after `runc create`, so the container never inherits the mask; the
+    // threads spawned below inherit it, so only the signal thread takes it.
+    let mut usr1 = SigSet::empty();
+    usr1.add(Signal::SIGUSR1);
+    if usr1.thread_block().is_ok() {
+        if let Some(path) = spec.log_path.clone() {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                while let Ok(Signal::SIGUSR1) = usr1.wait() {
+                    let reopened = open_log(&path);
+                    if let Ok(mut guard) = log.lock() {
+                        *guard = reopened;
+                    }
+                }
+            });
         }
-        OpenOptions::new().create(true).append(true).open(p).ok()
-    });
-    let log = Arc::new(Mutex::new(log));
+    }
     let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
         .into_iter()
         .map(|(fd, stream)| {
@@ -187,7 +206,12 @@ fn run(spec: &MonitorSpec) -> i32 {
         })
         .collect::<Vec<_>>();
 
-    let exit = reap_until_exit(Pid::from_raw(pid));
+    let mut exit = reap_until_exit(Pid::from_raw(pid));
+    // The cgroup stays until `runc delete`, so its OOM counter is still there.
+    exit.oom_killed = spec
+        .cgroup_path
+        .as_deref()
+        .is_some_and(|p| cgroup_oom_killed(Path::new(CGROUP_ROOT), p));
     // The container's processes are gone with its init (own pid namespace);
     // give the pumps a moment to drain what is still buffered in the pipes.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
@@ -206,6 +230,14 @@ fn run(spec: &MonitorSpec) -> i32 {
     }
     write_exit(&spec.exit_file, &exit);
     0
+}
+
+/// Opens (creating) the CRI log file for appending.
+fn open_log(path: &Path) -> Option<File> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    OpenOptions::new().create(true).append(true).open(path).ok()
 }
 
 fn fail(message: String) -> i32 {
@@ -262,6 +294,7 @@ fn reap_until_exit(init: Pid) -> ExitRecord {
                     exit_code: code,
                     finished_at: now_ns(),
                     signal: None,
+                    oom_killed: false,
                 };
             }
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == init => {
@@ -269,6 +302,7 @@ fn reap_until_exit(init: Pid) -> ExitRecord {
                     exit_code: 128 + sig as i32,
                     finished_at: now_ns(),
                     signal: Some(sig as i32),
+                    oom_killed: false,
                 };
             }
             Ok(_) => continue,
@@ -280,6 +314,7 @@ fn reap_until_exit(init: Pid) -> ExitRecord {
                     exit_code: 255,
                     finished_at: now_ns(),
                     signal: None,
+                    oom_killed: false,
                 };
             }
         }
@@ -295,7 +330,63 @@ fn write_exit(path: &Path, exit: &ExitRecord) {
     }
 }
 
+/// Where cgroupfs is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether the OOM killer killed something in the cgroup at `cgroup_path`
+/// (relative to the hierarchy roots under `root`): `memory.events` on cgroup
+/// v2, `memory.oom_control` in the memory hierarchy on v1.
+pub fn cgroup_oom_killed(root: &Path, cgroup_path: &str) -> bool {
+    let rel = cgroup_path.trim_start_matches('/');
+    let counters = if root.join("cgroup.controllers").exists() {
+        root.join(rel).join("memory.events")
+    } else {
+        root.join("memory").join(rel).join("memory.oom_control")
+    };
+    std::fs::read_to_string(counters).is_ok_and(|text| oom_kill_count(&text) > 0)
+}
+
+/// The `oom_kill N` counter of a `memory.events` or `memory.oom_control` file.
+fn oom_kill_count(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|n| n.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
 /// Unix time in nanoseconds.
 pub fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_counter_from_v1_and_v2_files() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kill_count(v1), 2);
+        assert_eq!(oom_kill_count(v2), 1);
+        assert_eq!(oom_kill_count("oom_kill_disable 0\n"), 0);
+    }
+
+    #[test]
+    fn oom_killed_reads_the_right_hierarchy() {
+        let v1 = tempfile::tempdir().unwrap();
+        let dir = v1.path().join("memory/kubepods/c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.oom_control"), "under_oom 0\noom_kill 1\n").unwrap();
+        assert!(cgroup_oom_killed(v1.path(), "/kubepods/c1"));
+        assert!(!cgroup_oom_killed(v1.path(), "/kubepods/other"));
+
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(v2.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let dir = v2.path().join("kubepods/c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.events"), "oom 0\noom_kill 0\n").unwrap();
+        assert!(!cgroup_oom_killed(v2.path(), "/kubepods/c1"));
+    }
 }

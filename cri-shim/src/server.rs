@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService;
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::runtime::{Runtime, RuntimeError};
@@ -25,7 +26,11 @@ impl From<RuntimeError> for Status {
             RuntimeError::InvalidArgument(_)
             | RuntimeError::AmbiguousId { .. }
             | RuntimeError::Spec(_) => Status::invalid_argument(msg),
-            RuntimeError::SandboxNotReady { .. } => Status::failed_precondition(msg),
+            RuntimeError::SandboxNotReady { .. } | RuntimeError::ContainerNotRunning { .. } => {
+                Status::failed_precondition(msg)
+            }
+            // The kubelet turns DeadlineExceeded into a probe timeout.
+            RuntimeError::ExecTimeout { .. } => Status::deadline_exceeded(msg),
             _ => Status::unknown(msg),
         }
     }
@@ -190,13 +195,25 @@ impl RuntimeService for RuntimeServer {
 
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<cri::ReopenContainerLogResponse> {
-        Err(unimplemented("ReopenContainerLog"))
+        self.runtime
+            .reopen_container_log(&req.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
-    async fn exec_sync(&self, _: Request<cri::ExecSyncRequest>) -> Result<cri::ExecSyncResponse> {
-        Err(unimplemented("ExecSync"))
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<cri::ExecSyncResponse> {
+        let req = req.into_inner();
+        let out = self
+            .runtime
+            .exec_sync(&req.container_id, req.cmd, req.timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(&self, _: Request<cri::ExecRequest>) -> Result<cri::ExecResponse> {
@@ -296,7 +313,21 @@ impl RuntimeService for RuntimeServer {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Result<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        let events = self.runtime.subscribe_events();
+        let stream = futures::stream::unfold(events, |mut events| async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => return Some((Ok(event), events)),
+                    Err(RecvError::Lagged(missed)) => {
+                        // The subscriber relists on its own schedule too;
+                        // dropping it would cost it more than a gap.
+                        tracing::warn!(missed, "GetContainerEvents subscriber lagged");
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(

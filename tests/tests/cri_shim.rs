@@ -495,6 +495,183 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
     Ok(())
 }
 
+async fn exec_logs_events_oom() -> anyhow::Result<()> {
+    with_shim(203, exec_logs_events_oom_body).await
+}
+
+async fn exec_logs_events_oom_body(
+    shim: &mut CriShim,
+    _net: &CniNetwork,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let mut cri = shim.client().await?;
+    let log_dir = dir.join("logs");
+
+    // Collect events from before the first container exists.
+    let mut stream = cri
+        .get_container_events(cri::GetEventsRequest::default())
+        .await?
+        .into_inner();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            let _ = events_tx.send(event);
+        }
+    });
+
+    let config = sandbox_config("features", &log_dir);
+    let sandbox_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let create = async |cri: &mut CriClient, c: cri::ContainerConfig| -> anyhow::Result<String> {
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.clone(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        Ok(id)
+    };
+    let app = create(
+        &mut cri,
+        container_config("app", "while true; do echo tick; sleep 0.1; done"),
+    )
+    .await?;
+    wait_state(&mut cri, &app, cri::ContainerState::ContainerRunning).await?;
+
+    // ExecSync: output, exit code, timeout.
+    let exec = |cmd: &[&str], timeout: i64| cri::ExecSyncRequest {
+        container_id: app.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let out = cri
+        .exec_sync(exec(&["sh", "-c", "echo out; echo err >&2; exit 7"], 0))
+        .await?
+        .into_inner();
+    ensure!(
+        out.stdout == b"out\n" && out.stderr == b"err\n" && out.exit_code == 7,
+        "{out:?}"
+    );
+    let t = Instant::now();
+    let timed_out = cri.exec_sync(exec(&["sleep", "31"], 1)).await;
+    ensure!(
+        matches!(&timed_out, Err(s) if s.code() == tonic::Code::DeadlineExceeded),
+        "{timed_out:?}"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(10),
+        "timeout not enforced"
+    );
+    let ps = cri
+        .exec_sync(exec(&["ps", "-o", "args"], 5))
+        .await?
+        .into_inner();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    ensure!(
+        !ps.contains("sleep 31"),
+        "the timed-out command still runs:\n{ps}"
+    );
+
+    // ReopenContainerLog after a rotation: both files get CRI lines.
+    let log = log_dir.join("app/0.log");
+    let rotated = log_dir.join("app/0.log.1");
+    std::fs::rename(&log, &rotated)?;
+    cri.reopen_container_log(cri::ReopenContainerLogRequest {
+        container_id: app.clone(),
+    })
+    .await?;
+    harness::wait_until(
+        "the reopened log has lines",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            let lines = read_cri_log(&log)?;
+            Ok(lines.iter().any(|l| l.content == "tick").then_some(()))
+        },
+    )
+    .await?;
+    ensure!(read_cri_log(&rotated)?.iter().any(|l| l.content == "tick"));
+
+    // OOMKilled: a 16 MiB limit and a process that keeps allocating.
+    let mut hog = container_config("hog", "tail /dev/zero");
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&mut cri, hog).await?;
+    let oom = wait_state(&mut cri, &hog, cri::ContainerState::ContainerExited).await?;
+    ensure!(oom.reason == "OOMKilled" && oom.exit_code == 137, "{oom:?}");
+    let not_running = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: hog.clone(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await;
+    ensure!(
+        matches!(&not_running, Err(s) if s.code() == tonic::Code::FailedPrecondition),
+        "{not_running:?}"
+    );
+
+    // Events of `app`, in lifecycle order, carrying the pod's statuses.
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: app.clone(),
+        timeout: 0,
+    })
+    .await?;
+    cri.remove_container(cri::RemoveContainerRequest {
+        container_id: app.clone(),
+    })
+    .await?;
+    let want = [
+        cri::ContainerEventType::ContainerCreatedEvent,
+        cri::ContainerEventType::ContainerStartedEvent,
+        cri::ContainerEventType::ContainerStoppedEvent,
+        cri::ContainerEventType::ContainerDeletedEvent,
+    ];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + harness::DEADLINE;
+    while seen.len() < want.len() && Instant::now() < deadline {
+        let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(5), events_rx.recv()).await
+        else {
+            break;
+        };
+        if event.container_id == app {
+            ensure!(
+                event
+                    .pod_sandbox_status
+                    .as_ref()
+                    .is_some_and(|s| s.id == sandbox_id),
+                "event without its sandbox: {event:?}"
+            );
+            seen.push(event.container_event_type);
+        }
+    }
+    let want: Vec<i32> = want.iter().map(|e| *e as i32).collect();
+    ensure!(seen == want, "events {seen:?}, want {want:?}");
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id,
+    })
+    .await?;
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -516,6 +693,9 @@ fn main() {
         }),
         trial("cri_shim_bad_input_leaves_nothing", || {
             Box::pin(bad_input_leaves_nothing())
+        }),
+        trial("cri_shim_exec_sync_log_reopen_events_oom", || {
+            Box::pin(exec_logs_events_oom())
         }),
     ];
     libtest_mimic::run(&args, trials).exit();

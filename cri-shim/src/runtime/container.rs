@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::pidfd;
-use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
+use super::{Entry, ExecOutput, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
 use crate::monitor::{ExitRecord, MonitorReport, MonitorSpec, now_ns};
 use crate::oci::{self, SpecInputs};
 use crate::reexec::MONITOR_ARG;
@@ -148,6 +148,11 @@ impl Runtime {
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(id.clone(), Entry::new(record));
                     tracing::info!("container created");
+                    self.emit_container_event(
+                        &id,
+                        &sandbox.id,
+                        cri::ContainerEventType::ContainerCreatedEvent,
+                    );
                     Ok(id)
                 }
                 Err(e) => {
@@ -221,11 +226,16 @@ impl Runtime {
             runtime_root: self.inner.oci.root.clone(),
             log_path: (!record.log_path.as_os_str().is_empty()).then(|| record.log_path.clone()),
             exit_file: dir.join("exit.json"),
+            cgroup_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.to_string_lossy().into_owned()),
         };
         let (monitor_pid, pid) = spawn_monitor(&record.id, &monitor).await?;
         record.monitor_pid = monitor_pid;
         record.pid = pid;
-        Ok(watch_exit(monitor_pid))
+        Ok(self.watch_exit(&record.id, &record.sandbox_id, monitor_pid))
     }
 
     /// StartContainer.
@@ -241,11 +251,84 @@ impl Runtime {
                 )));
             }
         }
+        // Stamped before the call: a container that exits at once must not
+        // report finishing before it started.
+        let started_at = now_ns();
         self.inner.oci.start(&id).await?;
-        let record = entry.update(|r| r.started_at = Some(now_ns()));
+        let record = entry.update(|r| r.started_at = Some(started_at));
         write_json(&self.container_dir(&id).join("container.json"), &record)?;
         tracing::info!(container.id = %id, container.name = %record.name(), "container started");
+        self.emit_container_event(
+            &id,
+            &record.sandbox_id,
+            cri::ContainerEventType::ContainerStartedEvent,
+        );
         Ok(())
+    }
+
+    /// ExecSync: runs `cmd` in the running container and returns its output
+    /// and exit code; `timeout` seconds (0 = none) bound it.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: i64,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let (id, entry) = self.container_entry(id)?;
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument(
+                "ExecSync: cmd is empty".into(),
+            ));
+        }
+        if self.state_of(&entry.get()) != ContainerState::Running {
+            return Err(RuntimeError::ContainerNotRunning { id });
+        }
+        let timeout = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
+        // One pid file per call: concurrent probes must not share one.
+        let pid_file = self
+            .container_dir(&id)
+            .join(format!("exec-{}.pid", &new_id()[..16]));
+        match self.inner.oci.exec(&id, &cmd, timeout, &pid_file).await? {
+            Some(output) => Ok(output),
+            None => Err(RuntimeError::ExecTimeout {
+                id,
+                cmd,
+                timeout: timeout.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// ReopenContainerLog: the monitor reopens the log path (after the
+    /// kubelet rotated the file); returns once the new file exists.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
+        let (id, entry) = self.container_entry(id)?;
+        let record = entry.get();
+        if self.state_of(&record) != ContainerState::Running {
+            return Err(RuntimeError::ContainerNotRunning { id });
+        }
+        if record.log_path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(record.monitor_pid),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|source| RuntimeError::ReopenLog {
+            container: id.clone(),
+            reason: format!("signalling the monitor: {source}"),
+        })?;
+        // The monitor answers within microseconds; a short bounded poll for
+        // the file is simpler than a reply channel to a detached process.
+        for _ in 0..200 {
+            if record.log_path.exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(RuntimeError::ReopenLog {
+            container: id,
+            reason: format!("{} did not reappear within 1s", record.log_path.display()),
+        })
     }
 
     /// StopContainer: the stop signal, `timeout` seconds, then SIGKILL. Idempotent.
@@ -310,6 +393,11 @@ impl Runtime {
             .remove(&id);
         self.release_name(&entry.get().reserved_name());
         tracing::info!(container.id = %id, "container removed");
+        self.emit_container_event(
+            &id,
+            &entry.get().sandbox_id,
+            cri::ContainerEventType::ContainerDeletedEvent,
+        );
         Ok(())
     }
 
@@ -328,11 +416,29 @@ impl Runtime {
         }
     }
 
+    /// A receiver that turns true when the monitor (and so the container) is
+    /// gone; the exit is also published as a STOPPED event.
+    fn watch_exit(&self, id: &str, sandbox_id: &str, monitor_pid: i32) -> watch::Receiver<bool> {
+        let (tx, rx) = watch::channel(false);
+        let runtime = self.clone();
+        let (id, sandbox_id) = (id.to_owned(), sandbox_id.to_owned());
+        tokio::spawn(async move {
+            pidfd::wait_exit(monitor_pid).await;
+            let _ = tx.send(true);
+            runtime.emit_container_event(
+                &id,
+                &sandbox_id,
+                cri::ContainerEventType::ContainerStoppedEvent,
+            );
+        });
+        rx
+    }
+
     fn exit_receiver(&self, record: &ContainerRecord) -> watch::Receiver<bool> {
         let mut exits = self.inner.exits.lock().unwrap_or_else(|e| e.into_inner());
         exits
             .entry(record.id.clone())
-            .or_insert_with(|| watch_exit(record.monitor_pid))
+            .or_insert_with(|| self.watch_exit(&record.id, &record.sandbox_id, record.monitor_pid))
             .clone()
     }
 
@@ -368,7 +474,9 @@ impl Runtime {
             (ContainerState::Exited, Some(e)) => (
                 e.exit_code,
                 e.finished_at,
-                if e.exit_code == 0 {
+                if e.oom_killed {
+                    "OOMKilled"
+                } else if e.exit_code == 0 {
                     "Completed"
                 } else {
                     "Error"
@@ -446,6 +554,14 @@ impl Runtime {
             if let Err(e) = self.reserve_name(&record.reserved_name(), &id) {
                 tracing::warn!(container.id = %id, error = %e, "duplicate container name on disk");
             }
+            if matches!(
+                self.state_of(&record),
+                ContainerState::Created | ContainerState::Running
+            ) {
+                // Adopted while alive: its exit must still wake waiters and
+                // reach event subscribers.
+                self.exit_receiver(&record);
+            }
             self.inner
                 .containers
                 .write()
@@ -462,16 +578,6 @@ fn cri_state(s: ContainerState) -> cri::ContainerState {
         ContainerState::Exited => cri::ContainerState::ContainerExited,
         ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
     }
-}
-
-/// A receiver that turns true when the monitor (and so the container) is gone.
-fn watch_exit(monitor_pid: i32) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        pidfd::wait_exit(monitor_pid).await;
-        let _ = tx.send(true);
-    });
-    rx
 }
 
 fn mount_overlay(

@@ -19,11 +19,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use k8s_cri::v1 as cri;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use container::ContainerState;
-pub use ocirt::{OciRuntime, OciRuntimeError};
+pub use ocirt::{ExecOutput, MAX_EXEC_OUTPUT, OciRuntime, OciRuntimeError};
 pub use sandbox::SandboxState;
 
 use crate::config::Config;
@@ -68,6 +69,22 @@ pub enum RuntimeError {
         /// Sandbox id.
         id: String,
     },
+    /// The operation needs a running container.
+    #[error("container {id:?} is not running")]
+    ContainerNotRunning {
+        /// Container id.
+        id: String,
+    },
+    /// An ExecSync command outlived its timeout and was killed.
+    #[error("command {cmd:?} in container {id:?} timed out after {timeout:?}")]
+    ExecTimeout {
+        /// Container id.
+        id: String,
+        /// The command.
+        cmd: Vec<String>,
+        /// The timeout it exceeded.
+        timeout: std::time::Duration,
+    },
     /// The image is not in the store.
     #[error("image {image:?} not found")]
     ImageNotFound {
@@ -104,6 +121,14 @@ pub enum RuntimeError {
         container: String,
         /// The runtime's message.
         message: String,
+    },
+    /// The monitor did not reopen the container's log.
+    #[error("container {container}: reopening the log: {reason}")]
+    ReopenLog {
+        /// Container id.
+        container: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The OCI runtime binary failed.
     #[error(transparent)]
@@ -188,7 +213,12 @@ struct Inner {
     names: Mutex<HashMap<String, String>>,
     /// oom_score_adj of this process, the floor for containers.
     oom_score_adj: i32,
+    /// Container lifecycle events for GetContainerEvents subscribers.
+    events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
 }
+
+/// Events kept for a slow GetContainerEvents subscriber before it lags.
+const EVENT_BUFFER: usize = 1024;
 
 /// Persisted as `<dir>/<file>` via a temp file and rename.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
@@ -283,6 +313,7 @@ impl Runtime {
                 exits: Mutex::default(),
                 names: Mutex::default(),
                 oom_score_adj,
+                events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             }),
         };
         rt.load_sandboxes().await;
@@ -303,6 +334,40 @@ impl Runtime {
     /// Whether a valid CNI network configuration exists; the error says why not.
     pub fn network_ready(&self) -> Result<(), cni_plugins::CniError> {
         self.inner.cni.load_network().map(|_| ())
+    }
+
+    /// A stream of container lifecycle events from now on.
+    pub fn subscribe_events(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<cri::ContainerEventResponse> {
+        self.inner.events.subscribe()
+    }
+
+    /// Publishes an event with the pod's current sandbox and container
+    /// statuses (what the kubelet's evented PLEG consumes).
+    fn emit_container_event(
+        &self,
+        container_id: &str,
+        sandbox_id: &str,
+        kind: cri::ContainerEventType,
+    ) {
+        if self.inner.events.receiver_count() == 0 {
+            return;
+        }
+        let containers_statuses = self
+            .container_ids_of_sandbox(sandbox_id)
+            .iter()
+            .filter_map(|id| self.container_status(id).ok())
+            .collect();
+        let event = cri::ContainerEventResponse {
+            container_id: container_id.to_owned(),
+            container_event_type: kind as i32,
+            created_at: crate::monitor::now_ns(),
+            pod_sandbox_status: self.pod_sandbox_status(sandbox_id).ok(),
+            containers_statuses,
+        };
+        // No subscriber left between the check and the send is fine.
+        let _ = self.inner.events.send(event);
     }
 
     fn reserve_name(&self, name: &str, owner: &str) -> Result<(), RuntimeError> {

@@ -1,7 +1,24 @@
 //! The OCI runtime binary (`runc` or a compatible one) for the calls the server
 //! makes itself; `create` is run by the container's monitor.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Most output kept per stream of an exec, as the kubelet limits it (16 MiB).
+pub const MAX_EXEC_OUTPUT: usize = 16 * 1024 * 1024;
+
+/// What a command run in a container produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Standard output, at most [`MAX_EXEC_OUTPUT`] bytes.
+    pub stdout: Vec<u8>,
+    /// Standard error, at most [`MAX_EXEC_OUTPUT`] bytes.
+    pub stderr: Vec<u8>,
+    /// Exit code; 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+}
 
 /// Errors from the OCI runtime binary.
 #[derive(Debug, thiserror::Error)]
@@ -109,5 +126,93 @@ impl OciRuntime {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
+    }
+
+    /// Runs `cmd` in the running container (with the container's user, env
+    /// and working directory) and collects its output. `None` when `timeout`
+    /// passed first: the process was then killed inside the container.
+    pub async fn exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Option<Duration>,
+        pid_file: &Path,
+    ) -> Result<Option<ExecOutput>, OciRuntimeError> {
+        let exec_err = |source| OciRuntimeError::Exec {
+            binary: self.binary.clone(),
+            op: "exec",
+            id: id.to_owned(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("exec")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .args(cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(exec_err)?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (stdout, stderr, status) =
+                tokio::join!(read_capped(out), read_capped(err), child.wait());
+            Ok::<_, std::io::Error>((stdout?, stderr?, status?))
+        };
+        let finished = match timeout {
+            Some(t) => tokio::time::timeout(t, run).await.ok(),
+            None => Some(run.await),
+        };
+        let Some(finished) = finished else {
+            // Killing runc would leave the command running in the container:
+            // kill the process it started, by the pid runc recorded.
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.kill().await;
+            let _ = std::fs::remove_file(pid_file);
+            return Ok(None);
+        };
+        let _ = std::fs::remove_file(pid_file);
+        let (stdout, stderr, status) = finished.map_err(exec_err)?;
+        use std::os::unix::process::ExitStatusExt;
+        let exit_code = status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(255);
+        Ok(Some(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+        }))
+    }
+}
+
+/// Reads a stream to its end, keeping the first [`MAX_EXEC_OUTPUT`] bytes;
+/// the rest is drained so the writer never blocks on a full pipe.
+async fn read_capped(stream: Option<impl AsyncRead + Unpin>) -> std::io::Result<Vec<u8>> {
+    let Some(mut stream) = stream else {
+        return Ok(Vec::new());
+    };
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
     }
 }
