@@ -185,18 +185,18 @@ fn run(spec: &MonitorSpec) -> i32 {
     // threads spawned below inherit it, so only the signal thread takes it.
     let mut usr1 = SigSet::empty();
     usr1.add(Signal::SIGUSR1);
-    if usr1.thread_block().is_ok() {
-        if let Some(path) = spec.log_path.clone() {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                while let Ok(Signal::SIGUSR1) = usr1.wait() {
-                    let reopened = open_log(&path);
-                    if let Ok(mut guard) = log.lock() {
-                        *guard = reopened;
-                    }
+    if usr1.thread_block().is_ok()
+        && let Some(path) = spec.log_path.clone()
+    {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            while let Ok(Signal::SIGUSR1) = usr1.wait() {
+                let reopened = open_log(&path);
+                if let Ok(mut guard) = log.lock() {
+                    *guard = reopened;
                 }
-            });
-        }
+            }
+        });
     }
     let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
         .into_iter()
