@@ -17,11 +17,14 @@ pub mod oci;
 pub mod reexec;
 pub mod runtime;
 pub mod server;
+pub mod v1alpha2;
 
 pub use config::Config;
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use k8s_cri::v1alpha2::image_service_server::ImageServiceServer as AlphaImageServiceServer;
+use k8s_cri::v1alpha2::runtime_service_server::RuntimeServiceServer as AlphaRuntimeServiceServer;
 use tokio_util::sync::CancellationToken;
 
 /// Errors that stop the server.
@@ -70,11 +73,14 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
     let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
     tracing::info!(socket = %path.display(), root = %config.root.display(), "cri-shim serving CRI v1");
     let images = image::ImageService::new(runtime.images().clone(), config.root.clone());
+    let runtime_server = server::RuntimeServer::new(runtime);
     let server = tonic::transport::Server::builder()
-        .add_service(RuntimeServiceServer::new(server::RuntimeServer::new(
-            runtime,
+        .add_service(RuntimeServiceServer::new(runtime_server.clone()))
+        .add_service(ImageServiceServer::new(images.clone()))
+        .add_service(AlphaRuntimeServiceServer::new(v1alpha2::AlphaRuntime(
+            runtime_server,
         )))
-        .add_service(ImageServiceServer::new(images))
+        .add_service(AlphaImageServiceServer::new(v1alpha2::AlphaImage(images)))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             cancel.cancelled(),

@@ -672,6 +672,125 @@ async fn exec_logs_events_oom_body(
     Ok(())
 }
 
+async fn serves_v1alpha2() -> anyhow::Result<()> {
+    with_shim(204, serves_v1alpha2_body).await
+}
+
+/// A v1alpha2 client (what kubelets up to 1.22 speak) runs a pod; the v1
+/// API sees the same objects.
+async fn serves_v1alpha2_body(
+    shim: &mut CriShim,
+    net: &CniNetwork,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    use k8s_cri::v1alpha2 as alpha;
+    let channel = cri_shim::client::connect(&shim.endpoint).await?;
+    let mut old = alpha::runtime_service_client::RuntimeServiceClient::new(channel.clone());
+    let mut old_images = alpha::image_service_client::ImageServiceClient::new(channel);
+    let version = old
+        .version(alpha::VersionRequest::default())
+        .await?
+        .into_inner();
+    ensure!(version.runtime_api_version == "v1alpha2", "{version:?}");
+    let images = old_images
+        .list_images(alpha::ListImagesRequest::default())
+        .await?
+        .into_inner();
+    ensure!(
+        images.images.iter().any(|i| i
+            .repo_tags
+            .contains(&"docker.io/library/busybox:latest".to_owned())),
+        "busybox not listed over v1alpha2: {images:?}"
+    );
+
+    let config = alpha::PodSandboxConfig {
+        metadata: Some(alpha::PodSandboxMetadata {
+            name: "old".into(),
+            uid: "uid-old".into(),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        log_directory: dir.join("logs").display().to_string(),
+        labels: HashMap::from([("api".to_owned(), "v1alpha2".to_owned())]),
+        ..Default::default()
+    };
+    let sandbox_id = old
+        .run_pod_sandbox(alpha::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let container = alpha::ContainerConfig {
+        metadata: Some(alpha::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(alpha::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "300".into()],
+        log_path: "c/0.log".into(),
+        ..Default::default()
+    };
+    let id = old
+        .create_container(alpha::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(container),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    old.start_container(alpha::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let status = old
+        .container_status(alpha::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")?;
+    ensure!(
+        status.state == alpha::ContainerState::ContainerRunning as i32,
+        "{status:?}"
+    );
+    let sandbox = old
+        .pod_sandbox_status(alpha::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no sandbox status")?;
+    let ip = sandbox.network.context("no network")?.ip;
+    ensure!(
+        ip.starts_with("10.91.204."),
+        "pod IP {ip} not in {}",
+        net.subnet
+    );
+
+    let mut cri = shim.client().await?;
+    let seen = harness::list_sandboxes(&mut cri, None).await?;
+    ensure!(
+        seen.len() == 1 && seen[0].labels.get("api").map(String::as_str) == Some("v1alpha2"),
+        "v1 sees {seen:?}"
+    );
+    old.remove_pod_sandbox(alpha::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id,
+    })
+    .await?;
+    ensure!(harness::list_containers(&mut cri, None).await?.is_empty());
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -697,6 +816,7 @@ fn main() {
         trial("cri_shim_exec_sync_log_reopen_events_oom", || {
             Box::pin(exec_logs_events_oom())
         }),
+        trial("cri_shim_serves_v1alpha2", || Box::pin(serves_v1alpha2())),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
