@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::image::ImageConfig;
@@ -375,40 +376,16 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         namespaces.push(ns(LinuxNamespaceType::Uts, &inp.sandbox.utsns).map_err(build)?);
     }
 
-    let mut resources = LinuxResourcesBuilder::default().devices(vec![
+    let mut resources = linux_resources(linux_cfg.resources.as_ref()).map_err(build)?;
+    // Device access: all for privileged containers, else only what runc
+    // allows every container (null, zero, tty, ...).
+    resources.set_devices(Some(vec![
         LinuxDeviceCgroupBuilder::default()
             .allow(privileged)
             .access("rwm")
             .build()
             .map_err(build)?,
-    ]);
-    if let Some(r) = &linux_cfg.resources {
-        let mut cpu = LinuxCpuBuilder::default();
-        if r.cpu_shares > 0 {
-            cpu = cpu.shares(r.cpu_shares as u64);
-        }
-        if r.cpu_quota > 0 {
-            cpu = cpu.quota(r.cpu_quota);
-        }
-        if r.cpu_period > 0 {
-            cpu = cpu.period(r.cpu_period as u64);
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu = cpu.cpus(r.cpuset_cpus.clone());
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu = cpu.mems(r.cpuset_mems.clone());
-        }
-        resources = resources.cpu(cpu.build().map_err(build)?);
-        if r.memory_limit_in_bytes > 0 {
-            resources = resources.memory(
-                LinuxMemoryBuilder::default()
-                    .limit(r.memory_limit_in_bytes)
-                    .build()
-                    .map_err(build)?,
-            );
-        }
-    }
+    ]));
     let cgroup_parent = if inp.sandbox.cgroup_parent.is_empty() {
         "/cri-shim"
     } else {
@@ -416,7 +393,7 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
     };
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
-        .resources(resources.build().map_err(build)?)
+        .resources(resources)
         .cgroups_path(PathBuf::from(format!(
             "/{}/{}",
             cgroup_parent.trim_matches('/'),
@@ -445,6 +422,57 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
             .then(|| inp.sandbox.hostname.clone()),
     );
     Ok(spec)
+}
+
+/// CPU, memory and hugepage settings of a CRI container as OCI resources
+/// (used at create and by UpdateContainerResources). Unset CRI values (0)
+/// stay unset.
+pub fn linux_resources(
+    r: Option<&cri::LinuxContainerResources>,
+) -> Result<LinuxResources, oci_spec::OciSpecError> {
+    let mut resources = LinuxResourcesBuilder::default();
+    let Some(r) = r else {
+        return resources.build();
+    };
+    let mut cpu = LinuxCpuBuilder::default();
+    if r.cpu_shares > 0 {
+        cpu = cpu.shares(r.cpu_shares as u64);
+    }
+    if r.cpu_quota > 0 {
+        cpu = cpu.quota(r.cpu_quota);
+    }
+    if r.cpu_period > 0 {
+        cpu = cpu.period(r.cpu_period as u64);
+    }
+    if !r.cpuset_cpus.is_empty() {
+        cpu = cpu.cpus(r.cpuset_cpus.clone());
+    }
+    if !r.cpuset_mems.is_empty() {
+        cpu = cpu.mems(r.cpuset_mems.clone());
+    }
+    resources = resources.cpu(cpu.build()?);
+    let mut memory = LinuxMemoryBuilder::default();
+    if r.memory_limit_in_bytes > 0 {
+        memory = memory.limit(r.memory_limit_in_bytes);
+    }
+    if r.memory_swap_limit_in_bytes > 0 {
+        memory = memory.swap(r.memory_swap_limit_in_bytes);
+    }
+    resources = resources.memory(memory.build()?);
+    if !r.hugepage_limits.is_empty() {
+        let limits = r
+            .hugepage_limits
+            .iter()
+            .map(|h| {
+                LinuxHugepageLimitBuilder::default()
+                    .page_size(h.page_size.clone())
+                    .limit(h.limit as i64)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        resources = resources.hugepage_limits(limits);
+    }
+    resources.build()
 }
 
 fn capabilities(

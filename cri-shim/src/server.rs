@@ -188,9 +188,13 @@ impl RuntimeService for RuntimeServer {
 
     async fn update_container_resources(
         &self,
-        _: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<cri::UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = req.into_inner();
+        self.runtime
+            .update_container_resources(&req.container_id, req.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(

@@ -495,11 +495,11 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
     Ok(())
 }
 
-async fn exec_logs_events_oom() -> anyhow::Result<()> {
-    with_shim(203, exec_logs_events_oom_body).await
+async fn container_features() -> anyhow::Result<()> {
+    with_shim(203, container_features_body).await
 }
 
-async fn exec_logs_events_oom_body(
+async fn container_features_body(
     shim: &mut CriShim,
     _net: &CniNetwork,
     dir: &Path,
@@ -585,6 +585,40 @@ async fn exec_logs_events_oom_body(
         "the timed-out command still runs:\n{ps}"
     );
 
+    // UpdateContainerResources reaches the container's cgroup.
+    let limit: i64 = 48 << 20;
+    cri.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: app.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: limit,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let memory_file = if v2 {
+        format!("/sys/fs/cgroup/cri-shim/{app}/memory.max")
+    } else {
+        format!("/sys/fs/cgroup/memory/cri-shim/{app}/memory.limit_in_bytes")
+    };
+    let applied = std::fs::read_to_string(&memory_file).with_context(|| memory_file.clone())?;
+    ensure!(
+        applied.trim() == limit.to_string(),
+        "{memory_file} = {applied}"
+    );
+    let reported = status(&mut cri, &app)
+        .await?
+        .resources
+        .and_then(|r| r.linux);
+    ensure!(
+        reported
+            .as_ref()
+            .is_some_and(|r| r.memory_limit_in_bytes == limit && r.cpu_shares == 512),
+        "ContainerStatus.resources = {reported:?}"
+    );
+
     // ReopenContainerLog after a rotation: both files get CRI lines.
     let log = log_dir.join("app/0.log");
     let rotated = log_dir.join("app/0.log.1");
@@ -617,6 +651,16 @@ async fn exec_logs_events_oom_body(
     let hog = create(&mut cri, hog).await?;
     let oom = wait_state(&mut cri, &hog, cri::ContainerState::ContainerExited).await?;
     ensure!(oom.reason == "OOMKilled" && oom.exit_code == 137, "{oom:?}");
+    let update_exited = cri
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: hog.clone(),
+            ..Default::default()
+        })
+        .await;
+    ensure!(
+        matches!(&update_exited, Err(s) if s.code() == tonic::Code::FailedPrecondition),
+        "{update_exited:?}"
+    );
     let not_running = cri
         .exec_sync(cri::ExecSyncRequest {
             container_id: hog.clone(),
@@ -813,8 +857,8 @@ fn main() {
         trial("cri_shim_bad_input_leaves_nothing", || {
             Box::pin(bad_input_leaves_nothing())
         }),
-        trial("cri_shim_exec_sync_log_reopen_events_oom", || {
-            Box::pin(exec_logs_events_oom())
+        trial("cri_shim_exec_update_log_reopen_events_oom", || {
+            Box::pin(container_features())
         }),
         trial("cri_shim_serves_v1alpha2", || Box::pin(serves_v1alpha2())),
     ];

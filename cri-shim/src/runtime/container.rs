@@ -298,6 +298,44 @@ impl Runtime {
         }
     }
 
+    /// UpdateContainerResources: new CPU/memory limits for a created or
+    /// running container, applied by the OCI runtime and recorded so
+    /// ContainerStatus reports them.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<(), RuntimeError> {
+        let (id, entry) = self.container_entry(id)?;
+        let _op = entry.op.lock().await;
+        if matches!(
+            self.state_of(&entry.get()),
+            ContainerState::Exited | ContainerState::Unknown
+        ) {
+            return Err(RuntimeError::ContainerNotRunning { id });
+        }
+        let Some(resources) = resources else {
+            return Ok(());
+        };
+        let oci = oci::linux_resources(Some(&resources)).map_err(|e| {
+            RuntimeError::InvalidArgument(format!("container {id}: resources: {e}"))
+        })?;
+        let file = self.container_dir(&id).join("resources.json");
+        write_json(&file, &oci)?;
+        let applied = self.inner.oci.update(&id, &file).await;
+        let _ = std::fs::remove_file(&file);
+        applied?;
+        let record = entry.update(|r| {
+            r.config
+                .linux
+                .get_or_insert_with(Default::default)
+                .resources = Some(resources);
+        });
+        write_json(&self.container_dir(&id).join("container.json"), &record)?;
+        tracing::info!(container.id = %id, "container resources updated");
+        Ok(())
+    }
+
     /// ReopenContainerLog: the monitor reopens the log path (after the
     /// kubelet rotated the file); returns once the new file exists.
     pub async fn reopen_container_log(&self, id: &str) -> Result<(), RuntimeError> {
@@ -506,6 +544,15 @@ impl Runtime {
             annotations: r.config.annotations.clone(),
             mounts: r.config.mounts.clone(),
             log_path: r.log_path.to_string_lossy().into_owned(),
+            resources: r
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|linux| cri::ContainerResources {
+                    linux: Some(linux),
+                    windows: None,
+                }),
             ..Default::default()
         })
     }

@@ -120,6 +120,12 @@ impl OciRuntime {
         self.run("kill", &[], id, &[signal]).await
     }
 
+    /// Applies new cgroup limits (an OCI `LinuxResources` JSON file).
+    pub async fn update(&self, id: &str, resources_file: &Path) -> Result<(), OciRuntimeError> {
+        let file = resources_file.to_string_lossy();
+        self.run("update", &["--resources", &file], id, &[]).await
+    }
+
     /// Deletes the container's runtime state, killing it if still alive.
     pub async fn delete(&self, id: &str) -> Result<(), OciRuntimeError> {
         match self.run("delete", &["--force"], id, &[]).await {
