@@ -1709,3 +1709,129 @@ mod tests {
         );
     }
 }
+
+/// A standalone cri-shim process with its own root, socket and network,
+/// with the busybox test image imported.
+#[derive(Debug)]
+pub struct CriShim {
+    child: std::process::Child,
+    /// `--root` (images, records, runc state).
+    pub root: PathBuf,
+    /// `unix://<dir>/cri.sock`.
+    pub endpoint: String,
+    conf_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl CriShim {
+    /// Imports busybox into `<dir>/root` and starts the server.
+    pub fn start(dir: &Path, net: &CniNetwork) -> anyhow::Result<Self> {
+        let root = dir.join("root");
+        let images = TestImages::get()?;
+        let bin = binary("cri-shim")?;
+        let status = Command::new(&bin)
+            .arg("--root")
+            .arg(&root)
+            .arg("import")
+            .arg(images.busybox())
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "cri-shim import failed");
+        let socket = dir.join("cri.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        let mut shim = CriShim {
+            child: Command::new("true").spawn()?,
+            root,
+            endpoint,
+            conf_dir: net.conf_dir.clone(),
+            log: dir.join("cri-shim.log"),
+        };
+        shim.restart()?;
+        Ok(shim)
+    }
+
+    /// (Re)starts the server process and waits for its socket.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.wait();
+        let socket = socket_of(&self.endpoint);
+        // A killed server leaves its socket file; wait for the new one.
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        self.child = Command::new(binary("cri-shim")?)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--listen")
+            .arg(&self.endpoint)
+            .arg("--cni-conf-dir")
+            .arg(&self.conf_dir)
+            .arg("--cni-bin-dir")
+            .arg("/usr/lib/cni")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let start = Instant::now();
+        while !socket.exists() {
+            ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "cri-shim socket did not appear"
+            );
+            if let Some(status) = self.child.try_wait()? {
+                bail!("cri-shim exited with {status}: {}", tail(&self.log, 20));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `Ok(Some(_))` once the server process has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server with SIGKILL (containers keep running).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A CRI client for it.
+    pub async fn client(&self) -> anyhow::Result<CriClient> {
+        cri_client(&self.endpoint).await
+    }
+
+    /// Removes every sandbox and container through the CRI, so a failed
+    /// trial leaves no infra process, netns, veth or mount behind.
+    pub async fn remove_everything(&self) -> anyhow::Result<()> {
+        let mut cri = self.client().await?;
+        for c in list_containers(&mut cri, None).await? {
+            cri.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: c.id })
+                .await?;
+        }
+        for s in list_sandboxes(&mut cri, None).await? {
+            cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CriShim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn socket_of(endpoint: &str) -> PathBuf {
+    PathBuf::from(endpoint.trim_start_matches("unix://"))
+}

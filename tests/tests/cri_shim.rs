@@ -6,115 +6,13 @@
 //! Needs root; when not root every trial is reported as ignored, by name.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use e2e::harness::{self, CniNetwork, CriClient, TestImages, read_cri_log};
+use anyhow::{Context, ensure};
+use e2e::harness::{self, CniNetwork, CriClient, CriShim, read_cri_log};
 use k8s_cri::v1 as cri;
 use libtest_mimic::{Arguments, Trial};
-
-/// A cri-shim process with its own root, socket and network.
-struct CriShim {
-    child: Child,
-    root: PathBuf,
-    endpoint: String,
-    conf_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl CriShim {
-    fn start(dir: &Path, net: &CniNetwork) -> anyhow::Result<Self> {
-        let root = dir.join("root");
-        let images = TestImages::get()?;
-        let bin = harness::binary("cri-shim")?;
-        let status = Command::new(&bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("import")
-            .arg(images.busybox())
-            .stdout(Stdio::null())
-            .status()?;
-        ensure!(status.success(), "cri-shim import failed");
-        let socket = dir.join("cri.sock");
-        let endpoint = format!("unix://{}", socket.display());
-        let mut shim = CriShim {
-            child: Command::new("true").spawn()?,
-            root,
-            endpoint,
-            conf_dir: net.conf_dir.clone(),
-            log: dir.join("cri-shim.log"),
-        };
-        shim.restart()?;
-        Ok(shim)
-    }
-
-    /// (Re)starts the server process and waits for its socket.
-    fn restart(&mut self) -> anyhow::Result<()> {
-        let _ = self.child.wait();
-        let socket = harness_socket(&self.endpoint);
-        // A killed server leaves its socket file; wait for the new one.
-        let _ = std::fs::remove_file(&socket);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        self.child = Command::new(harness::binary("cri-shim")?)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--listen")
-            .arg(&self.endpoint)
-            .arg("--cni-conf-dir")
-            .arg(&self.conf_dir)
-            .arg("--cni-bin-dir")
-            .arg("/usr/lib/cni")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
-        let start = Instant::now();
-        while !socket.exists() {
-            ensure!(
-                start.elapsed() < Duration::from_secs(20),
-                "cri-shim socket did not appear"
-            );
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "cri-shim exited with {status}: {}",
-                    harness::tail(&self.log, 20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn client(&self) -> anyhow::Result<CriClient> {
-        harness::cri_client(&self.endpoint).await
-    }
-
-    /// Removes every sandbox and container through the CRI, so a failed
-    /// trial leaves no infra process, netns, veth or mount behind.
-    async fn remove_everything(&self) -> anyhow::Result<()> {
-        let mut cri = self.client().await?;
-        for c in harness::list_containers(&mut cri, None).await? {
-            cri.remove_container(cri::RemoveContainerRequest { container_id: c.id })
-                .await?;
-        }
-        for s in harness::list_sandboxes(&mut cri, None).await? {
-            cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: s.id,
-            })
-            .await?;
-        }
-        Ok(())
-    }
-}
 
 /// Runs `body` against a fresh cri-shim on network `index`, then removes
 /// whatever the body left, also when it failed.
@@ -126,7 +24,7 @@ async fn with_shim(
     let net = CniNetwork::create(dir.path(), index)?;
     let mut shim = CriShim::start(dir.path(), &net)?;
     let result = body(&mut shim, &net, dir.path()).await;
-    if matches!(shim.child.try_wait(), Ok(Some(_))) {
+    if matches!(shim.try_wait(), Ok(Some(_))) {
         // The server was killed mid-trial and not restarted.
         let _ = shim.restart();
     }
@@ -135,17 +33,6 @@ async fn with_shim(
         .await
         .context("cleaning up after the trial");
     result.and(cleanup)
-}
-
-impl Drop for CriShim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn harness_socket(endpoint: &str) -> PathBuf {
-    PathBuf::from(endpoint.trim_start_matches("unix://"))
 }
 
 fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
