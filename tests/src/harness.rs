@@ -737,6 +737,15 @@ impl Process {
     }
 
     /// Takes the child out, to stop it; `None` if already taken.
+    /// The pid, while the process has not been stopped.
+    fn pid(&self) -> Option<u32> {
+        let guard = self
+            .child
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.as_ref().map(Child::id)
+    }
+
     fn take(&mut self) -> Option<Child> {
         self.child
             .get_mut()
@@ -956,6 +965,11 @@ impl Containerd {
                 .arg(path),
         )?;
         Ok(())
+    }
+
+    /// containerd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
     }
 
     /// `Err(ProcessExited)` if containerd died.

@@ -1,0 +1,323 @@
+//! cri-shim against containerd through the same CRI client, in one run:
+//!
+//! - pod start (RunPodSandbox + CreateContainer + StartContainer) and pod stop
+//!   (StopContainer + StopPodSandbox + RemovePodSandbox), min/median/p95/max
+//!   over `--cycles` pods started and stopped one at a time;
+//! - memory with `--pods` pods running: the sum of RSS of the runtime's own
+//!   processes (cri-shim + its monitors and infra processes; containerd + its
+//!   containerd-shim-runc-v2 processes; containers themselves excluded).
+//!
+//! `cri-bench [--cycles 30] [--pods 50]`; needs root. Both runtimes use the
+//! reference CNI plugins (bridge + host-local) on their own bridge.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use e2e::harness::{self, CniNetwork, Containerd, CriClient, CriShim, TestImages};
+use k8s_cri::v1 as cri;
+
+#[derive(Parser)]
+struct Args {
+    /// Pods started and stopped one at a time per runtime (after 1 warm-up).
+    #[arg(long, default_value_t = 30)]
+    cycles: usize,
+    /// Pods running at once for the memory figure.
+    #[arg(long, default_value_t = 50)]
+    pods: usize,
+}
+
+struct Timings {
+    start: Vec<Duration>,
+    stop: Vec<Duration>,
+}
+
+fn sandbox_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.join(name).display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container_config() -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "main".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: harness::BUSYBOX_IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: "main/0.log".into(),
+        ..Default::default()
+    }
+}
+
+/// Starts one pod; returns its sandbox id.
+async fn start_pod(
+    cri: &mut CriClient,
+    name: &str,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    let config = sandbox_config(name, log_dir);
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .context("RunPodSandbox")?
+        .into_inner()
+        .pod_sandbox_id;
+    let container = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container_config()),
+            sandbox_config: Some(config),
+        })
+        .await
+        .context("CreateContainer")?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: container,
+    })
+    .await
+    .context("StartContainer")?;
+    Ok(sandbox)
+}
+
+/// Stops and removes one pod (containers killed at once: timeout 0).
+async fn stop_pod(cri: &mut CriClient, sandbox: &str) -> anyhow::Result<()> {
+    let containers = cri
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: sandbox.to_owned(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    for c in containers {
+        cri.stop_container(cri::StopContainerRequest {
+            container_id: c.id,
+            timeout: 0,
+        })
+        .await?;
+    }
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.to_owned(),
+    })
+    .await?;
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox.to_owned(),
+    })
+    .await?;
+    Ok(())
+}
+
+async fn cycles(
+    cri: &mut CriClient,
+    n: usize,
+    log_dir: &std::path::Path,
+) -> anyhow::Result<Timings> {
+    let warm = start_pod(cri, "warmup", log_dir).await?;
+    stop_pod(cri, &warm).await?;
+    let mut t = Timings {
+        start: Vec::new(),
+        stop: Vec::new(),
+    };
+    for i in 0..n {
+        let t0 = Instant::now();
+        let sandbox = start_pod(cri, &format!("cycle{i}"), log_dir).await?;
+        t.start.push(t0.elapsed());
+        let t1 = Instant::now();
+        stop_pod(cri, &sandbox).await?;
+        t.stop.push(t1.elapsed());
+    }
+    Ok(t)
+}
+
+/// (RSS, PSS) of a process in KiB, from `smaps_rollup` (zeros if it is gone).
+/// PSS splits shared pages (the binary's text) among the processes mapping
+/// them, so many small helpers are not charged the same pages again and again.
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
+/// Summed (RSS, PSS) of `pids`.
+fn sum_memory(pids: impl IntoIterator<Item = u32>) -> (u64, u64) {
+    pids.into_iter()
+        .map(memory_kib)
+        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2))
+}
+
+/// (pid, ppid, cmdline) of every process.
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Field 4 (ppid) follows the parenthesised command name.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        out.push((
+            pid,
+            ppid,
+            String::from_utf8_lossy(&cmdline).replace('\0', " "),
+        ));
+    }
+    out
+}
+
+/// cri-shim server + its direct children (monitors and infra processes):
+/// ((RSS, PSS), helper count).
+fn cri_shim_memory(server: u32) -> ((u64, u64), usize) {
+    let procs = processes();
+    let helpers: Vec<u32> = procs
+        .iter()
+        .filter(|(_, ppid, cmd)| *ppid == server && cmd.contains("__cri-shim-"))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let count = helpers.len();
+    (sum_memory(std::iter::once(server).chain(helpers)), count)
+}
+
+/// containerd + the shims started for it (they name its socket):
+/// ((RSS, PSS), shim count).
+fn containerd_memory(daemon: u32, socket: &str) -> ((u64, u64), usize) {
+    let shims: Vec<u32> = processes()
+        .iter()
+        .filter(|(_, _, cmd)| cmd.contains("containerd-shim") && cmd.contains(socket))
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    let count = shims.len();
+    (sum_memory(std::iter::once(daemon).chain(shims)), count)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn row(label: &str, what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
+    println!(
+        "{:<16} {:<6} {:>9} {:>9} {:>9} {:>9}",
+        label,
+        what,
+        ms(samples[0]),
+        ms(percentile(samples, 0.5)),
+        ms(percentile(samples, 0.95)),
+        ms(samples[samples.len() - 1])
+    );
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    let images = TestImages::get()?;
+    let dir = tempfile::Builder::new().prefix("cri-bench-").tempdir()?;
+    let shim_dir = dir.path().join("cri-shim");
+    let ctrd_dir = dir.path().join("containerd");
+    std::fs::create_dir_all(&shim_dir)?;
+    std::fs::create_dir_all(&ctrd_dir)?;
+    let shim_net = CniNetwork::create(&shim_dir, 210)?;
+    let ctrd_net = CniNetwork::create(&ctrd_dir, 211)?;
+    let shim = CriShim::start(&shim_dir, &shim_net)?;
+    let containerd = Containerd::start(&ctrd_dir, &ctrd_net, images).await?;
+    let containerd_pid = containerd.pid().context("containerd is not running")?;
+    let containerd_socket = containerd.endpoint.trim_start_matches("unix://").to_owned();
+
+    let runtimes = [
+        ("cri-shim", shim.endpoint.clone()),
+        ("containerd 1.6", containerd.endpoint.clone()),
+    ];
+    println!(
+        "pod start/stop through CRI, {} cycles each (after 1 warm-up)",
+        args.cycles
+    );
+    println!(
+        "{:<16} {:<6} {:>9} {:>9} {:>9} {:>9}",
+        "runtime", "", "min", "median", "p95", "max"
+    );
+    for (label, endpoint) in &runtimes {
+        let mut cri = harness::cri_client(endpoint).await?;
+        let log_dir = dir.path().join("logs").join(label.replace(' ', "-"));
+        let mut t = cycles(&mut cri, args.cycles, &log_dir).await?;
+        row(label, "start", &mut t.start);
+        row(label, "stop", &mut t.stop);
+    }
+
+    println!(
+        "\nmemory with {} pods running (the runtime's own processes, containers excluded)",
+        args.pods
+    );
+    for (label, endpoint) in &runtimes {
+        let mut cri = harness::cri_client(endpoint).await?;
+        let log_dir = dir
+            .path()
+            .join("logs")
+            .join(format!("mem-{}", label.replace(' ', "-")));
+        let mut sandboxes = Vec::new();
+        for i in 0..args.pods {
+            sandboxes.push(start_pod(&mut cri, &format!("mem{i}"), &log_dir).await?);
+        }
+        // Let lazily allocated state settle before reading RSS.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ((rss, pss), helpers) = if *label == "cri-shim" {
+            cri_shim_memory(shim.pid())
+        } else {
+            containerd_memory(containerd_pid, &containerd_socket)
+        };
+        println!(
+            "{:<16} RSS {:>7.1} MiB  PSS {:>7.1} MiB  ({} helper processes)",
+            label,
+            rss as f64 / 1024.0,
+            pss as f64 / 1024.0,
+            helpers,
+        );
+        for s in &sandboxes {
+            stop_pod(&mut cri, s).await?;
+        }
+    }
+    ensure!(
+        harness::list_sandboxes(&mut shim.client().await?, None)
+            .await?
+            .is_empty(),
+        "cri-shim pods left"
+    );
+    shim.remove_everything().await?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        harness::is_root(),
+        "cri-bench needs root (runc, network namespaces, CNI)"
+    );
+    tokio::runtime::Runtime::new()?.block_on(run(&args))
+}
