@@ -213,9 +213,24 @@ async fn sandbox_lifecycle_body(
         "hostname not set: {text:?}"
     );
 
-    // Survives a kill -9 of the runtime and is adopted by the next one.
+    // Survives a kill -9 of the runtime and is adopted by the next one; a
+    // container that exits while the runtime is down keeps its exit code.
+    let brief = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(container_config("brief", "sleep 1; echo bye; exit 5")),
+            sandbox_config: Some(config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: brief.clone(),
+    })
+    .await?;
     let pid_before = status(&mut cri, &id).await?.started_at;
     shim.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     shim.restart()?;
     let mut cri = shim.client().await?;
     let after = status(&mut cri, &id).await?;
@@ -224,6 +239,18 @@ async fn sandbox_lifecycle_body(
         "not running after restart"
     );
     ensure!(after.started_at == pid_before, "container was restarted");
+    let brief_status = status(&mut cri, &brief).await?;
+    ensure!(
+        brief_status.state == cri::ContainerState::ContainerExited as i32
+            && brief_status.exit_code == 5
+            && brief_status.finished_at > brief_status.started_at,
+        "exit while the runtime was down: {brief_status:?}"
+    );
+    let brief_log = read_cri_log(&log_dir.join("brief/0.log"))?;
+    ensure!(
+        brief_log.iter().any(|l| l.content == "bye"),
+        "output written while the runtime was down is missing: {brief_log:?}"
+    );
 
     // SIGTERM is ignored by pid 1 without a handler: StopContainer escalates.
     let t = Instant::now();
@@ -722,6 +749,126 @@ async fn serves_v1alpha2_body(
     Ok(())
 }
 
+async fn cycles_leave_nothing() -> anyhow::Result<()> {
+    with_shim(205, cycles_leave_nothing_body).await
+}
+
+/// 200 pods created and deleted: no netns, mount, cgroup, helper process,
+/// IP reservation, veth or state file of any of them is left.
+async fn cycles_leave_nothing_body(
+    shim: &mut CriShim,
+    net: &CniNetwork,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    const CYCLES: usize = 200;
+    let mut cri = shim.client().await?;
+    let mut sandbox_ids = Vec::new();
+    let mut container_ids = Vec::new();
+    for i in 0..CYCLES {
+        let config = sandbox_config(&format!("cycle{i}"), &dir.join("logs"));
+        let sandbox_id = cri
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id.clone(),
+                config: Some(container_config("c", "exec sleep 300")),
+                sandbox_config: Some(config),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        cri.stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+        })
+        .await?;
+        sandbox_ids.push(sandbox_id);
+        container_ids.push(id);
+    }
+    ensure!(
+        harness::list_sandboxes(&mut cri, None).await?.is_empty(),
+        "sandboxes listed"
+    );
+    ensure!(
+        harness::list_containers(&mut cri, None).await?.is_empty(),
+        "containers listed"
+    );
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| sandbox_ids.iter().any(|id| n.contains(&id[..16])))
+        .collect();
+    ensure!(netns.is_empty(), "netns left: {netns:?}");
+    ensure!(
+        mounts_under(dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir)
+    );
+    let cgroup_dir = |id: &str| {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            format!("/sys/fs/cgroup/cri-shim/{id}")
+        } else {
+            format!("/sys/fs/cgroup/memory/cri-shim/{id}")
+        }
+    };
+    let cgroups: Vec<String> = container_ids
+        .iter()
+        .map(|id| cgroup_dir(id))
+        .filter(|d| Path::new(d).exists())
+        .collect();
+    ensure!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    let helpers: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| {
+            c.contains("__cri-shim-")
+                && (sandbox_ids
+                    .iter()
+                    .chain(&container_ids)
+                    .any(|id| c.contains(id.as_str())))
+        })
+        .collect();
+    ensure!(helpers.is_empty(), "helper processes left: {helpers:?}");
+    for sub in ["containers", "sandboxes"] {
+        let left = std::fs::read_dir(shim.root.join(sub))?.count();
+        ensure!(left == 0, "{left} entries left in {sub}/");
+    }
+    let cache_dir = shim.root.join("cni-cache/results");
+    let cache = std::fs::read_dir(&cache_dir)
+        .with_context(|| format!("{} (the CNI cache is expected there)", cache_dir.display()))?
+        .count();
+    ensure!(cache == 0, "{cache} CNI cache entries left");
+    let ipam_dir = dir.join("cni/ipam").join(&net.name);
+    let reserved: Vec<String> = std::fs::read_dir(&ipam_dir)
+        .with_context(|| format!("{} (host-local's data dir)", ipam_dir.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    ensure!(reserved.is_empty(), "IP reservations left: {reserved:?}");
+    ensure!(net.veths()?.is_empty(), "veths left on {}", net.bridge);
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -748,6 +895,9 @@ fn main() {
             Box::pin(container_features())
         }),
         trial("cri_shim_serves_v1alpha2", || Box::pin(serves_v1alpha2())),
+        trial("cri_shim_200_pod_cycles_leave_nothing", || {
+            Box::pin(cycles_leave_nothing())
+        }),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
