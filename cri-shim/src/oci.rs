@@ -36,6 +36,16 @@ pub enum OciError {
         /// The capability as given.
         name: String,
     },
+    /// A mount's host path does not exist.
+    #[error("container {container:?}: mounts[{index}].host_path {path:?} does not exist")]
+    MountSource {
+        /// Container name.
+        container: String,
+        /// Index in `ContainerConfig.mounts`.
+        index: usize,
+        /// The host path.
+        path: String,
+    },
     /// The user cannot be resolved in the image.
     #[error("container {container:?}: {reason}")]
     User {
@@ -74,6 +84,11 @@ pub struct SandboxPaths {
     pub hostname: String,
     /// cgroup parent of the sandbox (CRI `cgroup_parent`).
     pub cgroup_parent: String,
+    /// The pod's `/dev/shm` (a tmpfs per sandbox, or the host's with host
+    /// IPC); `None` gives the container a private one.
+    pub shm: Option<PathBuf>,
+    /// Namespaced sysctls of the pod (CRI `LinuxPodSandboxConfig.sysctls`).
+    pub sysctls: HashMap<String, String>,
 }
 
 /// The numeric identity the container process runs as.
@@ -305,7 +320,21 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
     capabilities.set_ambient(None);
     process.set_capabilities(Some(capabilities));
 
+    for (index, m) in config.mounts.iter().enumerate() {
+        // Checked here so the error names the field; runc would only say
+        // that some mount failed.
+        if !Path::new(&m.host_path).exists() {
+            return Err(OciError::MountSource {
+                container: name.clone(),
+                index,
+                path: m.host_path.clone(),
+            });
+        }
+    }
     let mut mounts = default_mounts(privileged).map_err(build)?;
+    if inp.sandbox.shm.is_some() {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+    }
     let bind = |dst: &str, src: &Path, ro: bool| {
         let mut options = vec!["rbind".to_owned(), "rprivate".to_owned()];
         options.push(if ro { "ro" } else { "rw" }.to_owned());
@@ -317,6 +346,7 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
             .build()
     };
     let file_mounts = [
+        ("/dev/shm", &inp.sandbox.shm),
         ("/etc/hosts", &inp.sandbox.hosts),
         ("/etc/resolv.conf", &inp.sandbox.resolv_conf),
         ("/etc/hostname", &inp.sandbox.hostname_file),
@@ -403,6 +433,9 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         linux = linux
             .masked_paths(oci_spec::runtime::get_default_maskedpaths())
             .readonly_paths(oci_spec::runtime::get_default_readonly_paths());
+    }
+    if !inp.sandbox.sysctls.is_empty() {
+        linux = linux.sysctl(inp.sandbox.sysctls.clone());
     }
     let root = RootBuilder::default()
         .path(inp.rootfs)
@@ -805,6 +838,70 @@ mod tests {
             .filter(|n| n["type"] == "network")
             .collect();
         assert_eq!(nets[0]["path"], "/run/netns/x");
+    }
+
+    #[test]
+    fn missing_mount_source_names_the_field() {
+        let img = image(&[], &[]);
+        let sandbox = SandboxPaths::default();
+        let inp = SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            current_oom_score_adj: 0,
+        };
+        let mut c = cfg(&["sh"], &[]);
+        c.mounts = vec![
+            cri::Mount {
+                container_path: "/a".into(),
+                host_path: "/".into(),
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/b".into(),
+                host_path: "/no/such/dir".into(),
+                ..Default::default()
+            },
+        ];
+        let err = build_spec(&c, &inp).unwrap_err();
+        assert!(
+            matches!(err, OciError::MountSource { index: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("mounts[1].host_path"));
+    }
+
+    #[test]
+    fn sandbox_shm_and_sysctls() {
+        let img = image(&[], &[]);
+        let sandbox = SandboxPaths {
+            shm: Some("/var/lib/cri-shim/sandboxes/s/shm".into()),
+            sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]),
+            ..Default::default()
+        };
+        let inp = SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            current_oom_score_adj: 0,
+        };
+        let json = serde_json::to_value(build_spec(&cfg(&["sh"], &[]), &inp).unwrap()).unwrap();
+        let shm: Vec<_> = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["destination"] == "/dev/shm")
+            .collect();
+        assert_eq!(shm.len(), 1);
+        assert_eq!(shm[0]["source"], "/var/lib/cri-shim/sandboxes/s/shm");
+        assert_eq!(
+            json["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+            "80"
+        );
     }
 
     #[test]

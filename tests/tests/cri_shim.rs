@@ -385,7 +385,37 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
             sandbox_config: None,
         })
         .await;
-    ensure!(r.is_err(), "a mount of a missing host path was accepted");
+    ensure!(
+        matches!(&r, Err(s) if s.code() == tonic::Code::InvalidArgument
+            && s.message().contains("mounts[0].host_path")),
+        "a mount of a missing host path: {r:?}"
+    );
+    let mut bad_ns = sandbox_config("badns", &dir.join("logs"));
+    bad_ns.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Target as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let r = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad_ns),
+            runtime_handler: String::new(),
+        })
+        .await;
+    ensure!(
+        matches!(&r, Err(s) if s.code() == tonic::Code::InvalidArgument
+            && s.message().contains("namespace_options.network")),
+        "a sandbox with a TARGET network namespace: {r:?}"
+    );
+    ensure!(
+        harness::list_sandboxes(&mut cri, None).await?.len() == 1,
+        "a rejected sandbox was created"
+    );
     ensure!(
         harness::list_containers(&mut cri, None).await?.is_empty(),
         "a failed create left a container"
@@ -433,7 +463,14 @@ async fn container_features_body(
         }
     });
 
-    let config = sandbox_config("features", &log_dir);
+    let mut config = sandbox_config("features", &log_dir);
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        sysctls: HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "80".to_owned(),
+        )]),
+        ..Default::default()
+    });
     let sandbox_id = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -497,6 +534,29 @@ async fn container_features_body(
     ensure!(
         !ps.contains("sleep 31"),
         "the timed-out command still runs:\n{ps}"
+    );
+
+    // The pod's containers share /dev/shm and get the pod's sysctls.
+    let peer = create(&mut cri, container_config("peer", "exec sleep 300")).await?;
+    wait_state(&mut cri, &peer, cri::ContainerState::ContainerRunning).await?;
+    cri.exec_sync(exec(&["sh", "-c", "echo shared > /dev/shm/x"], 5))
+        .await?;
+    let read = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: peer.clone(),
+            cmd: vec![
+                "cat".into(),
+                "/dev/shm/x".into(),
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start".into(),
+            ],
+            timeout: 5,
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        read.stdout == b"shared\n80\n",
+        "peer read {:?}",
+        String::from_utf8_lossy(&read.stdout)
     );
 
     // UpdateContainerResources reaches the container's cgroup.

@@ -45,6 +45,9 @@ pub struct SandboxRecord {
     pub(super) ips: Vec<String>,
     /// Whether a CNI ADD succeeded and a DEL is still owed.
     pub(super) network_attached: bool,
+    /// The pod's `/dev/shm` tmpfs while it is mounted.
+    #[serde(default)]
+    pub(super) shm: Option<PathBuf>,
 }
 
 impl SandboxRecord {
@@ -112,6 +115,7 @@ impl Runtime {
                 )));
             }
         }
+        validate_namespace_options(&config)?;
         let id = new_id();
         let name = reserved_name(&meta);
         self.reserve_name(&name, &id)?;
@@ -124,6 +128,7 @@ impl Runtime {
             netns: None,
             ips: Vec::new(),
             network_attached: false,
+            shm: None,
         };
         let span = tracing::info_span!("run_pod_sandbox", sandbox.id = %id, pod.name = %meta.name, pod.namespace = %meta.namespace, pod.uid = %meta.uid);
         async {
@@ -173,6 +178,12 @@ impl Runtime {
             resolv_conf(record.config.dns_config.as_ref()),
         )?;
         write("hosts", hosts_file(&hostname, &[]))?;
+        if !record.host_ipc() {
+            let shm = dir.join("shm");
+            mount_shm(&shm)?;
+            record.shm = Some(shm);
+            write_json(&dir.join("sandbox.json"), record)?;
+        }
 
         let host_network = record.host_network();
         let spec = InfraSpec {
@@ -250,6 +261,18 @@ impl Runtime {
                 let _ = tokio::time::timeout(Duration::from_secs(5), pidfd::wait_exit(pid)).await;
             }
             record.infra_pid = None;
+        }
+        if let Some(shm) = record.shm.clone() {
+            match nix::mount::umount2(&shm, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {
+                    record.shm = None
+                }
+                Err(source) => errors.push(RuntimeError::Mount {
+                    op: "unmounting",
+                    path: shm,
+                    source,
+                }),
+            }
         }
         if let Some(netns) = record.netns.clone() {
             match unmount_and_remove(&netns) {
@@ -402,6 +425,17 @@ impl Runtime {
             resolv_conf: Some(dir.join("resolv.conf")),
             hostname_file: Some(dir.join("hostname")),
             hostname: r.hostname(),
+            shm: if r.host_ipc() {
+                Some(PathBuf::from("/dev/shm"))
+            } else {
+                r.shm.clone()
+            },
+            sysctls: r
+                .config
+                .linux
+                .as_ref()
+                .map(|l| l.sysctls.clone())
+                .unwrap_or_default(),
             cgroup_parent: r
                 .config
                 .linux
@@ -509,6 +543,53 @@ async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
         return Err(err(format!("did not start: {report}")));
     }
     Ok(pid)
+}
+
+/// Size of a pod's `/dev/shm`, as containerd's default.
+const SHM_SIZE: &str = "size=65536k";
+
+/// Checks the sandbox namespace modes: a sandbox cannot target a container,
+/// and network and IPC are per pod or the node's.
+fn validate_namespace_options(config: &cri::PodSandboxConfig) -> Result<(), RuntimeError> {
+    let ns = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(ns) = ns else { return Ok(()) };
+    let allowed = |field: &str, mode: i32, ok: &[cri::NamespaceMode]| {
+        if ok.iter().any(|m| *m as i32 == mode) {
+            return Ok(());
+        }
+        let name = cri::NamespaceMode::try_from(mode)
+            .map(|m| m.as_str_name().to_owned())
+            .unwrap_or_else(|_| mode.to_string());
+        Err(RuntimeError::InvalidArgument(format!(
+            "linux.security_context.namespace_options.{field}: {name} is not valid for a pod sandbox"
+        )))
+    };
+    use cri::NamespaceMode::{Container, Node, Pod};
+    allowed("network", ns.network, &[Pod, Node])?;
+    allowed("ipc", ns.ipc, &[Pod, Node])?;
+    allowed("pid", ns.pid, &[Pod, Container, Node])
+}
+
+/// Mounts a fresh tmpfs for the pod's `/dev/shm` at `path`.
+fn mount_shm(path: &Path) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(path).map_err(RuntimeError::io("creating", path))?;
+    let options = format!("mode=1777,{SHM_SIZE}");
+    nix::mount::mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options.as_str()),
+    )
+    .map_err(|source| RuntimeError::Mount {
+        op: "mounting the pod's /dev/shm at",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Pins the network namespace of `pid` at `path`.
