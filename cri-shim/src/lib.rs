@@ -17,6 +17,7 @@ pub mod oci;
 pub mod reexec;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod v1alpha2;
 
 pub use config::Config;

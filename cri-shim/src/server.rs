@@ -237,30 +237,44 @@ impl RuntimeService for RuntimeServer {
 
     async fn container_stats(
         &self,
-        _: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<cri::ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+        let stats = self
+            .runtime
+            .container_stats(&req.into_inner().container_id)?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<cri::ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        let stats = self.runtime.list_container_stats(req.into_inner().filter)?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<cri::PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+        let stats = self
+            .runtime
+            .pod_sandbox_stats(&req.into_inner().pod_sandbox_id)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<cri::ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let stats = self
+            .runtime
+            .list_pod_sandbox_stats(req.into_inner().filter)?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

@@ -593,6 +593,99 @@ async fn container_features_body(
         "ContainerStatus.resources = {reported:?}"
     );
 
+    // Stats: cgroup CPU and memory, the writable layer, the pod's network.
+    cri.exec_sync(exec(
+        &[
+            "sh",
+            "-c",
+            "head -c 300000 /dev/urandom > /big; ping -c 1 -W 2 10.91.203.1",
+        ],
+        10,
+    ))
+    .await?;
+    let first = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: app.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    let cpu = first
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map(|v| v.value);
+    let working_set = first
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map(|v| v.value);
+    let layer = first
+        .writable_layer
+        .as_ref()
+        .and_then(|w| w.used_bytes.as_ref())
+        .map(|v| v.value);
+    ensure!(cpu.is_some_and(|c| c > 0), "cpu {cpu:?}");
+    ensure!(
+        working_set.is_some_and(|w| w > 0),
+        "working set {working_set:?}"
+    );
+    ensure!(
+        layer.is_some_and(|l| l >= 300_000),
+        "writable layer {layer:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = cri
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: sandbox_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    let again = listed
+        .iter()
+        .find(|c| c.attributes.as_ref().is_some_and(|a| a.id == app))
+        .context("app missing from ListContainerStats")?;
+    let rate = again
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_nano_cores.as_ref())
+        .map(|v| v.value);
+    ensure!(rate.is_some(), "no CPU rate on the second sample");
+    let pod = cri
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .and_then(|s| s.linux)
+        .context("no pod stats")?;
+    let eth0 = pod
+        .network
+        .as_ref()
+        .and_then(|n| n.default_interface.as_ref())
+        .context("no eth0 stats")?;
+    ensure!(
+        eth0.tx_bytes.as_ref().is_some_and(|v| v.value > 0)
+            && eth0.rx_bytes.as_ref().is_some_and(|v| v.value > 0),
+        "eth0 {eth0:?}"
+    );
+    ensure!(
+        pod.containers.len() >= 2,
+        "pod stats list {} containers",
+        pod.containers.len()
+    );
+    ensure!(
+        pod.process
+            .and_then(|p| p.process_count)
+            .is_some_and(|v| v.value >= 2)
+    );
+
     // ReopenContainerLog after a rotation: both files get CRI lines.
     let log = log_dir.join("app/0.log");
     let rotated = log_dir.join("app/0.log.1");
@@ -951,7 +1044,7 @@ fn main() {
         trial("cri_shim_bad_input_leaves_nothing", || {
             Box::pin(bad_input_leaves_nothing())
         }),
-        trial("cri_shim_exec_update_log_reopen_events_oom", || {
+        trial("cri_shim_exec_update_stats_log_reopen_events_oom", || {
             Box::pin(container_features())
         }),
         trial("cri_shim_serves_v1alpha2", || Box::pin(serves_v1alpha2())),

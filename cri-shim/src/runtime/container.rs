@@ -50,6 +50,9 @@ pub struct ContainerRecord {
     pub(super) stop_signal: Option<String>,
     /// Set once `runc create` succeeded; a record without it is half-made.
     pub(super) created: bool,
+    /// The container's cgroup (OCI `cgroupsPath`), for stats and OOM checks.
+    #[serde(default)]
+    pub(super) cgroup_path: Option<String>,
 }
 
 impl ContainerRecord {
@@ -128,6 +131,7 @@ impl Runtime {
             pid: 0,
             stop_signal: image.config.stop_signal.clone(),
             created: false,
+            cgroup_path: None,
         };
         let name = record.reserved_name();
         self.reserve_name(&name, &id)?;
@@ -216,6 +220,11 @@ impl Runtime {
                 current_oom_score_adj: self.inner.oom_score_adj,
             },
         )?;
+        record.cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned());
         let config_path = bundle.join("config.json");
         write_json(&config_path, &spec)?;
 
@@ -226,11 +235,7 @@ impl Runtime {
             runtime_root: self.inner.oci.root.clone(),
             log_path: (!record.log_path.as_os_str().is_empty()).then(|| record.log_path.clone()),
             exit_file: dir.join("exit.json"),
-            cgroup_path: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.to_string_lossy().into_owned()),
+            cgroup_path: record.cgroup_path.clone(),
         };
         let (monitor_pid, pid) = spawn_monitor(&record.id, &monitor).await?;
         record.monitor_pid = monitor_pid;

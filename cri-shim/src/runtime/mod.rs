@@ -14,6 +14,7 @@ mod container;
 mod ocirt;
 mod pidfd;
 mod sandbox;
+mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -213,6 +214,9 @@ struct Inner {
     names: Mutex<HashMap<String, String>>,
     /// oom_score_adj of this process, the floor for containers.
     oom_score_adj: i32,
+    /// Last CPU sample per container `(timestamp ns, usage ns)`, to turn
+    /// cumulative CPU time into a rate between two stats calls.
+    cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Container lifecycle events for GetContainerEvents subscribers.
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
 }
@@ -313,6 +317,7 @@ impl Runtime {
                 exits: Mutex::default(),
                 names: Mutex::default(),
                 oom_score_adj,
+                cpu_samples: Mutex::default(),
                 events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             }),
         };
