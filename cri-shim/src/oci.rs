@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::image::ImageConfig;
@@ -45,6 +45,18 @@ pub enum OciError {
         index: usize,
         /// The host path.
         path: String,
+    },
+    /// A device's host path is missing or not a device node.
+    #[error("container {container:?}: devices[{index}].host_path {path:?}: {reason}")]
+    Device {
+        /// Container name.
+        container: String,
+        /// Index in `ContainerConfig.devices`.
+        index: usize,
+        /// The host path.
+        path: String,
+        /// Why it cannot be used.
+        reason: String,
     },
     /// The user cannot be resolved in the image.
     #[error("container {container:?}: {reason}")]
@@ -408,14 +420,17 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
 
     let mut resources = linux_resources(linux_cfg.resources.as_ref()).map_err(build)?;
     // Device access: all for privileged containers, else only what runc
-    // allows every container (null, zero, tty, ...).
-    resources.set_devices(Some(vec![
+    // allows every container (null, zero, tty, ...) plus the requested devices.
+    let (devices, device_rules) = host_devices(&name, &config.devices)?;
+    let mut rules = vec![
         LinuxDeviceCgroupBuilder::default()
             .allow(privileged)
             .access("rwm")
             .build()
             .map_err(build)?,
-    ]));
+    ];
+    rules.extend(device_rules);
+    resources.set_devices(Some(rules));
     let cgroup_parent = if inp.sandbox.cgroup_parent.is_empty() {
         "/cri-shim"
     } else {
@@ -436,6 +451,9 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
     }
     if !inp.sandbox.sysctls.is_empty() {
         linux = linux.sysctl(inp.sandbox.sysctls.clone());
+    }
+    if !devices.is_empty() {
+        linux = linux.devices(devices);
     }
     let root = RootBuilder::default()
         .path(inp.rootfs)
@@ -506,6 +524,77 @@ pub fn linux_resources(
         resources = resources.hugepage_limits(limits);
     }
     resources.build()
+}
+
+/// The device nodes for CRI `devices`, each looked up on the host, and the
+/// cgroup rules that allow them with the requested permissions.
+fn host_devices(
+    container: &str,
+    devices: &[cri::Device],
+) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), OciError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for (index, d) in devices.iter().enumerate() {
+        let err = |reason: String| OciError::Device {
+            container: container.to_owned(),
+            index,
+            path: d.host_path.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| err(e.to_string()))?;
+        let typ = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(err("not a device node".into()));
+        };
+        let rdev = meta.rdev();
+        let (major, minor) = (
+            nix::sys::stat::major(rdev) as i64,
+            nix::sys::stat::minor(rdev) as i64,
+        );
+        let path = if d.container_path.is_empty() {
+            &d.host_path
+        } else {
+            &d.container_path
+        };
+        let access = if d.permissions.is_empty() {
+            "rwm"
+        } else {
+            d.permissions.as_str()
+        };
+        if !access.chars().all(|c| "rwm".contains(c)) {
+            return Err(err(format!(
+                "permissions {access:?}: only r, w and m are allowed"
+            )));
+        }
+        let build = |e: oci_spec::OciSpecError| err(e.to_string());
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(path)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+                .map_err(build)?,
+        );
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(access)
+                .build()
+                .map_err(build)?,
+        );
+    }
+    Ok((nodes, rules))
 }
 
 fn capabilities(
@@ -902,6 +991,45 @@ mod tests {
             json["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
             "80"
         );
+    }
+
+    #[test]
+    fn devices_become_nodes_and_cgroup_rules() {
+        let img = image(&[], &[]);
+        let sandbox = SandboxPaths::default();
+        let inp = SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            current_oom_score_adj: 0,
+        };
+        let mut c = cfg(&["sh"], &[]);
+        c.devices = vec![cri::Device {
+            container_path: "/dev/xnull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rw".into(),
+        }];
+        let json = serde_json::to_value(build_spec(&c, &inp).unwrap()).unwrap();
+        let dev = &json["linux"]["devices"][0];
+        assert_eq!(
+            (dev["path"].as_str(), dev["type"].as_str()),
+            (Some("/dev/xnull"), Some("c"))
+        );
+        assert_eq!(
+            (dev["major"].as_i64(), dev["minor"].as_i64()),
+            (Some(1), Some(3))
+        );
+        let rule = &json["linux"]["resources"]["devices"][1];
+        assert_eq!(
+            (rule["allow"].as_bool(), rule["access"].as_str()),
+            (Some(true), Some("rw"))
+        );
+
+        c.devices[0].host_path = "/etc/hostname".into();
+        let err = build_spec(&c, &inp).unwrap_err();
+        assert!(err.to_string().contains("devices[0].host_path"), "{err}");
     }
 
     #[test]

@@ -537,7 +537,13 @@ async fn container_features_body(
     );
 
     // The pod's containers share /dev/shm and get the pod's sysctls.
-    let peer = create(&mut cri, container_config("peer", "exec sleep 300")).await?;
+    let mut peer = container_config("peer", "exec sleep 300");
+    peer.devices = vec![cri::Device {
+        container_path: "/dev/xzero".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "r".into(),
+    }];
+    let peer = create(&mut cri, peer).await?;
     wait_state(&mut cri, &peer, cri::ContainerState::ContainerRunning).await?;
     cri.exec_sync(exec(&["sh", "-c", "echo shared > /dev/shm/x"], 5))
         .await?;
@@ -553,6 +559,22 @@ async fn container_features_body(
         })
         .await?
         .into_inner();
+    let device = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: peer.clone(),
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "head -c 5 /dev/xzero | wc -c".into(),
+            ],
+            timeout: 5,
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        String::from_utf8_lossy(&device.stdout).trim() == "5",
+        "reading the passed-through device: {device:?}"
+    );
     ensure!(
         read.stdout == b"shared\n80\n",
         "peer read {:?}",
