@@ -5,6 +5,9 @@
 //! the host, sets the hostname, brings up `lo`, prints `ready` on stdout and
 //! then sleeps until SIGTERM/SIGINT/SIGHUP. The namespaces live while it does
 //! (and the network namespace longer, through the bind mount the server makes).
+//! With a pod pid namespace it forks the namespace's PID 1 and reports
+//! `ready <pid>`; stopping the infra process stops that child, and the kernel
+//! then kills every process left in the pod's pid namespace.
 
 use std::io::Write;
 
@@ -25,6 +28,10 @@ pub struct InfraSpec {
     pub new_ipc: bool,
     /// New UTS namespace (false only with host network).
     pub new_uts: bool,
+    /// A pid namespace for the pod (CRI pid mode POD): held by a child that
+    /// is its PID 1 and reaps the orphans of the pod's containers.
+    #[serde(default)]
+    pub new_pid: bool,
 }
 
 /// Entry point of the infra role; never returns.
@@ -69,9 +76,19 @@ fn run(spec_json: &str) -> Result<(), String> {
     if spec.new_net {
         loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     }
+    let pid_holder = if spec.new_pid {
+        Some(fork_pid_namespace_init(&signals)?)
+    } else {
+        None
+    };
     {
+        let report = match pid_holder {
+            Some(pid) => format!("ready {pid}\n"),
+            None => "ready\n".to_owned(),
+        };
         let mut out = std::io::stdout().lock();
-        out.write_all(b"ready\n").map_err(|e| e.to_string())?;
+        out.write_all(report.as_bytes())
+            .map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
     if let Ok(null) = std::fs::File::options()
@@ -84,7 +101,57 @@ fn run(spec_json: &str) -> Result<(), String> {
     }
     loop {
         match signals.wait() {
-            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => return Ok(()),
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => break,
+            _ => continue,
+        }
+    }
+    if let Some(pid) = pid_holder {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+    }
+    Ok(())
+}
+
+/// Creates the pod's pid namespace and forks its PID 1; returns that
+/// child's pid as the host sees it.
+fn fork_pid_namespace_init(signals: &SigSet) -> Result<i32, String> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
+    // SAFETY: this process is single-threaded (a freshly exec'd child role
+    // that has started no threads), so the child may run arbitrary code.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
+        nix::unistd::ForkResult::Child => pid_namespace_init(signals),
+    }
+}
+
+/// PID 1 of the pod's pid namespace: reaps orphans until told to stop.
+fn pid_namespace_init(signals: &SigSet) -> ! {
+    // The parent reports to the server; this process keeps no pipe open.
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+    let mut waited = *signals;
+    waited.add(Signal::SIGCHLD);
+    let _ = waited.thread_block();
+    loop {
+        match waited.wait() {
+            Ok(Signal::SIGCHLD) => {
+                while let Ok(status) = nix::sys::wait::waitpid(
+                    None::<nix::unistd::Pid>,
+                    Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+                ) {
+                    if status == nix::sys::wait::WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+            Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => std::process::exit(0),
             _ => continue,
         }
     }

@@ -96,6 +96,8 @@ pub struct SandboxPaths {
     pub hostname: String,
     /// cgroup parent of the sandbox (CRI `cgroup_parent`).
     pub cgroup_parent: String,
+    /// The pod's pid namespace, when its containers share one (pid mode POD).
+    pub pidns: Option<PathBuf>,
     /// The pod's `/dev/shm` (a tmpfs per sandbox, or the host's with host
     /// IPC); `None` gives the container a private one.
     pub shm: Option<PathBuf>,
@@ -260,6 +262,18 @@ pub fn resolve_user(
     })
 }
 
+/// Which pid namespace a container gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PidNamespace {
+    /// Its own (CRI pid mode CONTAINER).
+    #[default]
+    Private,
+    /// An existing one: the pod's (POD) or another container's (TARGET).
+    Join(PathBuf),
+    /// The host's (NODE).
+    Host,
+}
+
 /// Everything [`build_spec`] needs besides the CRI config.
 #[derive(Debug, Clone)]
 pub struct SpecInputs<'a> {
@@ -273,6 +287,8 @@ pub struct SpecInputs<'a> {
     pub user: ResolvedUser,
     /// Sandbox namespaces and files.
     pub sandbox: &'a SandboxPaths,
+    /// The container's pid namespace.
+    pub pid_namespace: PidNamespace,
     /// oom_score_adj of the runtime itself: a lower value would need
     /// CAP_SYS_RESOURCE, so requests below it are clamped to it.
     pub current_oom_score_adj: i32,
@@ -402,10 +418,16 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         }
         b.build()
     };
-    let mut namespaces = vec![
-        ns(LinuxNamespaceType::Pid, &None).map_err(build)?,
-        ns(LinuxNamespaceType::Mount, &None).map_err(build)?,
-    ];
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, &None).map_err(build)?];
+    match &inp.pid_namespace {
+        PidNamespace::Private => {
+            namespaces.push(ns(LinuxNamespaceType::Pid, &None).map_err(build)?)
+        }
+        PidNamespace::Join(path) => {
+            namespaces.push(ns(LinuxNamespaceType::Pid, &Some(path.clone())).map_err(build)?)
+        }
+        PidNamespace::Host => {}
+    }
     // A namespace path of None with the type present would create a new
     // namespace; host namespaces are expressed by leaving the type out.
     if inp.sandbox.netns.is_some() {
@@ -912,6 +934,7 @@ mod tests {
             image: &img,
             user: ResolvedUser::default(),
             sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
         };
         let spec = build_spec(&c, &inp).unwrap();
@@ -939,6 +962,7 @@ mod tests {
             image: &img,
             user: ResolvedUser::default(),
             sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
         };
         let mut c = cfg(&["sh"], &[]);
@@ -976,6 +1000,7 @@ mod tests {
             image: &img,
             user: ResolvedUser::default(),
             sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
         };
         let json = serde_json::to_value(build_spec(&cfg(&["sh"], &[]), &inp).unwrap()).unwrap();
@@ -1003,6 +1028,7 @@ mod tests {
             image: &img,
             user: ResolvedUser::default(),
             sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
         };
         let mut c = cfg(&["sh"], &[]);
@@ -1042,6 +1068,7 @@ mod tests {
             image: &img,
             user: ResolvedUser::default(),
             sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
         };
         assert!(matches!(

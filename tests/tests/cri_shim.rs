@@ -46,6 +46,24 @@ fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         hostname: name.into(),
         log_directory: log_dir.display().to_string(),
         labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        // What the kubelet sends for a pod without shareProcessNamespace.
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces(cri::NamespaceMode::Container)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Pod network and IPC, pid as given.
+fn namespaces(pid: cri::NamespaceMode) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -63,6 +81,13 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}/0.log"),
         labels: HashMap::from([("io.kubernetes.container.name".to_owned(), name.to_owned())]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces(cri::NamespaceMode::Container)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -464,13 +489,10 @@ async fn container_features_body(
     });
 
     let mut config = sandbox_config("features", &log_dir);
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        sysctls: HashMap::from([(
-            "net.ipv4.ip_unprivileged_port_start".to_owned(),
-            "80".to_owned(),
-        )]),
-        ..Default::default()
-    });
+    config.linux.get_or_insert_default().sysctls = HashMap::from([(
+        "net.ipv4.ip_unprivileged_port_start".to_owned(),
+        "80".to_owned(),
+    )]);
     let sandbox_id = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -730,11 +752,8 @@ async fn container_features_body(
 
     // OOMKilled: a 16 MiB limit and a process that keeps allocating.
     let mut hog = container_config("hog", "tail /dev/zero");
-    hog.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 16 << 20,
-            ..Default::default()
-        }),
+    hog.linux.get_or_insert_default().resources = Some(cri::LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
         ..Default::default()
     });
     let hog = create(&mut cri, hog).await?;
@@ -1044,6 +1063,151 @@ async fn cycles_leave_nothing_body(
     Ok(())
 }
 
+async fn pid_namespaces() -> anyhow::Result<()> {
+    with_shim(206, pid_namespaces_body).await
+}
+
+/// Pid modes: POD shares the pod's namespace (PID 1 is the infra's init, not
+/// a container), CONTAINER is private, TARGET joins another container's.
+async fn pid_namespaces_body(
+    shim: &mut CriShim,
+    _net: &CniNetwork,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let mut cri = shim.client().await?;
+    let run = async |cri: &mut CriClient,
+                     config: &cri::PodSandboxConfig,
+                     name: &str,
+                     pid: cri::NamespaceMode,
+                     target: &str|
+           -> anyhow::Result<String> {
+        let sandbox = cri
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await?
+            .into_inner()
+            .items
+            .into_iter()
+            .find(|s| {
+                s.metadata
+                    .as_ref()
+                    .is_some_and(|m| Some(m) == config.metadata.as_ref())
+            })
+            .context("sandbox")?
+            .id;
+        let mut c = container_config(name, &format!("exec sleep {}", 300 + name.len()));
+        c.linux.get_or_insert_default().security_context =
+            Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    target_id: target.to_owned(),
+                    ..namespaces(pid)
+                }),
+                ..Default::default()
+            });
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox,
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        wait_state(cri, &id, cri::ContainerState::ContainerRunning).await?;
+        Ok(id)
+    };
+    let ps = async |cri: &mut CriClient, id: &str| -> anyhow::Result<String> {
+        let out = cri
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.to_owned(),
+                cmd: vec!["ps".into(), "-o".into(), "pid,args".into()],
+                timeout: 5,
+            })
+            .await?
+            .into_inner();
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+
+    let mut shared = sandbox_config("shared", &dir.join("logs"));
+    shared.linux.get_or_insert_default().security_context =
+        Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(namespaces(cri::NamespaceMode::Pod)),
+            ..Default::default()
+        });
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(shared.clone()),
+        runtime_handler: String::new(),
+    })
+    .await?;
+    // Names of different lengths sleep for different times, so ps tells them apart.
+    let _a = run(&mut cri, &shared, "a", cri::NamespaceMode::Pod, "").await?;
+    let bb = run(&mut cri, &shared, "bb", cri::NamespaceMode::Pod, "").await?;
+    let seen = ps(&mut cri, &bb).await?;
+    ensure!(
+        seen.contains("sleep 301") && seen.contains("sleep 302"),
+        "POD: bb sees\n{seen}"
+    );
+    let pid1 = seen
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_default();
+    ensure!(
+        !pid1.contains("sleep"),
+        "a container is PID 1 of the pod namespace: {pid1}"
+    );
+
+    let private = sandbox_config("private", &dir.join("logs"));
+    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(private.clone()),
+        runtime_handler: String::new(),
+    })
+    .await?;
+    let ccc = run(&mut cri, &private, "ccc", cri::NamespaceMode::Container, "").await?;
+    let dddd = run(
+        &mut cri,
+        &private,
+        "dddd",
+        cri::NamespaceMode::Container,
+        "",
+    )
+    .await?;
+    let eeeee = run(
+        &mut cri,
+        &private,
+        "eeeee",
+        cri::NamespaceMode::Target,
+        &ccc,
+    )
+    .await?;
+    let seen = ps(&mut cri, &dddd).await?;
+    ensure!(
+        seen.contains("sleep 304") && !seen.contains("sleep 303"),
+        "CONTAINER: dddd sees\n{seen}"
+    );
+    let seen = ps(&mut cri, &eeeee).await?;
+    ensure!(
+        seen.contains("sleep 303") && seen.contains("sleep 305"),
+        "TARGET: eeeee sees\n{seen}"
+    );
+    let bad = run(
+        &mut cri,
+        &private,
+        "ffffff",
+        cri::NamespaceMode::Target,
+        "no-such-container",
+    )
+    .await;
+    ensure!(
+        bad.as_ref()
+            .is_err_and(|e| format!("{e:#}").contains("target_id")),
+        "TARGET of a missing container: {bad:?}"
+    );
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -1070,6 +1234,10 @@ fn main() {
             Box::pin(container_features())
         }),
         trial("cri_shim_serves_v1alpha2", || Box::pin(serves_v1alpha2())),
+        trial(
+            "cri_shim_pid_namespace_modes",
+            || Box::pin(pid_namespaces()),
+        ),
         trial("cri_shim_200_pod_cycles_leave_nothing", || {
             Box::pin(cycles_leave_nothing())
         }),

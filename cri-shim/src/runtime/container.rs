@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::pidfd;
 use super::{Entry, ExecOutput, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
 use crate::monitor::{ExitRecord, MonitorReport, MonitorSpec, now_ns};
-use crate::oci::{self, SpecInputs};
+use crate::oci::{self, PidNamespace, SpecInputs};
 use crate::reexec::MONITOR_ARG;
 
 /// Container state as CRI reports it.
@@ -217,6 +217,7 @@ impl Runtime {
                 image: &image.config,
                 user,
                 sandbox: &paths,
+                pid_namespace: self.pid_namespace_for(&record.config, sandbox)?,
                 current_oom_score_adj: self.inner.oom_score_adj,
             },
         )?;
@@ -241,6 +242,53 @@ impl Runtime {
         record.monitor_pid = monitor_pid;
         record.pid = pid;
         Ok(self.watch_exit(&record.id, &record.sandbox_id, monitor_pid))
+    }
+
+    /// The pid namespace a container asks for. Mode POD is proto3's default,
+    /// so a config without namespace options shares the pod's (as with
+    /// containerd); a pod without its own pid namespace then gives the
+    /// container a private one.
+    fn pid_namespace_for(
+        &self,
+        config: &cri::ContainerConfig,
+        sandbox: &super::sandbox::SandboxRecord,
+    ) -> Result<PidNamespace, RuntimeError> {
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let proc_ns = |pid: i32| PidNamespace::Join(PathBuf::from(format!("/proc/{pid}/ns/pid")));
+        match cri::NamespaceMode::try_from(ns.pid) {
+            Ok(cri::NamespaceMode::Node) => Ok(PidNamespace::Host),
+            Ok(cri::NamespaceMode::Container) => Ok(PidNamespace::Private),
+            Ok(cri::NamespaceMode::Target) => {
+                let invalid = |why: &str| {
+                    RuntimeError::InvalidArgument(format!(
+                        "linux.security_context.namespace_options.target_id {:?}: {why}",
+                        ns.target_id
+                    ))
+                };
+                let (_, target) = self
+                    .container_entry(&ns.target_id)
+                    .map_err(|_| invalid("no such container"))?;
+                let target = target.get();
+                if target.sandbox_id != sandbox.id
+                    || self.state_of(&target) != ContainerState::Running
+                {
+                    return Err(invalid("not a running container of this pod"));
+                }
+                Ok(proc_ns(target.pid))
+            }
+            Ok(cri::NamespaceMode::Pod) => {
+                Ok(sandbox.pid_holder.map_or(PidNamespace::Private, proc_ns))
+            }
+            Err(_) => Err(RuntimeError::InvalidArgument(format!(
+                "linux.security_context.namespace_options.pid: unknown mode {}",
+                ns.pid
+            ))),
+        }
     }
 
     /// StartContainer.

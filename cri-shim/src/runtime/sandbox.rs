@@ -48,6 +48,9 @@ pub struct SandboxRecord {
     /// The pod's `/dev/shm` tmpfs while it is mounted.
     #[serde(default)]
     pub(super) shm: Option<PathBuf>,
+    /// PID 1 of the pod's pid namespace (pid mode POD), a child of the infra.
+    #[serde(default)]
+    pub(super) pid_holder: Option<i32>,
 }
 
 impl SandboxRecord {
@@ -66,6 +69,11 @@ impl SandboxRecord {
 
     pub(super) fn host_network(&self) -> bool {
         self.namespace_options().network == cri::NamespaceMode::Node as i32
+    }
+
+    /// The pod has one pid namespace shared by its containers.
+    pub(super) fn shared_pid(&self) -> bool {
+        self.namespace_options().pid == cri::NamespaceMode::Pod as i32
     }
 
     pub(super) fn host_ipc(&self) -> bool {
@@ -129,6 +137,7 @@ impl Runtime {
             ips: Vec::new(),
             network_attached: false,
             shm: None,
+            pid_holder: None,
         };
         let span = tracing::info_span!("run_pod_sandbox", sandbox.id = %id, pod.name = %meta.name, pod.namespace = %meta.namespace, pod.uid = %meta.uid);
         async {
@@ -192,9 +201,11 @@ impl Runtime {
             new_net: !host_network,
             new_ipc: !record.host_ipc(),
             new_uts: !host_network,
+            new_pid: record.shared_pid(),
         };
-        let pid = spawn_infra(&id, &spec).await?;
+        let (pid, pid_holder) = spawn_infra(&id, &spec).await?;
         record.infra_pid = Some(pid);
+        record.pid_holder = pid_holder;
         write_json(&dir.join("sandbox.json"), record)?;
 
         if host_network {
@@ -425,6 +436,9 @@ impl Runtime {
             resolv_conf: Some(dir.join("resolv.conf")),
             hostname_file: Some(dir.join("hostname")),
             hostname: r.hostname(),
+            pidns: r
+                .pid_holder
+                .map(|p| PathBuf::from(format!("/proc/{p}/ns/pid"))),
             shm: if r.host_ipc() {
                 Some(PathBuf::from("/dev/shm"))
             } else {
@@ -528,8 +542,9 @@ fn cni_runtime_conf(r: &SandboxRecord, netns: &Path) -> cni_plugins::RuntimeConf
     }
 }
 
-/// Starts the infra process and waits for it to report readiness.
-async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
+/// Starts the infra process and waits for it to report readiness:
+/// `(infra pid, pid of the pod pid namespace's init if there is one)`.
+async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<(i32, Option<i32>), RuntimeError> {
     let err = |message: String| RuntimeError::Infra {
         sandbox: id.to_owned(),
         message,
@@ -539,10 +554,12 @@ async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<i32, RuntimeError> {
         crate::reexec::spawn_child("infra process", INFRA_ARG, &spec_json, INFRA_START_TIMEOUT)
             .await
             .map_err(|e| err(e.to_string()))?;
-    if report != "ready" {
-        return Err(err(format!("did not start: {report}")));
+    let mut words = report.split_whitespace();
+    match (words.next(), words.next().map(str::parse::<i32>)) {
+        (Some("ready"), None) if !spec.new_pid => Ok((pid, None)),
+        (Some("ready"), Some(Ok(holder))) if spec.new_pid => Ok((pid, Some(holder))),
+        _ => Err(err(format!("did not start: {report}"))),
     }
-    Ok(pid)
 }
 
 /// Size of a pod's `/dev/shm`, as containerd's default.
