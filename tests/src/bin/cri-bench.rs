@@ -7,6 +7,9 @@
 //!   processes (cri-shim + its monitors and infra processes; containerd + its
 //!   containerd-shim-runc-v2 processes; containers themselves excluded).
 //!
+//! Pods are configured as a kubelet configures them (pod network and IPC,
+//! a pid namespace per container).
+//!
 //! `cri-bench [--cycles 30] [--pods 50]`; needs root. Both runtimes use the
 //! reference CNI plugins (bridge + host-local) on their own bridge.
 
@@ -42,6 +45,24 @@ fn sandbox_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfi
         }),
         hostname: name.into(),
         log_directory: log_dir.join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The namespace options a kubelet sends for a pod without hostNetwork or
+/// shareProcessNamespace.
+fn kubelet_namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -58,6 +79,13 @@ fn container_config() -> cri::ContainerConfig {
         }),
         command: vec!["sleep".into(), "3600".into()],
         log_path: "main/0.log".into(),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
