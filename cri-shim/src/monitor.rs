@@ -198,13 +198,12 @@ fn run(spec: &MonitorSpec) -> i32 {
             }
         });
     }
-    let pumps = [(out_r, Stream::Stdout), (err_r, Stream::Stderr)]
-        .into_iter()
-        .map(|(fd, stream)| {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || pump(fd, stream, &log))
+    let copier = {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            copy_output([(out_r, Stream::Stdout), (err_r, Stream::Stderr)], &log)
         })
-        .collect::<Vec<_>>();
+    };
 
     let mut exit = reap_until_exit(Pid::from_raw(pid));
     // The cgroup stays until `runc delete`, so its OOM counter is still there.
@@ -213,15 +212,13 @@ fn run(spec: &MonitorSpec) -> i32 {
         .as_deref()
         .is_some_and(|p| cgroup_oom_killed(Path::new(CGROUP_ROOT), p));
     // The container's processes are gone with its init (own pid namespace);
-    // give the pumps a moment to drain what is still buffered in the pipes.
+    // give the copier a moment to drain what is still buffered in the pipes.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    for p in pumps {
-        while !p.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if p.is_finished() {
-            let _ = p.join();
-        }
+    while !copier.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if copier.is_finished() {
+        let _ = copier.join();
     }
     if let Ok(mut guard) = log.lock()
         && let Some(f) = guard.as_mut()
@@ -257,10 +254,12 @@ fn runtime_error(log: &Path) -> Option<String> {
         .last()
 }
 
-fn pump(fd: OwnedFd, stream: Stream, log: &Mutex<Option<File>>) {
-    let mut src = File::from(fd);
-    let mut splitter = LineSplitter::new(stream);
-    let mut buf = vec![0u8; 32 * 1024];
+/// Copies both output pipes into the log from one thread until both end.
+/// When both have data, stdout is read first, so lines written in order to
+/// the two streams mostly stay in order in the log (two threads would race).
+fn copy_output(streams: [(OwnedFd, Stream); 2], log: &Mutex<Option<File>>) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
     let emit = |records: Vec<crate::logs::Record>| {
         if records.is_empty() {
             return;
@@ -274,15 +273,43 @@ fn pump(fd: OwnedFd, stream: Stream, log: &Mutex<Option<File>>) {
             }
         }
     };
-    loop {
-        match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => emit(splitter.push(&buf[..n])),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+    let mut open: Vec<(File, LineSplitter)> = streams
+        .into_iter()
+        .map(|(fd, stream)| (File::from(fd), LineSplitter::new(stream)))
+        .collect();
+    let mut buf = vec![0u8; 32 * 1024];
+    while !open.is_empty() {
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = open
+                .iter()
+                .map(|(f, _)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            fds.iter()
+                .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        let mut ended = Vec::new();
+        for (i, (file, splitter)) in open.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match file.read(&mut buf) {
+                Ok(0) => ended.push(i),
+                Ok(n) => emit(splitter.push(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => ended.push(i),
+            }
+        }
+        for i in ended.into_iter().rev() {
+            let (_, mut splitter) = open.remove(i);
+            emit(splitter.finish().into_iter().collect());
         }
     }
-    emit(splitter.finish().into_iter().collect());
 }
 
 /// Reaps every child until the container init exits; returns its exit record.
