@@ -1,0 +1,411 @@
+//! The same sequence of CRI calls against cri-shim and against containerd
+//! 1.6 (each started by the test with its own root, socket and network) must
+//! give the same observable results: states, exit codes and reasons, error
+//! codes, filters, labels and annotations, log contents, exec output.
+//!
+//! Needs root; when not root every trial is reported as ignored, by name.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use e2e::harness::{self, CniNetwork, Containerd, CriClient, CriShim, TestImages};
+use k8s_cri::v1 as cri;
+use libtest_mimic::{Arguments, Trial};
+
+/// What one step showed, as comparable text.
+type Observations = Vec<(String, String)>;
+
+fn namespaces() -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
+fn sandbox_config(log_dir: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "sbs".into(),
+            uid: "uid-sbs".into(),
+            namespace: "e2e".into(),
+            attempt: 1,
+        }),
+        hostname: "sbs".into(),
+        log_directory: log_dir.display().to_string(),
+        labels: HashMap::from([("app".into(), "sbs".into())]),
+        annotations: HashMap::from([("note".into(), "side by side".into())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 2,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("c".into(), name.into())]),
+        annotations: HashMap::from([("a".into(), format!("ann-{name}"))]),
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn state_name(state: i32) -> String {
+    cri::ContainerState::try_from(state)
+        .map(|s| s.as_str_name().to_owned())
+        .unwrap_or_else(|_| state.to_string())
+}
+
+fn code_of<T>(r: &Result<T, tonic::Status>) -> String {
+    match r {
+        Ok(_) => "OK".into(),
+        Err(s) => format!("{:?}", s.code()),
+    }
+}
+
+fn sorted(map: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
+}
+
+async fn wait_exited(cri: &mut CriClient, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    harness::wait_until(
+        "the container exits",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            let s = harness::container_status(cri, id).await?;
+            Ok((s.state == cri::ContainerState::ContainerExited as i32).then_some(s))
+        },
+    )
+    .await
+}
+
+/// The scenario; every observable result is recorded, nothing asserted, so
+/// the two runtimes' records can be compared as a whole.
+async fn scenario(endpoint: &str, log_dir: &Path) -> anyhow::Result<Observations> {
+    let mut obs: Observations = Vec::new();
+    let mut note = |step: &str, value: String| obs.push((step.to_owned(), value));
+    let mut cri = harness::cri_client(endpoint).await?;
+    let config = sandbox_config(log_dir);
+
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let status = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no sandbox status")?;
+    note("sandbox state", format!("{}", status.state));
+    note("sandbox metadata", format!("{:?}", status.metadata));
+    note("sandbox labels", sorted(&status.labels));
+    note("sandbox annotations", sorted(&status.annotations));
+    note(
+        "sandbox has an IP",
+        (!status.network.unwrap_or_default().ip.is_empty()).to_string(),
+    );
+    let by_prefix = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox[..12].into(),
+            verbose: false,
+        })
+        .await;
+    note("sandbox status by id prefix", code_of(&by_prefix));
+
+    let create = async |cri: &mut CriClient, name: &str, script: &str| -> anyhow::Result<String> {
+        Ok(cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(container_config(name, script)),
+                sandbox_config: Some(config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id)
+    };
+    let failing = create(&mut cri, "failing", "echo out; echo err >&2; exit 3").await?;
+    let s = harness::container_status(&mut cri, &failing).await?;
+    note("created: state", state_name(s.state));
+    note("created: metadata", format!("{:?}", s.metadata));
+    note("created: labels", sorted(&s.labels));
+    note("created: annotations", sorted(&s.annotations));
+    cri.start_container(cri::StartContainerRequest {
+        container_id: failing.clone(),
+    })
+    .await?;
+    let s = wait_exited(&mut cri, &failing).await?;
+    note("exited: code", s.exit_code.to_string());
+    note("exited: reason", s.reason.clone());
+    note(
+        // Only that they are set: containerd stamps started_at after the
+        // start call returns, so a container that exits at once can show
+        // finished_at < started_at there (cri-shim's own trial checks order).
+        "exited: timestamps set",
+        (s.created_at > 0 && s.started_at > 0 && s.finished_at > 0).to_string(),
+    );
+    let log = harness::read_cri_log(&log_dir.join("failing.log"))?;
+    // Per stream: the order between stdout and stderr is not defined (two
+    // pipes), and containerd writes them either way round.
+    for stream in [harness::LogStream::Stdout, harness::LogStream::Stderr] {
+        let lines: Vec<String> = log
+            .iter()
+            .filter(|l| l.stream == stream)
+            .map(|l| format!("{}/{}", if l.partial { "P" } else { "F" }, l.content))
+            .collect();
+        note(&format!("exited: log {stream:?}"), lines.join(" | "));
+    }
+
+    let sleeper = create(&mut cri, "sleeper", "exec sleep 300").await?;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: sleeper.clone(),
+    })
+    .await?;
+    let s = harness::container_status(&mut cri, &sleeper).await?;
+    note("started: state", state_name(s.state));
+    let exec = |cmd: &str| cri::ExecSyncRequest {
+        container_id: sleeper.clone(),
+        cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+        timeout: 10,
+    };
+    let out = cri
+        .exec_sync(exec("echo hi; echo there >&2; exit 4"))
+        .await?
+        .into_inner();
+    note(
+        "exec",
+        format!(
+            "{:?} {:?} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.exit_code
+        ),
+    );
+
+    let running = cri
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    note(
+        "list running",
+        running
+            .iter()
+            .map(|c| c.metadata.clone().unwrap_or_default().name)
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let labelled = cri
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                label_selector: HashMap::from([("c".into(), "failing".into())]),
+                pod_sandbox_id: sandbox.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    note(
+        "list by label",
+        labelled
+            .iter()
+            .map(|c| c.metadata.clone().unwrap_or_default().name)
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+
+    // sleep as PID 1 ignores SIGTERM: the stop escalates to SIGKILL.
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: sleeper.clone(),
+        timeout: 1,
+    })
+    .await?;
+    let s = harness::container_status(&mut cri, &sleeper).await?;
+    note(
+        "stopped: state/code/reason",
+        format!("{} {} {}", state_name(s.state), s.exit_code, s.reason),
+    );
+    let again = cri
+        .stop_container(cri::StopContainerRequest {
+            container_id: sleeper.clone(),
+            timeout: 1,
+        })
+        .await;
+    note("stop again", code_of(&again));
+
+    let missing = cri
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "0000nonexistent".into(),
+            verbose: false,
+        })
+        .await;
+    note("status of unknown container", code_of(&missing));
+    let start_exited = cri
+        .start_container(cri::StartContainerRequest {
+            container_id: failing.clone(),
+        })
+        .await;
+    note(
+        "start an exited container fails",
+        (start_exited.is_err()).to_string(),
+    );
+
+    let r1 = cri
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: failing.clone(),
+        })
+        .await;
+    let r2 = cri
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: failing.clone(),
+        })
+        .await;
+    note("remove twice", format!("{} {}", code_of(&r1), code_of(&r2)));
+
+    cri.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: sandbox.clone(),
+    })
+    .await?;
+    let status = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no sandbox status")?;
+    note("stopped sandbox state", status.state.to_string());
+    let s1 = cri
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await;
+    note("stop sandbox again", code_of(&s1));
+    let r1 = cri
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await;
+    let r2 = cri
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox.clone(),
+        })
+        .await;
+    note(
+        "remove sandbox twice",
+        format!("{} {}", code_of(&r1), code_of(&r2)),
+    );
+    let gone = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+        .await;
+    note("status of removed sandbox", code_of(&gone));
+    let left = cri
+        .list_containers(cri::ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers;
+    note("containers left", left.len().to_string());
+    Ok(obs)
+}
+
+async fn lifecycle_matches_containerd() -> anyhow::Result<()> {
+    let images = TestImages::get()?;
+    let dir = tempfile::Builder::new().prefix("side-by-side-").tempdir()?;
+    let (shim_dir, ctrd_dir) = (dir.path().join("cri-shim"), dir.path().join("containerd"));
+    std::fs::create_dir_all(&shim_dir)?;
+    std::fs::create_dir_all(&ctrd_dir)?;
+    let shim_net = CniNetwork::create(&shim_dir, 220)?;
+    let ctrd_net = CniNetwork::create(&ctrd_dir, 221)?;
+    let shim = CriShim::start(&shim_dir, &shim_net)?;
+    let containerd = Containerd::start(&ctrd_dir, &ctrd_net, images).await?;
+
+    let ours = scenario(&shim.endpoint, &shim_dir.join("logs")).await;
+    let theirs = scenario(&containerd.endpoint, &ctrd_dir.join("logs")).await;
+    let _ = shim.remove_everything().await;
+    let (ours, theirs) = (
+        ours.context("on cri-shim")?,
+        theirs.context("on containerd")?,
+    );
+    let differences: Vec<String> = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| a != b)
+        .map(|((step, a), (_, b))| format!("{step}:\n    cri-shim:   {a}\n    containerd: {b}"))
+        .collect();
+    if std::env::var_os("SIDE_BY_SIDE_SHOW").is_some() {
+        for ((step, a), (_, b)) in ours.iter().zip(&theirs) {
+            eprintln!("{step:<34} cri-shim: {a:<44} containerd: {b}");
+        }
+    }
+    anyhow::ensure!(
+        ours.len() == theirs.len(),
+        "different number of observations"
+    );
+    anyhow::ensure!(
+        differences.is_empty(),
+        "cri-shim differs from containerd:\n{}",
+        differences.join("\n")
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let root = harness::is_root();
+    let trials = vec![
+        Trial::test("side_by_side_lifecycle_matches_containerd", move || {
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(lifecycle_matches_containerd())
+                .map_err(|e| format!("{e:#}").into())
+        })
+        .with_ignored_flag(!root)
+        .with_kind(if root { "" } else { "needs root" }),
+    ];
+    libtest_mimic::run(&args, trials).exit();
+}
