@@ -148,8 +148,13 @@ pub fn merge_args(config: &cri::ContainerConfig, image: &ImageConfig) -> Vec<Str
     entrypoint.into_iter().chain(cmd).collect()
 }
 
-/// Image env first, CRI env overriding by key; order of first appearance kept.
-pub fn merge_env(config: &cri::ContainerConfig, image: &ImageConfig) -> Vec<String> {
+/// `HOSTNAME` (the pod's, as containerd sets it), then the image env, then
+/// the CRI env, later ones overriding by key; order of first appearance kept.
+pub fn merge_env(
+    config: &cri::ContainerConfig,
+    image: &ImageConfig,
+    hostname: &str,
+) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut values: HashMap<String, String> = HashMap::new();
     let image_env = image.env.iter().map(|kv| match kv.split_once('=') {
@@ -160,7 +165,8 @@ pub fn merge_env(config: &cri::ContainerConfig, image: &ImageConfig) -> Vec<Stri
         .envs
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone()));
-    for (k, v) in image_env.chain(cri_env) {
+    let host = (!hostname.is_empty()).then(|| ("HOSTNAME".to_owned(), hostname.to_owned()));
+    for (k, v) in host.into_iter().chain(image_env).chain(cri_env) {
         if values.insert(k.clone(), v).is_none() {
             order.push(k);
         }
@@ -253,6 +259,8 @@ pub fn resolve_user(
     if let Some(sc) = sc {
         additional_gids.extend(sc.supplemental_groups.iter().map(|g| *g as u32));
     }
+    // The primary group is a supplementary group too, as containerd sets it.
+    additional_gids.push(gid);
     additional_gids.sort_unstable();
     additional_gids.dedup();
     Ok(ResolvedUser {
@@ -333,7 +341,7 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
     let mut process = ProcessBuilder::default()
         .terminal(config.tty)
         .args(args)
-        .env(merge_env(config, inp.image))
+        .env(merge_env(config, inp.image, &inp.sandbox.hostname))
         .cwd(cwd)
         .user(user)
         .no_new_privileges(sc.no_new_privs)
@@ -835,8 +843,8 @@ mod tests {
             },
         ];
         assert_eq!(
-            merge_env(&c, &image(&[], &["sh"])),
-            ["PATH=/bin", "A=cri", "B=b"]
+            merge_env(&c, &image(&[], &["sh"]), "pod"),
+            ["HOSTNAME=pod", "PATH=/bin", "A=cri", "B=b"]
         );
     }
 
@@ -853,7 +861,7 @@ mod tests {
             ResolvedUser {
                 uid: 100,
                 gid: 101,
-                additional_gids: vec![300]
+                additional_gids: vec![101, 300]
             }
         );
         img.user = "nobody:www".into();
@@ -881,7 +889,7 @@ mod tests {
             ResolvedUser {
                 uid: 1234,
                 gid: 55,
-                additional_gids: vec![7]
+                additional_gids: vec![7, 55]
             }
         );
     }
