@@ -354,58 +354,182 @@ async fn scenario(endpoint: &str, log_dir: &Path) -> anyhow::Result<Observations
     Ok(obs)
 }
 
-async fn lifecycle_matches_containerd() -> anyhow::Result<()> {
+/// What a container with a rich config sees from inside, line by line.
+const PROBE: &str = r#"
+echo "id: $(id)"
+echo "pwd: $(pwd)"
+env | sort | sed 's/^/env: /'
+grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs):' /proc/self/status
+sed 's/^/resolv: /' /etc/resolv.conf
+echo "hostname: $(hostname) file: $(cat /etc/hostname)"
+touch /rootfs-write 2>/dev/null && echo "rootfs: writable" || echo "rootfs: read-only"
+cat /data/hello
+touch /data/x 2>/dev/null && echo "data: writable" || echo "data: read-only"
+touch /tmp/x 2>/dev/null && echo "tmp: writable" || echo "tmp: read-only"
+"#;
+
+async fn config_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut obs: Observations = Vec::new();
+    let mut cri = harness::cri_client(endpoint).await?;
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    std::fs::write(data.join("hello"), "hello from the host\n")?;
+    let mut config = sandbox_config(&dir.join("logs"));
+    config.hostname = "cfg-host".into();
+    config.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.0.0.10".into()],
+        searches: vec!["e2e.svc.cluster.local".into(), "svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("probe", "exec sleep 300");
+    c.working_dir = "/tmp".into();
+    c.envs = vec![
+        cri::KeyValue {
+            key: "FOO".into(),
+            value: "bar".into(),
+        },
+        cri::KeyValue {
+            key: "PATH".into(),
+            value: "/bin:/usr/bin".into(),
+        },
+    ];
+    c.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: data.display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let sc = c
+        .linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default();
+    sc.run_as_user = Some(cri::Int64Value { value: 65534 });
+    sc.run_as_group = Some(cri::Int64Value { value: 65534 });
+    sc.supplemental_groups = vec![1234];
+    sc.readonly_rootfs = true;
+    sc.no_new_privs = true;
+    sc.capabilities = Some(cri::Capability {
+        add_capabilities: vec!["NET_ADMIN".into()],
+        drop_capabilities: vec!["CHOWN".into()],
+        ..Default::default()
+    });
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), PROBE.into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    for (i, line) in String::from_utf8_lossy(&out.stdout).lines().enumerate() {
+        obs.push((format!("probe line {i}"), line.to_owned()));
+    }
+    obs.push((
+        "probe stderr".into(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ));
+    obs.push(("probe exit code".into(), out.exit_code.to_string()));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
+/// Runs `scenario` on a fresh cri-shim and a fresh containerd and compares
+/// what each observed.
+async fn matches_containerd<F>(scenario: F, first_network: u32) -> anyhow::Result<()>
+where
+    F: AsyncFn(&str, &Path) -> anyhow::Result<Observations>,
+{
     let images = TestImages::get()?;
     let dir = tempfile::Builder::new().prefix("side-by-side-").tempdir()?;
     let (shim_dir, ctrd_dir) = (dir.path().join("cri-shim"), dir.path().join("containerd"));
     std::fs::create_dir_all(&shim_dir)?;
     std::fs::create_dir_all(&ctrd_dir)?;
-    let shim_net = CniNetwork::create(&shim_dir, 220)?;
-    let ctrd_net = CniNetwork::create(&ctrd_dir, 221)?;
+    let shim_net = CniNetwork::create(&shim_dir, first_network)?;
+    let ctrd_net = CniNetwork::create(&ctrd_dir, first_network + 1)?;
     let shim = CriShim::start(&shim_dir, &shim_net)?;
     let containerd = Containerd::start(&ctrd_dir, &ctrd_net, images).await?;
 
-    let ours = scenario(&shim.endpoint, &shim_dir.join("logs")).await;
-    let theirs = scenario(&containerd.endpoint, &ctrd_dir.join("logs")).await;
+    let ours = scenario(&shim.endpoint, &shim_dir).await;
+    let theirs = scenario(&containerd.endpoint, &ctrd_dir).await;
     let _ = shim.remove_everything().await;
     let (ours, theirs) = (
         ours.context("on cri-shim")?,
         theirs.context("on containerd")?,
     );
+    if std::env::var_os("SIDE_BY_SIDE_SHOW").is_some() {
+        for ((step, a), (_, b)) in ours.iter().zip(&theirs) {
+            eprintln!("{step:<34} cri-shim: {a:<44} containerd: {b}");
+        }
+    }
     let differences: Vec<String> = ours
         .iter()
         .zip(&theirs)
         .filter(|(a, b)| a != b)
         .map(|((step, a), (_, b))| format!("{step}:\n    cri-shim:   {a}\n    containerd: {b}"))
         .collect();
-    if std::env::var_os("SIDE_BY_SIDE_SHOW").is_some() {
-        for ((step, a), (_, b)) in ours.iter().zip(&theirs) {
-            eprintln!("{step:<34} cri-shim: {a:<44} containerd: {b}");
-        }
-    }
-    anyhow::ensure!(
-        ours.len() == theirs.len(),
-        "different number of observations"
-    );
     anyhow::ensure!(
         differences.is_empty(),
         "cri-shim differs from containerd:\n{}",
         differences.join("\n")
     );
+    anyhow::ensure!(
+        ours.len() == theirs.len(),
+        "different number of observations: cri-shim {:?}, containerd {:?}",
+        ours.get(theirs.len()..),
+        theirs.get(ours.len()..)
+    );
     Ok(())
+}
+
+async fn lifecycle_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    scenario(endpoint, &dir.join("logs")).await
+}
+
+fn trial(name: &'static str, run: fn() -> anyhow::Result<()>) -> Trial {
+    let root = harness::is_root();
+    Trial::test(name, move || run().map_err(|e| format!("{e:#}").into()))
+        .with_ignored_flag(!root)
+        .with_kind(if root { "" } else { "needs root" })
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(f)
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let root = harness::is_root();
     let trials = vec![
-        Trial::test("side_by_side_lifecycle_matches_containerd", move || {
-            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-            rt.block_on(lifecycle_matches_containerd())
-                .map_err(|e| format!("{e:#}").into())
-        })
-        .with_ignored_flag(!root)
-        .with_kind(if root { "" } else { "needs root" }),
+        trial("side_by_side_lifecycle_matches_containerd", || {
+            block_on(matches_containerd(lifecycle_scenario, 220))
+        }),
+        trial("side_by_side_container_config_matches_containerd", || {
+            block_on(matches_containerd(config_scenario, 222))
+        }),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
