@@ -348,6 +348,9 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         .build()
         .map_err(build)?;
     process.set_oom_score_adj(oom);
+    // No rlimits of our own: the container inherits the runtime's, as with
+    // containerd (the builder's default would cap open files at 1024).
+    process.set_rlimits(None);
     let mut capabilities = oci_spec::runtime::LinuxCapabilities::default();
     capabilities.set_bounding(Some(caps.clone()));
     capabilities.set_effective(Some(caps.clone()));
@@ -475,9 +478,11 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
             inp.id
         )));
     if !privileged {
+        // Exactly the lists the caller sends, as containerd does: the kubelet
+        // fills in its defaults unless the pod asks for an unmasked /proc.
         linux = linux
-            .masked_paths(oci_spec::runtime::get_default_maskedpaths())
-            .readonly_paths(oci_spec::runtime::get_default_readonly_paths());
+            .masked_paths(sc.masked_paths.clone())
+            .readonly_paths(sc.readonly_paths.clone());
     }
     if !inp.sandbox.sysctls.is_empty() {
         linux = linux.sysctl(inp.sandbox.sysctls.clone());
