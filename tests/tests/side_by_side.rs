@@ -458,6 +458,65 @@ async fn config_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observati
     Ok(obs)
 }
 
+/// What a container with no security settings sees.
+const DEFAULTS_PROBE: &str = r#"
+echo "id: $(id)"
+grep -E '^(CapPrm|CapEff|CapBnd|CapInh|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status
+echo "umask: $(umask)"
+echo "nofile: $(ulimit -n)"
+echo "dev: $(ls /dev | sort | tr '\n' ' ')"
+echo "shm: $(df -k /dev/shm | tail -1 | awk '{print $2}')"
+cat /proc/kcore >/dev/null 2>&1 && echo "kcore: readable" || echo "kcore: masked"
+echo 1 > /proc/sys/kernel/panic 2>/dev/null && echo "proc/sys: writable" || echo "proc/sys: read-only"
+touch /sys/x 2>/dev/null && echo "sys: writable" || echo "sys: read-only"
+awk '{print "mount: " $2 " " $3}' /proc/mounts | sort
+"#;
+
+async fn defaults_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut cri = harness::cri_client(endpoint).await?;
+    let config = sandbox_config(&dir.join("logs"));
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container_config("plain", "exec sleep 300")),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id,
+            cmd: vec!["sh".into(), "-c".into(), DEFAULTS_PROBE.into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    let mut obs: Observations = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (format!("defaults line {i}"), line.to_owned()))
+        .collect();
+    obs.push(("defaults exit code".into(), out.exit_code.to_string()));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 /// Runs `scenario` on a fresh cri-shim and a fresh containerd and compares
 /// what each observed.
 async fn matches_containerd<F>(scenario: F, first_network: u32) -> anyhow::Result<()>
@@ -529,6 +588,9 @@ fn main() {
         }),
         trial("side_by_side_container_config_matches_containerd", || {
             block_on(matches_containerd(config_scenario, 222))
+        }),
+        trial("side_by_side_container_defaults_match_containerd", || {
+            block_on(matches_containerd(defaults_scenario, 224))
         }),
     ];
     libtest_mimic::run(&args, trials).exit();
