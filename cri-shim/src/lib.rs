@@ -16,6 +16,7 @@ pub mod monitor;
 pub mod oci;
 pub mod reexec;
 pub mod runtime;
+pub mod seccomp;
 pub mod server;
 pub mod stats;
 pub mod v1alpha2;

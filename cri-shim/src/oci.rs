@@ -58,6 +58,15 @@ pub enum OciError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The seccomp profile cannot be used.
+    #[error("container {container:?}: {source}")]
+    Seccomp {
+        /// Container name.
+        container: String,
+        /// Why.
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
     /// The user cannot be resolved in the image.
     #[error("container {container:?}: {reason}")]
     User {
@@ -483,6 +492,13 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         linux = linux
             .masked_paths(sc.masked_paths.clone())
             .readonly_paths(sc.readonly_paths.clone());
+    }
+    let seccomp = crate::seccomp::profile_for(&sc, &caps).map_err(|source| OciError::Seccomp {
+        container: name.clone(),
+        source,
+    })?;
+    if let Some(profile) = seccomp {
+        linux = linux.seccomp(profile);
     }
     if !inp.sandbox.sysctls.is_empty() {
         linux = linux.sysctl(inp.sandbox.sysctls.clone());

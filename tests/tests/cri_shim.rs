@@ -415,6 +415,27 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
             && s.message().contains("mounts[0].host_path")),
         "a mount of a missing host path: {r:?}"
     );
+    let mut c = container_config("badseccomp", "true");
+    c.linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .seccomp = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "/no/such/profile.json".into(),
+    });
+    let r = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(c),
+            sandbox_config: None,
+        })
+        .await;
+    ensure!(
+        matches!(&r, Err(s) if s.code() == tonic::Code::InvalidArgument
+            && s.message().contains("seccomp.localhost_ref")),
+        "a missing seccomp profile: {r:?}"
+    );
     let mut bad_ns = sandbox_config("badns", &dir.join("logs"));
     bad_ns.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {

@@ -517,6 +517,81 @@ async fn defaults_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observa
     Ok(obs)
 }
 
+/// What seccomp lets a container do.
+const SECCOMP_PROBE: &str = r#"
+grep Seccomp: /proc/self/status
+unshare -U true 2>/dev/null && echo "userns: allowed" || echo "userns: denied"
+mkdir /tmp/d 2>/dev/null && echo "mkdir: allowed" || echo "mkdir: denied"
+"#;
+
+async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    use cri::security_profile::ProfileType;
+    let mut cri = harness::cri_client(endpoint).await?;
+    let profile = dir.join("deny-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )?;
+    let config = sandbox_config(&dir.join("logs"));
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut obs: Observations = Vec::new();
+    for (name, kind) in [
+        ("unconfined", ProfileType::Unconfined),
+        ("default", ProfileType::RuntimeDefault),
+        ("local", ProfileType::Localhost),
+    ] {
+        let mut c = container_config(name, "exec sleep 300");
+        c.linux
+            .get_or_insert_default()
+            .security_context
+            .get_or_insert_default()
+            .seccomp = Some(cri::SecurityProfile {
+            profile_type: kind as i32,
+            localhost_ref: if kind == ProfileType::Localhost {
+                profile.display().to_string()
+            } else {
+                String::new()
+            },
+        });
+        let id = cri
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cri.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+        let out = cri
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id,
+                cmd: vec!["sh".into(), "-c".into(), SECCOMP_PROBE.into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        for (i, line) in String::from_utf8_lossy(&out.stdout).lines().enumerate() {
+            obs.push((format!("{name} line {i}"), line.to_owned()));
+        }
+    }
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 /// Runs `scenario` on a fresh cri-shim and a fresh containerd and compares
 /// what each observed.
 async fn matches_containerd<F>(scenario: F, first_network: u32) -> anyhow::Result<()>
@@ -591,6 +666,9 @@ fn main() {
         }),
         trial("side_by_side_container_defaults_match_containerd", || {
             block_on(matches_containerd(defaults_scenario, 224))
+        }),
+        trial("side_by_side_seccomp_profiles_match_containerd", || {
+            block_on(matches_containerd(seccomp_scenario, 226))
         }),
     ];
     libtest_mimic::run(&args, trials).exit();
