@@ -309,6 +309,9 @@ pub struct SpecInputs<'a> {
     /// oom_score_adj of the runtime itself: a lower value would need
     /// CAP_SYS_RESOURCE, so requests below it are clamped to it.
     pub current_oom_score_adj: i32,
+    /// The runtime's own bounding set: "all capabilities" (privileged, or
+    /// add ALL) means these, since a process cannot grant more than it has.
+    pub runtime_capabilities: &'a HashSet<Capability>,
 }
 
 /// Builds the OCI spec.
@@ -341,7 +344,7 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         .build()
         .map_err(build)?;
 
-    let caps = capabilities(&name, &sc)?;
+    let caps = capabilities(&name, &sc, inp.runtime_capabilities)?;
     let oom = linux_cfg
         .resources
         .as_ref()
@@ -379,7 +382,11 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
             });
         }
     }
-    let mut mounts = default_mounts(privileged).map_err(build)?;
+    // sysfs shows the network devices of the namespace it was mounted in, so
+    // only a privileged container on the host network gets it writable (as
+    // containerd does).
+    let writable_sysfs = privileged && inp.sandbox.netns.is_none();
+    let mut mounts = default_mounts(writable_sysfs).map_err(build)?;
     if inp.sandbox.shm.is_some() {
         mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
     }
@@ -463,7 +470,17 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
     let mut resources = linux_resources(linux_cfg.resources.as_ref()).map_err(build)?;
     // Device access: all for privileged containers, else only what runc
     // allows every container (null, zero, tty, ...) plus the requested devices.
-    let (devices, device_rules) = host_devices(&name, &config.devices)?;
+    let (mut devices, device_rules) = host_devices(&name, &config.devices)?;
+    if privileged {
+        // Every device node of the host, as containerd gives privileged
+        // containers (the cgroup rule below already allows them all).
+        let requested: HashSet<PathBuf> = devices.iter().map(|d| d.path().clone()).collect();
+        devices.extend(
+            all_host_devices(Path::new("/dev"))
+                .into_iter()
+                .filter(|d| !requested.contains(d.path())),
+        );
+    }
     let mut rules = vec![
         LinuxDeviceCgroupBuilder::default()
             .allow(privileged)
@@ -486,13 +503,16 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
             cgroup_parent.trim_matches('/'),
             inp.id
         )));
-    if !privileged {
-        // Exactly the lists the caller sends, as containerd does: the kubelet
-        // fills in its defaults unless the pod asks for an unmasked /proc.
-        linux = linux
-            .masked_paths(sc.masked_paths.clone())
-            .readonly_paths(sc.readonly_paths.clone());
-    }
+    // Exactly the lists the caller sends, as containerd does (the kubelet
+    // fills in its defaults unless the pod asks for an unmasked /proc), and
+    // none for privileged containers. Always set: left unset, the builder
+    // would fill in its own defaults.
+    let (masked, readonly) = if privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (sc.masked_paths.clone(), sc.readonly_paths.clone())
+    };
+    linux = linux.masked_paths(masked).readonly_paths(readonly);
     let seccomp = crate::seccomp::profile_for(&sc, &caps).map_err(|source| OciError::Seccomp {
         container: name.clone(),
         source,
@@ -651,6 +671,7 @@ fn host_devices(
 fn capabilities(
     container: &str,
     sc: &cri::LinuxContainerSecurityContext,
+    runtime_capabilities: &HashSet<Capability>,
 ) -> Result<HashSet<Capability>, OciError> {
     let parse = |name: &str| -> Result<Capability, OciError> {
         let full = if name.starts_with("CAP_") {
@@ -665,13 +686,7 @@ fn capabilities(
             }
         })
     };
-    let all = || -> HashSet<Capability> {
-        // Every capability the spec type knows: serialise the enum's variants
-        // by probing the names the kernel defines.
-        (0..64)
-            .filter_map(|i| cap_name(i).and_then(|n| parse(n).ok()))
-            .collect()
-    };
+    let all = || runtime_capabilities.clone();
     if sc.privileged {
         return Ok(all());
     }
@@ -710,6 +725,87 @@ fn capabilities(
         }
     }
     Ok(caps)
+}
+
+/// Directories under /dev that hold no device nodes of the host's own (or
+/// that the runtime mounts itself).
+const SKIPPED_DEV_DIRS: &[&str] = &["pts", "shm", "fd", "mqueue"];
+
+/// Every character and block device under `dev`, as device entries for the
+/// same paths in the container; runc creates its default devices itself.
+pub fn all_host_devices(dev: &Path) -> Vec<LinuxDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    const RUNC_DEFAULTS: &[&str] = &[
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "console",
+    ];
+    let mut found = Vec::new();
+    let mut stack = vec![dev.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            let relative = entry
+                .path()
+                .strip_prefix(dev)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            if meta.is_dir() {
+                let skipped = name.starts_with('.')
+                    || (dir == dev && SKIPPED_DEV_DIRS.contains(&name.as_str()));
+                if !skipped {
+                    stack.push(entry.path());
+                }
+                continue;
+            }
+            let typ = if meta.file_type().is_char_device() {
+                LinuxDeviceType::C
+            } else if meta.file_type().is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            if dir == dev && RUNC_DEFAULTS.contains(&name.as_str()) {
+                continue;
+            }
+            let rdev = meta.rdev();
+            if let Ok(device) = LinuxDeviceBuilder::default()
+                .path(Path::new("/dev").join(relative))
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(meta.mode() & 0o777)
+                .uid(meta.uid())
+                .gid(meta.gid())
+                .build()
+            {
+                found.push(device);
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path().cmp(b.path()));
+    found
+}
+
+/// The capabilities in a `/proc/<pid>/status` mask line (`CapBnd:` etc.).
+pub fn capabilities_from_mask(hex: &str) -> HashSet<Capability> {
+    let mask = u64::from_str_radix(hex.trim(), 16).unwrap_or(0);
+    (0..64)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .filter_map(cap_name)
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(n.to_owned())).ok())
+        .collect()
+}
+
+/// The bounding set of this process.
+pub fn current_bounding_set() -> HashSet<Capability> {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(capabilities_from_mask)
+        .unwrap_or_default()
 }
 
 /// Linux capability names by number (linux/capability.h).
@@ -760,7 +856,7 @@ fn cap_name(n: u32) -> Option<&'static str> {
     NAMES.get(n as usize).copied()
 }
 
-fn default_mounts(privileged: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+fn default_mounts(writable_sysfs: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError> {
     let m = |dst: &str, typ: &str, src: &str, opts: &[&str]| {
         MountBuilder::default()
             .destination(dst)
@@ -769,7 +865,7 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError
             .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .build()
     };
-    let ro = if privileged { "rw" } else { "ro" };
+    let ro = if writable_sysfs { "rw" } else { "ro" };
     Ok(vec![
         m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         m(
@@ -816,6 +912,31 @@ fn default_mounts(privileged: bool) -> Result<Vec<Mount>, oci_spec::OciSpecError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static ALL_TEST_CAPS: std::sync::LazyLock<HashSet<Capability>> =
+        std::sync::LazyLock::new(full_set);
+
+    fn full_set() -> HashSet<Capability> {
+        capabilities_from_mask("000001ffffffffff")
+    }
+
+    #[test]
+    fn capability_masks() {
+        let caps = capabilities_from_mask("00000000a80425fb");
+        assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
+        assert!(caps.contains(&Capability::NetBindService));
+        assert!(!caps.contains(&Capability::SysAdmin));
+    }
+
+    #[test]
+    fn privileged_gets_exactly_the_runtime_set() {
+        let sc = cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        };
+        let limited = capabilities_from_mask("00000000a80425fb");
+        assert_eq!(capabilities("c", &sc, &limited).unwrap(), limited);
+    }
 
     fn cfg(command: &[&str], args: &[&str]) -> cri::ContainerConfig {
         cri::ContainerConfig {
@@ -918,14 +1039,14 @@ mod tests {
     #[test]
     fn capabilities_add_drop_all() {
         let mut sc = cri::LinuxContainerSecurityContext::default();
-        let caps = capabilities("c", &sc).unwrap();
+        let caps = capabilities("c", &sc, &full_set()).unwrap();
         assert_eq!(caps.len(), DEFAULT_CAPABILITIES.len());
         sc.capabilities = Some(cri::Capability {
             add_capabilities: vec!["NET_ADMIN".into()],
             drop_capabilities: vec!["ALL".into()],
             ..Default::default()
         });
-        let caps = capabilities("c", &sc).unwrap();
+        let caps = capabilities("c", &sc, &full_set()).unwrap();
         assert_eq!(caps.len(), 1);
         assert!(caps.contains(&Capability::NetAdmin));
         sc.capabilities = Some(cri::Capability {
@@ -933,7 +1054,7 @@ mod tests {
             ..Default::default()
         });
         assert!(matches!(
-            capabilities("c", &sc),
+            capabilities("c", &sc, &full_set()),
             Err(OciError::UnknownCapability { .. })
         ));
     }
@@ -965,6 +1086,7 @@ mod tests {
             sandbox: &sandbox,
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
         };
         let spec = build_spec(&c, &inp).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -993,6 +1115,7 @@ mod tests {
             sandbox: &sandbox,
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
         };
         let mut c = cfg(&["sh"], &[]);
         c.mounts = vec![
@@ -1031,6 +1154,7 @@ mod tests {
             sandbox: &sandbox,
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
         };
         let json = serde_json::to_value(build_spec(&cfg(&["sh"], &[]), &inp).unwrap()).unwrap();
         let shm: Vec<_> = json["mounts"]
@@ -1059,6 +1183,7 @@ mod tests {
             sandbox: &sandbox,
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
         };
         let mut c = cfg(&["sh"], &[]);
         c.devices = vec![cri::Device {
@@ -1088,6 +1213,49 @@ mod tests {
     }
 
     #[test]
+    fn privileged_has_no_masks_and_pod_network_keeps_sysfs_read_only() {
+        let img = image(&[], &[]);
+        let sandbox = SandboxPaths {
+            netns: Some("/run/netns/x".into()),
+            ..Default::default()
+        };
+        let inp = SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: &img,
+            user: ResolvedUser::default(),
+            sandbox: &sandbox,
+            pid_namespace: PidNamespace::Private,
+            current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
+        };
+        let mut c = cfg(&["sh"], &[]);
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                privileged: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let json = serde_json::to_value(build_spec(&c, &inp).unwrap()).unwrap();
+        assert_eq!(json["linux"]["maskedPaths"], serde_json::json!([]));
+        assert_eq!(json["linux"]["readonlyPaths"], serde_json::json!([]));
+        let sys = json["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(
+            sys["options"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!("ro"))
+        );
+    }
+
+    #[test]
     fn empty_command_is_an_error() {
         let img = image(&[], &[]);
         let sandbox = SandboxPaths::default();
@@ -1099,6 +1267,7 @@ mod tests {
             sandbox: &sandbox,
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
         };
         assert!(matches!(
             build_spec(&cfg(&[], &[]), &inp),

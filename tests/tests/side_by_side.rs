@@ -592,6 +592,71 @@ async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
     Ok(obs)
 }
 
+/// What a privileged container can see and do.
+const PRIVILEGED_PROBE: &str = r#"
+grep -E '^(CapEff|CapBnd|Seccomp|NoNewPrivs):' /proc/self/status
+echo "dev: $(ls /dev | sort | tr '\n' ' ')"
+touch /sys/kernel/x 2>/dev/null; grep -q ' /sys sysfs rw' /proc/mounts && echo "sys: rw" || echo "sys: ro"
+grep -q ' /proc/sys proc ro' /proc/mounts && echo "proc/sys: ro" || echo "proc/sys: rw"
+head -c 1 /dev/kmsg >/dev/null 2>&1 && echo "kmsg: readable" || echo "kmsg: not readable"
+"#;
+
+async fn privileged_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut cri = harness::cri_client(endpoint).await?;
+    let mut config = sandbox_config(&dir.join("logs"));
+    config
+        .linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .privileged = true;
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let mut c = container_config("priv", "exec sleep 300");
+    c.linux
+        .get_or_insert_default()
+        .security_context
+        .get_or_insert_default()
+        .privileged = true;
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(c),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id,
+            cmd: vec!["sh".into(), "-c".into(), PRIVILEGED_PROBE.into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    let obs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (format!("privileged line {i}"), line.to_owned()))
+        .collect();
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 /// Runs `scenario` on a fresh cri-shim and a fresh containerd and compares
 /// what each observed.
 async fn matches_containerd<F>(scenario: F, first_network: u32) -> anyhow::Result<()>
@@ -669,6 +734,9 @@ fn main() {
         }),
         trial("side_by_side_seccomp_profiles_match_containerd", || {
             block_on(matches_containerd(seccomp_scenario, 226))
+        }),
+        trial("side_by_side_privileged_matches_containerd", || {
+            block_on(matches_containerd(privileged_scenario, 228))
         }),
     ];
     libtest_mimic::run(&args, trials).exit();

@@ -219,6 +219,7 @@ impl Runtime {
                 sandbox: &paths,
                 pid_namespace: self.pid_namespace_for(&record.config, sandbox)?,
                 current_oom_score_adj: self.inner.oom_score_adj,
+                runtime_capabilities: &self.inner.capabilities,
             },
         )?;
         record.cgroup_path = spec

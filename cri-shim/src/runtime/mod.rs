@@ -214,6 +214,8 @@ struct Inner {
     names: Mutex<HashMap<String, String>>,
     /// oom_score_adj of this process, the floor for containers.
     oom_score_adj: i32,
+    /// This process's capability bounding set: all a container can get.
+    capabilities: std::collections::HashSet<oci_spec::runtime::Capability>,
     /// Last CPU sample per container `(timestamp ns, usage ns)`, to turn
     /// cumulative CPU time into a rate between two stats calls.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
@@ -317,6 +319,7 @@ impl Runtime {
                 exits: Mutex::default(),
                 names: Mutex::default(),
                 oom_score_adj,
+                capabilities: crate::oci::current_bounding_set(),
                 cpu_samples: Mutex::default(),
                 events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             }),
