@@ -91,14 +91,7 @@ fn run(spec_json: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
-    if let Ok(null) = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
+    crate::reexec::detach_stdio();
     loop {
         match signals.wait() {
             Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => break,
@@ -128,14 +121,7 @@ fn fork_pid_namespace_init(signals: &SigSet) -> Result<i32, String> {
 /// PID 1 of the pod's pid namespace: reaps orphans until told to stop.
 fn pid_namespace_init(signals: &SigSet) -> ! {
     // The parent reports to the server; this process keeps no pipe open.
-    if let Ok(null) = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
+    crate::reexec::detach_stdio();
     let mut waited = *signals;
     waited.add(Signal::SIGCHLD);
     let _ = waited.thread_block();

@@ -103,14 +103,6 @@ fn report(r: &MonitorReport) {
     let _ = out.flush();
 }
 
-/// Detaches stdout from the server's pipe so the server sees EOF after the report.
-fn detach_stdio() {
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
-}
-
 fn run(spec: &MonitorSpec) -> i32 {
     // Own session: a Ctrl-C or SIGHUP aimed at the server's terminal must not
     // reach the container's keeper.
@@ -177,7 +169,7 @@ fn run(spec: &MonitorSpec) -> i32 {
         }
     };
     report(&MonitorReport::Created { pid });
-    detach_stdio();
+    crate::reexec::detach_stdio();
 
     let log = Arc::new(Mutex::new(spec.log_path.as_deref().and_then(open_log)));
     // SIGUSR1 = reopen the log (the kubelet rotated it). Blocked only now,

@@ -916,6 +916,20 @@ mod tests {
     static ALL_TEST_CAPS: std::sync::LazyLock<HashSet<Capability>> =
         std::sync::LazyLock::new(full_set);
 
+    /// Spec inputs of container "x" with a private pid namespace.
+    fn inputs<'a>(img: &'a ImageConfig, sandbox: &'a SandboxPaths) -> SpecInputs<'a> {
+        SpecInputs {
+            id: "x",
+            rootfs: Path::new("/r"),
+            image: img,
+            user: ResolvedUser::default(),
+            sandbox,
+            pid_namespace: PidNamespace::Private,
+            current_oom_score_adj: 0,
+            runtime_capabilities: &ALL_TEST_CAPS,
+        }
+    }
+
     fn full_set() -> HashSet<Capability> {
         capabilities_from_mask("000001ffffffffff")
     }
@@ -1107,16 +1121,7 @@ mod tests {
     fn missing_mount_source_names_the_field() {
         let img = image(&[], &[]);
         let sandbox = SandboxPaths::default();
-        let inp = SpecInputs {
-            id: "x",
-            rootfs: Path::new("/r"),
-            image: &img,
-            user: ResolvedUser::default(),
-            sandbox: &sandbox,
-            pid_namespace: PidNamespace::Private,
-            current_oom_score_adj: 0,
-            runtime_capabilities: &ALL_TEST_CAPS,
-        };
+        let inp = inputs(&img, &sandbox);
         let mut c = cfg(&["sh"], &[]);
         c.mounts = vec![
             cri::Mount {
@@ -1146,16 +1151,7 @@ mod tests {
             sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]),
             ..Default::default()
         };
-        let inp = SpecInputs {
-            id: "x",
-            rootfs: Path::new("/r"),
-            image: &img,
-            user: ResolvedUser::default(),
-            sandbox: &sandbox,
-            pid_namespace: PidNamespace::Private,
-            current_oom_score_adj: 0,
-            runtime_capabilities: &ALL_TEST_CAPS,
-        };
+        let inp = inputs(&img, &sandbox);
         let json = serde_json::to_value(build_spec(&cfg(&["sh"], &[]), &inp).unwrap()).unwrap();
         let shm: Vec<_> = json["mounts"]
             .as_array()
@@ -1175,16 +1171,7 @@ mod tests {
     fn devices_become_nodes_and_cgroup_rules() {
         let img = image(&[], &[]);
         let sandbox = SandboxPaths::default();
-        let inp = SpecInputs {
-            id: "x",
-            rootfs: Path::new("/r"),
-            image: &img,
-            user: ResolvedUser::default(),
-            sandbox: &sandbox,
-            pid_namespace: PidNamespace::Private,
-            current_oom_score_adj: 0,
-            runtime_capabilities: &ALL_TEST_CAPS,
-        };
+        let inp = inputs(&img, &sandbox);
         let mut c = cfg(&["sh"], &[]);
         c.devices = vec![cri::Device {
             container_path: "/dev/xnull".into(),
@@ -1219,16 +1206,7 @@ mod tests {
             netns: Some("/run/netns/x".into()),
             ..Default::default()
         };
-        let inp = SpecInputs {
-            id: "x",
-            rootfs: Path::new("/r"),
-            image: &img,
-            user: ResolvedUser::default(),
-            sandbox: &sandbox,
-            pid_namespace: PidNamespace::Private,
-            current_oom_score_adj: 0,
-            runtime_capabilities: &ALL_TEST_CAPS,
-        };
+        let inp = inputs(&img, &sandbox);
         let mut c = cfg(&["sh"], &[]);
         c.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -1259,16 +1237,7 @@ mod tests {
     fn empty_command_is_an_error() {
         let img = image(&[], &[]);
         let sandbox = SandboxPaths::default();
-        let inp = SpecInputs {
-            id: "x",
-            rootfs: Path::new("/r"),
-            image: &img,
-            user: ResolvedUser::default(),
-            sandbox: &sandbox,
-            pid_namespace: PidNamespace::Private,
-            current_oom_score_adj: 0,
-            runtime_capabilities: &ALL_TEST_CAPS,
-        };
+        let inp = inputs(&img, &sandbox);
         assert!(matches!(
             build_spec(&cfg(&[], &[]), &inp),
             Err(OciError::NoCommand { .. })

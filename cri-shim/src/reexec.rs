@@ -21,6 +21,20 @@ pub fn run_child_role_if_requested() {
     }
 }
 
+/// Points stdout and stderr at /dev/null: a child role reports on stdout
+/// once, then lets go of the server's pipe so the server sees EOF and no
+/// later write can block on it.
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 /// Failures starting a child role.
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
