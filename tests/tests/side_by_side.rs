@@ -354,6 +354,64 @@ async fn scenario(endpoint: &str, log_dir: &Path) -> anyhow::Result<Observations
     Ok(obs)
 }
 
+/// Runs a pod of `config` with one container of `container` (its command is
+/// replaced by a sleep), runs `probe` in it with `sh -c`, and removes the
+/// pod. Observations: each output line, stderr and the exit code.
+async fn probe_pod(
+    endpoint: &str,
+    config: cri::PodSandboxConfig,
+    mut container: cri::ContainerConfig,
+    probe: &str,
+    label: &str,
+) -> anyhow::Result<Observations> {
+    let mut cri = harness::cri_client(endpoint).await?;
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    container.command = vec!["sleep".into(), "300".into()];
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(container),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id,
+            cmd: vec!["sh".into(), "-c".into(), probe.into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    let mut obs: Observations = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (format!("{label} line {i}"), line.to_owned()))
+        .collect();
+    obs.push((
+        format!("{label} stderr"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ));
+    obs.push((format!("{label} exit code"), out.exit_code.to_string()));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 /// What a container with a rich config sees from inside, line by line.
 const PROBE: &str = r#"
 echo "id: $(id)"
@@ -369,8 +427,6 @@ touch /tmp/x 2>/dev/null && echo "tmp: writable" || echo "tmp: read-only"
 "#;
 
 async fn config_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
-    let mut obs: Observations = Vec::new();
-    let mut cri = harness::cri_client(endpoint).await?;
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     std::fs::write(data.join("hello"), "hello from the host\n")?;
@@ -381,14 +437,6 @@ async fn config_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observati
         searches: vec!["e2e.svc.cluster.local".into(), "svc.cluster.local".into()],
         options: vec!["ndots:5".into()],
     });
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
     let mut c = container_config("probe", "exec sleep 300");
     c.working_dir = "/tmp".into();
     c.envs = vec![
@@ -422,40 +470,7 @@ async fn config_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observati
         drop_capabilities: vec!["CHOWN".into()],
         ..Default::default()
     });
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(c),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    let out = cri
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), PROBE.into()],
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    for (i, line) in String::from_utf8_lossy(&out.stdout).lines().enumerate() {
-        obs.push((format!("probe line {i}"), line.to_owned()));
-    }
-    obs.push((
-        "probe stderr".into(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ));
-    obs.push(("probe exit code".into(), out.exit_code.to_string()));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
-    Ok(obs)
+    probe_pod(endpoint, config, c, PROBE, "probe").await
 }
 
 /// What a container with no security settings sees.
@@ -473,48 +488,15 @@ awk '{print "mount: " $2 " " $3}' /proc/mounts | sort
 "#;
 
 async fn defaults_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
-    let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(container_config("plain", "exec sleep 300")),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    let out = cri
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id,
-            cmd: vec!["sh".into(), "-c".into(), DEFAULTS_PROBE.into()],
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    let mut obs: Observations = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .enumerate()
-        .map(|(i, line)| (format!("defaults line {i}"), line.to_owned()))
-        .collect();
-    obs.push(("defaults exit code".into(), out.exit_code.to_string()));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
-    Ok(obs)
+    probe_pod(
+        endpoint,
+        config,
+        container_config("plain", ""),
+        DEFAULTS_PROBE,
+        "defaults",
+    )
+    .await
 }
 
 /// What seccomp lets a container do.
@@ -602,7 +584,6 @@ head -c 1 /dev/kmsg >/dev/null 2>&1 && echo "kmsg: readable" || echo "kmsg: not 
 "#;
 
 async fn privileged_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
-    let mut cri = harness::cri_client(endpoint).await?;
     let mut config = sandbox_config(&dir.join("logs"));
     config
         .linux
@@ -610,51 +591,13 @@ async fn privileged_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
         .security_context
         .get_or_insert_default()
         .privileged = true;
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let mut c = container_config("priv", "exec sleep 300");
+    let mut c = container_config("priv", "");
     c.linux
         .get_or_insert_default()
         .security_context
         .get_or_insert_default()
         .privileged = true;
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(c),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    let out = cri
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id,
-            cmd: vec!["sh".into(), "-c".into(), PRIVILEGED_PROBE.into()],
-            timeout: 10,
-        })
-        .await?
-        .into_inner();
-    let obs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .enumerate()
-        .map(|(i, line)| (format!("privileged line {i}"), line.to_owned()))
-        .collect();
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
-    Ok(obs)
+    probe_pod(endpoint, config, c, PRIVILEGED_PROBE, "privileged").await
 }
 
 /// Runs `scenario` on a fresh cri-shim and a fresh containerd and compares
