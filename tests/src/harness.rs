@@ -1026,6 +1026,18 @@ async fn wait_cri_ready(what: &str, process: &Process, endpoint: &str) -> anyhow
     .await
 }
 
+/// The namespace options a kubelet sends: the pod's network and IPC, the
+/// pid namespace as given (CONTAINER unless shareProcessNamespace).
+pub fn pod_namespaces(pid: k8s_cri::v1::NamespaceMode) -> k8s_cri::v1::NamespaceOption {
+    use k8s_cri::v1::NamespaceMode;
+    k8s_cri::v1::NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: pid as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..Default::default()
+    }
+}
+
 /// Which CRI runtime a kubelet uses.
 #[derive(Debug, Clone)]
 pub enum Runtime {

@@ -49,21 +49,11 @@ fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
         // What the kubelet sends for a pod without shareProcessNamespace.
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces(cri::NamespaceMode::Container)),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-/// Pod network and IPC, pid as given.
-fn namespaces(pid: cri::NamespaceMode) -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
-        pid: pid as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -83,7 +73,7 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
         labels: HashMap::from([("io.kubernetes.container.name".to_owned(), name.to_owned())]),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces(cri::NamespaceMode::Container)),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1120,7 +1110,7 @@ async fn pid_namespaces_body(
             Some(cri::LinuxContainerSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     target_id: target.to_owned(),
-                    ..namespaces(pid)
+                    ..harness::pod_namespaces(pid)
                 }),
                 ..Default::default()
             });
@@ -1155,7 +1145,7 @@ async fn pid_namespaces_body(
     let mut shared = sandbox_config("shared", &dir.join("logs"));
     shared.linux.get_or_insert_default().security_context =
         Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(namespaces(cri::NamespaceMode::Pod)),
+            namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Pod)),
             ..Default::default()
         });
     cri.run_pod_sandbox(cri::RunPodSandboxRequest {

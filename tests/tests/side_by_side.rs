@@ -17,15 +17,6 @@ use libtest_mimic::{Arguments, Trial};
 /// What one step showed, as comparable text.
 type Observations = Vec<(String, String)>;
 
-fn namespaces() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
 fn sandbox_config(log_dir: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -40,7 +31,7 @@ fn sandbox_config(log_dir: &Path) -> cri::PodSandboxConfig {
         annotations: HashMap::from([("note".into(), "side by side".into())]),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -65,7 +56,7 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
         annotations: HashMap::from([("a".into(), format!("ann-{name}"))]),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespaces()),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()

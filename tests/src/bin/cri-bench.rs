@@ -47,22 +47,11 @@ fn sandbox_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfi
         log_directory: log_dir.join(name).display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()
         }),
-        ..Default::default()
-    }
-}
-
-/// The namespace options a kubelet sends for a pod without hostNetwork or
-/// shareProcessNamespace.
-fn kubelet_namespaces() -> cri::NamespaceOption {
-    cri::NamespaceOption {
-        network: cri::NamespaceMode::Pod as i32,
-        pid: cri::NamespaceMode::Container as i32,
-        ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
     }
 }
@@ -81,7 +70,7 @@ fn container_config() -> cri::ContainerConfig {
         log_path: "main/0.log".into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(kubelet_namespaces()),
+                namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Container)),
                 ..Default::default()
             }),
             ..Default::default()
