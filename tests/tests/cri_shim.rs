@@ -82,6 +82,10 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
     }
 }
 
+fn code<T>(r: &Result<T, tonic::Status>) -> tonic::Code {
+    r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok)
+}
+
 async fn status(cri: &mut CriClient, id: &str) -> anyhow::Result<cri::ContainerStatus> {
     harness::container_status(cri, id).await
 }
@@ -160,6 +164,43 @@ async fn sandbox_lifecycle_body(
         matches!(&dup, Err(s) if s.code() == tonic::Code::AlreadyExists),
         "second RunPodSandbox of the same pod: {dup:?}"
     );
+    // Two concurrent RunPodSandbox calls for one new pod: exactly one wins.
+    let racing = sandbox_config("racing", &log_dir);
+    let run = |mut cri: CriClient, config: cri::PodSandboxConfig| async move {
+        cri.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+    };
+    let (a, b) = tokio::join!(
+        run(shim.client().await?, racing.clone()),
+        run(shim.client().await?, racing.clone())
+    );
+    let codes = [code(&a), code(&b)];
+    ensure!(
+        codes.contains(&tonic::Code::Ok) && codes.contains(&tonic::Code::AlreadyExists),
+        "concurrent RunPodSandbox: {codes:?}"
+    );
+    let winner = a.or(b)?.into_inner().pod_sandbox_id;
+    let racing_sandboxes = cri
+        .list_pod_sandbox(cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter {
+                label_selector: HashMap::from([("app".to_owned(), "racing".to_owned())]),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .items;
+    ensure!(
+        racing_sandboxes.len() == 1 && racing_sandboxes[0].id == winner,
+        "sandboxes of one pod after a race: {racing_sandboxes:?}"
+    );
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: winner,
+    })
+    .await?;
     let sb = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox_id.clone(),
