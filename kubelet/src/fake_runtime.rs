@@ -96,6 +96,9 @@ pub struct FakeRuntime {
     state: Arc<Mutex<FakeState>>,
     changed: Arc<watch::Sender<u64>>,
     clock: Clock,
+    /// Events to stream from `GetContainerEvents`; none: Unimplemented, as
+    /// containerd 1.6 answers.
+    events: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<cri::ContainerEventResponse>>>>,
 }
 
 fn not_found(method: &'static str, id: &str) -> CriError {
@@ -119,7 +122,15 @@ impl FakeRuntime {
             state: Arc::new(Mutex::new(state)),
             changed: Arc::new(watch::channel(0).0),
             clock,
+            events: Arc::default(),
         }
+    }
+
+    /// Makes `GetContainerEvents` available; the test sends events here.
+    pub fn offer_events(&self) -> tokio::sync::mpsc::UnboundedSender<cri::ContainerEventResponse> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self.events.lock().unwrap() = Some(rx);
+        tx
     }
 
     fn now_nanos(&self) -> i64 {
@@ -466,5 +477,17 @@ impl RuntimeService for FakeRuntime {
                 Ok(format!("sha256:{}", image.image))
             },
         )
+    }
+
+    async fn container_events(&self) -> Result<crate::runtime::ContainerEvents, CriError> {
+        match self.events.lock().unwrap().take() {
+            Some(rx) => Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|event| (Ok(event), rx))
+            }))),
+            None => Err(CriError::Status {
+                method: "GetContainerEvents",
+                status: Box::new(tonic::Status::unimplemented("no container events")),
+            }),
+        }
     }
 }

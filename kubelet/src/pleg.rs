@@ -4,6 +4,11 @@
 //!
 //! The first relist reports every pod present, and is sent even when empty:
 //! the pod workers wait for it before deciding that a runtime pod is an orphan.
+//!
+//! Where the runtime streams container events (`GetContainerEvents`, as
+//! cri-shim does), each event triggers a relist at once, so a change is seen
+//! in milliseconds rather than at the next tick; the periodic relist stays as
+//! the safety net and is all there is with runtimes that have no events.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -125,10 +130,19 @@ impl<R: RuntimeService> GenericPleg<R> {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous: Option<RuntimeSnapshot> = None;
         let mut failing = false;
+        let event_arrived = Arc::new(tokio::sync::Notify::new());
+        let watcher = tokio::spawn(watch_container_events(
+            Arc::clone(&self.runtime),
+            Arc::clone(&event_arrived),
+            self.relist_period,
+            cancel.child_token(),
+        ));
+        let _stop_watcher = watcher_guard(watcher);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = interval.tick() => {}
+                _ = event_arrived.notified() => {}
             }
             let snapshot = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -164,9 +178,72 @@ impl<R: RuntimeService> GenericPleg<R> {
     }
 }
 
+/// Aborts the event watcher when the PLEG stops, however it stops.
+fn watcher_guard(task: tokio::task::JoinHandle<()>) -> impl Drop {
+    struct Abort(tokio::task::JoinHandle<()>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    Abort(task)
+}
+
+/// Follows the runtime's container events and wakes the relist for each.
+/// Ends at once if the runtime has no events; reconnects (1 s doubling to
+/// 30 s) when the stream breaks, e.g. because the runtime restarted.
+async fn watch_container_events<R: RuntimeService>(
+    runtime: Arc<RuntimeManager<R>>,
+    event_arrived: Arc<tokio::sync::Notify>,
+    relist_period: Duration,
+    cancel: CancellationToken,
+) {
+    use futures::StreamExt;
+    const MAX_RETRY: Duration = Duration::from_secs(30);
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            opened = runtime.service().container_events() => opened,
+        };
+        match opened {
+            Ok(mut events) => {
+                tracing::info!("following the runtime's container events");
+                retry = Duration::from_secs(1);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        event = events.next() => match event {
+                            Some(Ok(_)) => event_arrived.notify_one(),
+                            Some(Err(error)) => {
+                                tracing::debug!(error = %ErrorChain(&error), "container event stream broke");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(error) if error.is_unimplemented() => {
+                tracing::info!(period = ?relist_period, "the runtime has no container events; relisting only");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(error = %ErrorChain(&error), "opening the container event stream");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(MAX_RETRY);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_cri::v1 as cri;
 
     fn record(uid: &str, objects: &[(&str, i32)]) -> (String, PodRecord) {
         let pod = PodRef {
@@ -202,6 +279,83 @@ mod tests {
             .collect();
         assert_eq!(summary, [("changed", true), ("new", true), ("gone", false)]);
         assert_eq!(events[0].pod.name, "p-changed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_event_triggers_a_relist_before_the_next_tick() {
+        use crate::fake_runtime::FakeRuntime;
+        fn clock() -> std::time::SystemTime {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)
+        }
+        let fake = FakeRuntime::new(clock, &["busybox"]);
+        let events = fake.offer_events();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(RuntimeManager::new(
+            fake.clone(),
+            dir.path().to_owned(),
+            dir.path().join("resolv.conf"),
+        ));
+        let pleg = GenericPleg::new(runtime, Duration::from_secs(3600));
+        let (tx, mut rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(pleg.run(tx, cancel.clone()));
+        assert!(
+            rx.recv().await.unwrap().is_empty(),
+            "first relist of an empty runtime"
+        );
+
+        // A sandbox appears and the runtime says so: the PLEG reports it long
+        // before its hourly relist.
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "p".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            labels: [
+                (crate::labels::POD_NAME.to_owned(), "p".to_owned()),
+                (
+                    crate::labels::POD_NAMESPACE.to_owned(),
+                    "default".to_owned(),
+                ),
+                (crate::labels::POD_UID.to_owned(), "u1".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        fake.run_pod_sandbox(config).await.unwrap();
+        events.send(cri::ContainerEventResponse::default()).unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("no relist within a minute of the event")
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].pod.uid, "u1");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_events_the_relist_alone_runs() {
+        use crate::fake_runtime::FakeRuntime;
+        fn clock() -> std::time::SystemTime {
+            std::time::SystemTime::UNIX_EPOCH
+        }
+        let fake = FakeRuntime::new(clock, &[]);
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Arc::new(RuntimeManager::new(
+            fake,
+            dir.path().to_owned(),
+            dir.path().join("resolv.conf"),
+        ));
+        let (tx, mut rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let task =
+            tokio::spawn(GenericPleg::new(runtime, Duration::from_secs(1)).run(tx, cancel.clone()));
+        assert!(rx.recv().await.unwrap().is_empty());
+        cancel.cancel();
+        task.await.unwrap();
     }
 
     #[test]

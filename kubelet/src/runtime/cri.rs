@@ -44,7 +44,18 @@ pub enum CriError {
     },
 }
 
+/// The container events a runtime streams (`GetContainerEvents`).
+pub type ContainerEvents = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, CriError>> + Send>,
+>;
+
 impl CriError {
+    /// The runtime does not implement the method (e.g. containerd 1.6 and
+    /// `GetContainerEvents`).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Self::Status { status, .. } if status.code() == tonic::Code::Unimplemented)
+    }
+
     /// The object named in the request does not exist (any more).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Status { status, .. } if status.code() == tonic::Code::NotFound)
@@ -112,6 +123,8 @@ pub trait RuntimeService: Send + Sync + 'static {
         image: cri::ImageSpec,
         sandbox_config: cri::PodSandboxConfig,
     ) -> impl Future<Output = Result<String, CriError>> + Send;
+    /// `GetContainerEvents`: the stream of container events from now on.
+    fn container_events(&self) -> impl Future<Output = Result<ContainerEvents, CriError>> + Send;
 }
 
 /// [`RuntimeService`] over a CRI gRPC channel. Every call but `PullImage` is
@@ -362,5 +375,24 @@ impl RuntimeService for RemoteRuntimeService {
         let mut client = self.images.clone();
         let response = self.call("PullImage", None, client.pull_image(request));
         Ok(response.await?.image_ref)
+    }
+
+    async fn container_events(&self) -> Result<ContainerEvents, CriError> {
+        use futures::StreamExt;
+        let mut client = self.runtime.clone();
+        // Only opening the stream is bounded; the stream itself lasts.
+        let stream = self
+            .call(
+                "GetContainerEvents",
+                Some(self.timeout),
+                client.get_container_events(cri::GetEventsRequest {}),
+            )
+            .await?;
+        Ok(Box::pin(stream.map(|event| {
+            event.map_err(|status| CriError::Status {
+                method: "GetContainerEvents",
+                status: Box::new(status),
+            })
+        })))
     }
 }

@@ -21,7 +21,7 @@ use crate::actions::{
     Action, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, SandboxTarget,
 };
 use crate::labels;
-pub use cri::{CriError, RemoteRuntimeService, RuntimeService};
+pub use cri::{ContainerEvents, CriError, RemoteRuntimeService, RuntimeService};
 
 /// Identity of a pod, known from its spec or from the labels of its CRI objects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
