@@ -2,6 +2,7 @@
 //! bundle, and a monitor process that runs `runc create`, holds stdio, writes
 //! the CRI log and records the exit.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -90,7 +91,7 @@ impl Runtime {
             ));
         }
         let sandbox = self.sandbox_record(sandbox_id)?;
-        if !self.effective_state_ready(&sandbox) {
+        if self.sandbox_cri_state(&sandbox) != cri::PodSandboxState::SandboxReady {
             return Err(RuntimeError::SandboxNotReady {
                 id: sandbox.id.clone(),
             });
@@ -168,18 +169,6 @@ impl Runtime {
         }
         .instrument(span)
         .await
-    }
-
-    fn effective_state_ready(&self, sandbox: &super::sandbox::SandboxRecord) -> bool {
-        self.list_pod_sandboxes(Some(cri::PodSandboxFilter {
-            id: sandbox.id.clone(),
-            ..Default::default()
-        }))
-        .map(|l| {
-            l.iter()
-                .any(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
-        })
-        .unwrap_or(false)
     }
 
     async fn set_up_container(
@@ -611,19 +600,31 @@ impl Runtime {
         })
     }
 
+    /// Records of the containers a CRI filter selects by id (or unique
+    /// prefix), pod sandbox id (or prefix) and labels.
+    pub(super) fn containers_matching(
+        &self,
+        id: &str,
+        pod_sandbox_id: &str,
+        label_selector: &HashMap<String, String>,
+    ) -> Vec<ContainerRecord> {
+        super::select_entries(&self.inner.containers, id)
+            .iter()
+            .map(|e| e.get())
+            .filter(|r| pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(pod_sandbox_id))
+            .filter(|r| super::labels_match(&r.config.labels, label_selector))
+            .collect()
+    }
+
     /// ListContainers.
     pub fn list_containers(
         &self,
         filter: Option<cri::ContainerFilter>,
     ) -> Result<Vec<cri::Container>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries = super::select_entries(&self.inner.containers, &filter.id);
-        Ok(entries
-            .iter()
-            .map(|e| e.get())
-            .filter(|r| {
-                filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
+        Ok(self
+            .containers_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
+            .into_iter()
             .map(|r| cri::Container {
                 id: r.id.clone(),
                 pod_sandbox_id: r.sandbox_id.clone(),
@@ -637,7 +638,6 @@ impl Runtime {
                 ..Default::default()
             })
             .filter(|c| filter.state.as_ref().is_none_or(|f| f.state == c.state))
-            .filter(|c| super::labels_match(&c.labels, &filter.label_selector))
             .collect())
     }
 

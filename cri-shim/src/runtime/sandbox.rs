@@ -2,6 +2,7 @@
 //! network namespace under `/run/netns`, CNI attachment, and the per-sandbox
 //! `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -351,20 +352,33 @@ impl Runtime {
         Ok(self.sandbox_status(&entry.get()))
     }
 
-    fn effective_state(&self, r: &SandboxRecord) -> SandboxState {
+    /// The state CRI reports: Ready only while the infra process (and so the
+    /// pod's namespaces) is alive.
+    pub(super) fn sandbox_cri_state(&self, r: &SandboxRecord) -> cri::PodSandboxState {
         match (r.state, r.infra_pid) {
             (SandboxState::Ready, Some(pid)) if pidfd::alive_with(pid, &r.id) => {
-                SandboxState::Ready
+                cri::PodSandboxState::SandboxReady
             }
-            _ => SandboxState::NotReady,
+            _ => cri::PodSandboxState::SandboxNotready,
         }
     }
 
+    /// Records of the sandboxes a CRI filter selects by id (or unique
+    /// prefix) and labels.
+    pub(super) fn sandboxes_matching(
+        &self,
+        id: &str,
+        label_selector: &HashMap<String, String>,
+    ) -> Vec<SandboxRecord> {
+        super::select_entries(&self.inner.sandboxes, id)
+            .iter()
+            .map(|e| e.get())
+            .filter(|r| super::labels_match(&r.config.labels, label_selector))
+            .collect()
+    }
+
     fn sandbox_status(&self, r: &SandboxRecord) -> cri::PodSandboxStatus {
-        let state = match self.effective_state(r) {
-            SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-            SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
-        };
+        let state = self.sandbox_cri_state(r);
         let ns = r.namespace_options();
         cri::PodSandboxStatus {
             id: r.id.clone(),
@@ -395,27 +409,19 @@ impl Runtime {
         filter: Option<cri::PodSandboxFilter>,
     ) -> Result<Vec<cri::PodSandbox>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries = super::select_entries(&self.inner.sandboxes, &filter.id);
-        Ok(entries
-            .iter()
-            .map(|e| e.get())
-            .map(|r| {
-                let state = match self.effective_state(&r) {
-                    SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-                    SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
-                };
-                cri::PodSandbox {
-                    id: r.id.clone(),
-                    metadata: r.config.metadata.clone(),
-                    state: state as i32,
-                    created_at: r.created_at,
-                    labels: r.config.labels.clone(),
-                    annotations: r.config.annotations.clone(),
-                    runtime_handler: String::new(),
-                }
+        Ok(self
+            .sandboxes_matching(&filter.id, &filter.label_selector)
+            .into_iter()
+            .map(|r| cri::PodSandbox {
+                state: self.sandbox_cri_state(&r) as i32,
+                id: r.id,
+                metadata: r.config.metadata,
+                created_at: r.created_at,
+                labels: r.config.labels,
+                annotations: r.config.annotations,
+                runtime_handler: String::new(),
             })
             .filter(|s| filter.state.as_ref().is_none_or(|f| f.state == s.state))
-            .filter(|s| super::labels_match(&s.labels, &filter.label_selector))
             .collect())
     }
 

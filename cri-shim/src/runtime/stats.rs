@@ -9,9 +9,6 @@ use super::{Runtime, RuntimeError, container::ContainerRecord, sandbox::SandboxR
 use crate::monitor::now_ns;
 use crate::stats::{self, CgroupUsage};
 
-/// Where cgroupfs is mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
 fn value(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
@@ -29,15 +26,10 @@ impl Runtime {
         filter: Option<cri::ContainerStatsFilter>,
     ) -> Result<Vec<cri::ContainerStats>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries = super::select_entries(&self.inner.containers, &filter.id);
-        Ok(entries
+        Ok(self
+            .containers_matching(&filter.id, &filter.pod_sandbox_id, &filter.label_selector)
             .iter()
-            .map(|e| e.get())
-            .filter(|r| {
-                filter.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&filter.pod_sandbox_id)
-            })
-            .filter(|r| super::labels_match(&r.config.labels, &filter.label_selector))
-            .map(|r| self.stats_of(&r).0)
+            .map(|r| self.stats_of(r).0)
             .collect())
     }
 
@@ -53,12 +45,10 @@ impl Runtime {
         filter: Option<cri::PodSandboxStatsFilter>,
     ) -> Result<Vec<cri::PodSandboxStats>, RuntimeError> {
         let filter = filter.unwrap_or_default();
-        let entries = super::select_entries(&self.inner.sandboxes, &filter.id);
-        Ok(entries
+        Ok(self
+            .sandboxes_matching(&filter.id, &filter.label_selector)
             .iter()
-            .map(|e| e.get())
-            .filter(|r| super::labels_match(&r.config.labels, &filter.label_selector))
-            .map(|r| self.sandbox_stats(&r))
+            .map(|r| self.sandbox_stats(r))
             .collect())
     }
 
@@ -68,7 +58,7 @@ impl Runtime {
         let usage = r
             .cgroup_path
             .as_deref()
-            .map(|p| stats::read_cgroup(Path::new(CGROUP_ROOT), p))
+            .map(|p| stats::read_cgroup(Path::new(stats::CGROUP_ROOT), p))
             .unwrap_or_default();
         let nano_cores = usage.cpu_usage_ns.and_then(|cpu| {
             let mut samples = self
