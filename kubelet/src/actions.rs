@@ -6,7 +6,7 @@
 //! the time, and executes the returned list in order. Being level-triggered,
 //! running it again on unchanged state yields no new work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -48,6 +48,19 @@ pub struct DesiredContainer {
     pub name: String,
     /// Hash of the container spec (see [`container_hash`]).
     pub hash: String,
+    /// An init container with `restartPolicy: Always` (a sidecar): it keeps
+    /// running beside the app containers and is restarted whenever it exits.
+    pub sidecar: bool,
+}
+
+impl DesiredContainer {
+    fn from_spec(container: &Container) -> Self {
+        Self {
+            name: container.name.clone(),
+            hash: container_hash(container),
+            sidecar: container.restart_policy.as_deref() == Some("Always"),
+        }
+    }
 }
 
 /// The part of a pod spec the sync decisions need.
@@ -57,6 +70,8 @@ pub struct DesiredPod {
     pub restart_policy: RestartPolicy,
     /// Grace period for stopping containers, in seconds.
     pub termination_grace_period: i64,
+    /// Init containers (sidecars among them) in spec order.
+    pub init_containers: Vec<DesiredContainer>,
     /// App containers in spec order.
     pub containers: Vec<DesiredContainer>,
 }
@@ -70,16 +85,27 @@ impl DesiredPod {
                 spec.and_then(|s| s.restart_policy.as_deref()),
             ),
             termination_grace_period: termination_grace_period(pod),
+            init_containers: spec
+                .and_then(|s| s.init_containers.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(DesiredContainer::from_spec)
+                .collect(),
             containers: spec
                 .map(|s| s.containers.as_slice())
                 .unwrap_or_default()
                 .iter()
-                .map(|c| DesiredContainer {
-                    name: c.name.clone(),
-                    hash: container_hash(c),
-                })
+                .map(DesiredContainer::from_spec)
                 .collect(),
         }
+    }
+
+    fn is_init_container(&self, name: &str) -> bool {
+        self.init_containers.iter().any(|c| c.name == name)
+    }
+
+    fn in_spec(&self, name: &str) -> bool {
+        self.is_init_container(name) || self.containers.iter().any(|c| c.name == name)
     }
 }
 
@@ -113,7 +139,7 @@ pub enum PodIntent<'a> {
 }
 
 /// State of a CRI container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ContainerState {
     /// Created, never started.
     Created,
@@ -122,11 +148,12 @@ pub enum ContainerState {
     /// Exited.
     Exited,
     /// The runtime does not know.
+    #[default]
     Unknown,
 }
 
 /// A sandbox of the pod as the runtime reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedSandbox {
     /// Sandbox id.
     pub id: String,
@@ -136,10 +163,12 @@ pub struct ObservedSandbox {
     pub ready: bool,
     /// Creation time, nanoseconds since the epoch.
     pub created_at: i64,
+    /// Pod IPs, primary first (read for the latest ready sandbox only).
+    pub ips: Vec<String>,
 }
 
 /// A container of the pod as the runtime reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedContainer {
     /// Container id.
     pub id: String,
@@ -155,10 +184,20 @@ pub struct ObservedContainer {
     pub hash: Option<String>,
     /// Creation time, nanoseconds since the epoch.
     pub created_at: i64,
+    /// When it started, if it has.
+    pub started_at: Option<SystemTime>,
     /// When it exited, if it has.
     pub finished_at: Option<SystemTime>,
     /// Exit code (meaningful once exited).
     pub exit_code: i32,
+    /// The runtime's brief reason for the state (`Completed`, `Error`, `OOMKilled`).
+    pub reason: String,
+    /// The runtime's message about the state.
+    pub message: String,
+    /// The image as the container spec names it.
+    pub image: String,
+    /// The image id the runtime resolved it to.
+    pub image_ref: String,
     /// `io.kubernetes.pod.terminationGracePeriod`, if set.
     pub termination_grace_period: Option<i64>,
     /// Host path of its log file, if the runtime reports one.
@@ -172,6 +211,9 @@ pub struct ObservedPod {
     pub sandboxes: Vec<ObservedSandbox>,
     /// Containers, any state.
     pub containers: Vec<ObservedContainer>,
+    /// Ids of running containers whose liveness or startup probe failed:
+    /// they are killed and restarted according to the restart policy.
+    pub unhealthy: HashSet<String>,
 }
 
 impl ObservedPod {
@@ -180,17 +222,26 @@ impl ObservedPod {
         self.sandboxes.is_empty() && self.containers.is_empty()
     }
 
-    fn latest_sandbox(&self) -> Option<&ObservedSandbox> {
+    /// The newest sandbox (by creation time, then attempt).
+    pub fn latest_sandbox(&self) -> Option<&ObservedSandbox> {
         self.sandboxes
             .iter()
             .max_by_key(|s| (s.created_at, s.attempt))
     }
 
     /// The most recent instance of a container, as upstream `FindContainerStatusByName`.
-    fn latest_container(&self, name: &str) -> Option<&ObservedContainer> {
+    pub fn latest_container(&self, name: &str) -> Option<&ObservedContainer> {
         self.containers
             .iter()
             .filter(|c| c.name == name)
+            .max_by_key(|c| c.created_at)
+    }
+
+    /// The most recent instance of a container in one sandbox.
+    pub fn latest_in_sandbox(&self, name: &str, sandbox_id: &str) -> Option<&ObservedContainer> {
+        self.containers
+            .iter()
+            .filter(|c| c.name == name && c.sandbox_id == sandbox_id)
             .max_by_key(|c| c.created_at)
     }
 
@@ -234,6 +285,11 @@ pub enum StopReason {
     NotInSpec,
     /// Its state is unknown; it is stopped before a new instance starts.
     UnknownState,
+    /// Its liveness or startup probe failed.
+    Unhealthy,
+    /// Its pod has finished (all containers done, or an init container failed
+    /// for good) and the rest is stopped.
+    PodFinished,
 }
 
 /// One runtime operation.
@@ -467,7 +523,7 @@ impl RunPlan<'_> {
         }
         for (name, mut dead) in dead_by_name {
             dead.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-            let in_spec = self.desired.containers.iter().any(|d| d.name == name);
+            let in_spec = self.desired.in_spec(name);
             let keep = usize::from(in_spec);
             for c in dead.into_iter().skip(keep) {
                 self.out.actions.push(Action::RemoveContainer {
@@ -486,6 +542,79 @@ impl RunPlan<'_> {
                 });
             }
         }
+    }
+}
+
+/// Where the init containers of the current sandbox stand (upstream
+/// `computeInitContainerActions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitProgress {
+    /// Every regular init container succeeded and every sidecar runs: the
+    /// app containers may run.
+    Done,
+    /// An init container is running or being (re)started.
+    InProgress,
+    /// A regular init container failed and the restart policy is `Never`:
+    /// the pod has failed.
+    Failed,
+}
+
+impl RunPlan<'_> {
+    /// Walks the init containers in order in sandbox `sandbox_id`, starting
+    /// the next one that is due. Sidecars that exited are restarted whatever
+    /// the pod's restart policy; once the app containers have started in
+    /// this sandbox, the pod stays initialized and only sidecars are tended.
+    fn init_containers(&mut self, sandbox_id: &str) -> InitProgress {
+        let desired = self.desired;
+        let observed = self.observed;
+        let target = SandboxTarget::Existing(sandbox_id.to_owned());
+        let initialized = desired
+            .containers
+            .iter()
+            .any(|c| observed.latest_in_sandbox(&c.name, sandbox_id).is_some());
+        for init in &desired.init_containers {
+            let latest = observed.latest_in_sandbox(&init.name, sandbox_id);
+            match latest {
+                None if initialized && !init.sidecar => {}
+                None => {
+                    self.start(&init.name, &target);
+                    return InitProgress::InProgress;
+                }
+                Some(c) if c.state == ContainerState::Running => {
+                    if observed.unhealthy.contains(&c.id) {
+                        self.stop(c, StopReason::Unhealthy);
+                        self.start(&init.name, &target);
+                        if !initialized {
+                            return InitProgress::InProgress;
+                        }
+                    } else if init.sidecar && c.hash.as_deref().is_some_and(|h| h != init.hash) {
+                        self.stop(c, StopReason::SpecChanged);
+                        self.start(&init.name, &target);
+                    } else if !init.sidecar && !initialized {
+                        return InitProgress::InProgress;
+                    }
+                }
+                Some(c)
+                    if c.state == ContainerState::Exited && c.exit_code == 0 && !init.sidecar => {}
+                Some(_) if initialized && !init.sidecar => {}
+                Some(c) => {
+                    let failed_for_good = c.state == ContainerState::Exited
+                        && !init.sidecar
+                        && desired.restart_policy == RestartPolicy::Never;
+                    if failed_for_good {
+                        return InitProgress::Failed;
+                    }
+                    if c.state == ContainerState::Unknown {
+                        self.stop(c, StopReason::UnknownState);
+                    }
+                    self.start(&init.name, &target);
+                    if !initialized {
+                        return InitProgress::InProgress;
+                    }
+                }
+            }
+        }
+        InitProgress::Done
     }
 }
 
@@ -516,15 +645,19 @@ fn compute_run(
             plan.collect_garbage();
             return plan.out;
         }
-        let to_start: Vec<&str> = desired
-            .containers
-            .iter()
-            .filter(|c| {
-                !(desired.restart_policy == RestartPolicy::OnFailure
-                    && succeeded(observed, &c.name))
-            })
-            .map(|c| c.name.as_str())
-            .collect();
+        // A new sandbox runs the init containers again from the first.
+        let to_start: Vec<&str> = match desired.init_containers.first() {
+            Some(first) => vec![first.name.as_str()],
+            None => desired
+                .containers
+                .iter()
+                .filter(|c| {
+                    !(desired.restart_policy == RestartPolicy::OnFailure
+                        && succeeded(observed, &c.name))
+                })
+                .map(|c| c.name.as_str())
+                .collect(),
+        };
         if !to_start.is_empty() {
             plan.out.actions.push(Action::RunPodSandbox { attempt });
             for name in to_start {
@@ -535,41 +668,46 @@ fn compute_run(
         return plan.out;
     }
 
-    let sandbox = latest_sandbox.map(|s| SandboxTarget::Existing(s.id.clone()));
-    let sandbox = sandbox.unwrap_or(SandboxTarget::New);
+    let Some(current) = latest_sandbox else {
+        unreachable!("a pod without sandbox counts as sandbox changed");
+    };
+    let sandbox = SandboxTarget::Existing(current.id.clone());
+    // App containers that all finished for good end the pod; its sidecars
+    // are then stopped rather than restarted.
+    let apps_finished = !desired.containers.is_empty()
+        && desired.containers.iter().all(|c| {
+            observed.latest_container(&c.name).is_some_and(|latest| {
+                latest.state == ContainerState::Exited
+                    && !should_restart(desired.restart_policy, latest)
+            })
+        });
     let mut pod_active = false;
-    for container in &desired.containers {
-        match observed.latest_container(&container.name) {
-            None => {
-                plan.start(&container.name, &sandbox);
-                pod_active = true;
-            }
-            Some(latest) if latest.state == ContainerState::Running => {
-                if latest.hash.as_deref().is_some_and(|h| h != container.hash) {
-                    plan.stop(latest, StopReason::SpecChanged);
-                    plan.start(&container.name, &sandbox);
-                }
-                pod_active = true;
-            }
-            Some(latest) => {
-                if should_restart(desired.restart_policy, latest) {
-                    if latest.state == ContainerState::Unknown {
-                        plan.stop(latest, StopReason::UnknownState);
-                    }
-                    plan.start(&container.name, &sandbox);
-                    pod_active = true;
+    if !apps_finished {
+        match plan.init_containers(&current.id) {
+            InitProgress::InProgress => pod_active = true,
+            InitProgress::Failed => {}
+            InitProgress::Done => {
+                for container in &desired.containers {
+                    pod_active |= plan.app_container(container, &sandbox);
                 }
             }
         }
     }
     for c in &observed.containers {
-        let in_spec = desired.containers.iter().any(|d| d.name == c.name);
-        if c.state == ContainerState::Running && !in_spec {
+        if c.state == ContainerState::Running && !desired.in_spec(&c.name) {
             plan.stop(c, StopReason::NotInSpec);
         }
     }
-    // Every container has finished for good: release the sandbox (and its IP).
+    // Every container has finished for good (or an init container failed
+    // for good): stop what still runs and release the sandbox (and its IP).
     if !pod_active {
+        for c in observed
+            .containers
+            .iter()
+            .filter(|c| c.state == ContainerState::Running && desired.in_spec(&c.name))
+        {
+            plan.stop(c, StopReason::PodFinished);
+        }
         for s in observed.sandboxes.iter().filter(|s| s.ready) {
             plan.out.actions.push(Action::StopPodSandbox {
                 sandbox_id: s.id.clone(),
@@ -578,6 +716,45 @@ fn compute_run(
     }
     plan.collect_garbage();
     plan.out
+}
+
+impl RunPlan<'_> {
+    /// Keeps one app container as its spec and restart policy want;
+    /// returns whether it is (or will be) running.
+    fn app_container(&mut self, container: &DesiredContainer, sandbox: &SandboxTarget) -> bool {
+        let observed = self.observed;
+        match observed.latest_container(&container.name) {
+            None => {
+                self.start(&container.name, sandbox);
+                true
+            }
+            Some(latest) if latest.state == ContainerState::Running => {
+                if observed.unhealthy.contains(&latest.id) {
+                    self.stop(latest, StopReason::Unhealthy);
+                    if self.desired.restart_policy != RestartPolicy::Never {
+                        self.start(&container.name, sandbox);
+                        return true;
+                    }
+                    return false;
+                }
+                if latest.hash.as_deref().is_some_and(|h| h != container.hash) {
+                    self.stop(latest, StopReason::SpecChanged);
+                    self.start(&container.name, sandbox);
+                }
+                true
+            }
+            Some(latest) => {
+                if !should_restart(self.desired.restart_policy, latest) {
+                    return false;
+                }
+                if latest.state == ContainerState::Unknown {
+                    self.stop(latest, StopReason::UnknownState);
+                }
+                self.start(&container.name, sandbox);
+                true
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -594,11 +771,13 @@ mod tests {
         DesiredPod {
             restart_policy: policy,
             termination_grace_period: 30,
+            init_containers: Vec::new(),
             containers: names
                 .iter()
                 .map(|n| DesiredContainer {
                     name: (*n).into(),
                     hash: format!("h-{n}"),
+                    sidecar: false,
                 })
                 .collect(),
         }
@@ -610,6 +789,7 @@ mod tests {
             attempt,
             ready,
             created_at,
+            ips: Vec::new(),
         }
     }
 
@@ -631,7 +811,7 @@ mod tests {
             finished_at: None,
             exit_code: 0,
             termination_grace_period: Some(30),
-            log_path: None,
+            ..ObservedContainer::default()
         }
     }
 
@@ -704,6 +884,8 @@ mod tests {
                 running("c1", "s1", "a", 0, 2),
                 running("c2", "s1", "b", 0, 3),
             ],
+
+            ..ObservedPod::default()
         };
         assert_eq!(
             run(&pod(RestartPolicy::Always, &["a", "b"]), &observed),
@@ -716,6 +898,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1)],
             containers: vec![running("c1", "s1", "a", 0, 2)],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a", "b"]), &observed);
         assert_eq!(out.actions, [start("b", 0, existing("s1"), None)]);
@@ -725,6 +909,8 @@ mod tests {
         ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1)],
             containers: vec![exited("c1", "s1", "a", 0, 2, code, at(90))],
+
+            ..ObservedPod::default()
         }
     }
 
@@ -778,6 +964,8 @@ mod tests {
                 exited("c1", "s1", "a", 0, 2, 0, at(90)),
                 running("c2", "s1", "b", 0, 3),
             ],
+
+            ..ObservedPod::default()
         };
         assert_eq!(
             run(&pod(RestartPolicy::Never, &["a", "b"]), &observed),
@@ -815,6 +1003,8 @@ mod tests {
                 exited("old", "s1", "a", 3, 2, 1, at(50)),
                 exited("new", "s1", "a", 4, 3, 1, at(90)),
             ],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -839,6 +1029,8 @@ mod tests {
                 exited("d2", "s1", "a", 1, 3, 1, at(20)),
                 running("r", "s1", "a", 2, 4),
             ],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -858,6 +1050,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1)],
             containers: vec![created],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Never, &["a"]), &observed);
         assert_eq!(out.actions, [start("a", 1, existing("s1"), None)]);
@@ -870,6 +1064,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1)],
             containers: vec![unknown],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -891,6 +1087,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, false, 1)],
             containers: vec![running("c1", "s1", "a", 0, 2)],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -913,6 +1111,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, false, 1)],
             containers: vec![exited("c1", "s1", "a", 0, 2, 0, at(90))],
+
+            ..ObservedPod::default()
         };
         assert_eq!(
             run(&pod(RestartPolicy::Never, &["a"]), &observed),
@@ -922,6 +1122,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, false, 1)],
             containers: vec![],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Never, &["a"]), &observed);
         assert_eq!(out.actions[0], Action::RunPodSandbox { attempt: 1 });
@@ -935,6 +1137,8 @@ mod tests {
                 exited("c1", "s1", "ok", 0, 2, 0, at(90)),
                 exited("c2", "s1", "bad", 0, 3, 2, at(91)),
             ],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::OnFailure, &["ok", "bad"]), &observed);
         assert_eq!(
@@ -951,6 +1155,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1), sandbox("s2", 1, true, 2)],
             containers: vec![],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -975,6 +1181,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![sandbox("s1", 0, true, 1)],
             containers: vec![c],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -1000,6 +1208,8 @@ mod tests {
                 running("x1", "s1", "extra", 0, 3),
                 exited("x0", "s1", "extra", 0, 1, 0, at(1)),
             ],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         assert_eq!(
@@ -1032,6 +1242,8 @@ mod tests {
                 exited("c0", "s1", "a", 0, 2, 1, at(1)),
                 running("c1", "s2", "a", 1, 4),
             ],
+
+            ..ObservedPod::default()
         };
         let out = run(&pod(RestartPolicy::Always, &["a"]), &observed);
         // s1 still holds the last dead instance of "a" (kept for its logs).
@@ -1051,6 +1263,8 @@ mod tests {
                 running("c1", "s1", "a", 0, 2),
                 exited("c0", "s1", "a", 0, 1, 0, at(1)),
             ],
+
+            ..ObservedPod::default()
         };
         let out = compute_actions(
             PodIntent::Terminate {
@@ -1097,6 +1311,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![],
             containers: vec![c],
+
+            ..ObservedPod::default()
         };
         let out = compute_actions(
             PodIntent::Terminate { grace_period: None },
@@ -1116,6 +1332,8 @@ mod tests {
         let observed = ObservedPod {
             sandboxes: vec![],
             containers: vec![c],
+
+            ..ObservedPod::default()
         };
         let out = compute_actions(
             PodIntent::Terminate { grace_period: None },
@@ -1142,6 +1360,180 @@ mod tests {
         );
         assert!(out.terminated);
         assert!(out.actions.is_empty());
+    }
+
+    fn with_init(mut desired: DesiredPod, inits: &[(&str, bool)]) -> DesiredPod {
+        desired.init_containers = inits
+            .iter()
+            .map(|(n, sidecar)| DesiredContainer {
+                name: (*n).into(),
+                hash: format!("h-{n}"),
+                sidecar: *sidecar,
+            })
+            .collect();
+        desired
+    }
+
+    fn observed(containers: Vec<ObservedContainer>) -> ObservedPod {
+        ObservedPod {
+            sandboxes: vec![sandbox("s1", 0, true, 1)],
+            containers,
+            ..ObservedPod::default()
+        }
+    }
+
+    fn names_started(out: &PodActions) -> Vec<&str> {
+        out.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartContainer { name, .. } => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_sandbox_starts_only_the_first_init_container() {
+        let desired = with_init(
+            pod(RestartPolicy::Always, &["app"]),
+            &[("i1", false), ("i2", false)],
+        );
+        let out = run(&desired, &ObservedPod::default());
+        assert_eq!(
+            out.actions,
+            [
+                Action::RunPodSandbox { attempt: 0 },
+                start("i1", 0, SandboxTarget::New, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn init_containers_run_one_after_another_then_the_app() {
+        let desired = with_init(
+            pod(RestartPolicy::Always, &["app"]),
+            &[("i1", false), ("i2", false)],
+        );
+        let running_i1 = observed(vec![running("c1", "s1", "i1", 0, 2)]);
+        assert!(run(&desired, &running_i1).actions.is_empty());
+
+        let done_i1 = observed(vec![exited("c1", "s1", "i1", 0, 2, 0, at(50))]);
+        assert_eq!(names_started(&run(&desired, &done_i1)), ["i2"]);
+
+        let done_both = observed(vec![
+            exited("c1", "s1", "i1", 0, 2, 0, at(50)),
+            exited("c2", "s1", "i2", 0, 3, 0, at(60)),
+        ]);
+        assert_eq!(names_started(&run(&desired, &done_both)), ["app"]);
+
+        // Once the app runs, succeeded init containers are never rerun.
+        let app_running = observed(vec![
+            exited("c1", "s1", "i1", 0, 2, 0, at(50)),
+            exited("c2", "s1", "i2", 0, 3, 0, at(60)),
+            running("c3", "s1", "app", 0, 4),
+        ]);
+        assert!(run(&desired, &app_running).actions.is_empty());
+    }
+
+    #[test]
+    fn a_failed_init_container_is_retried_or_fails_the_pod() {
+        let failed = observed(vec![exited("c1", "s1", "i1", 0, 2, 1, at(50))]);
+        let always = with_init(pod(RestartPolicy::Always, &["app"]), &[("i1", false)]);
+        let out = run(&always, &failed);
+        assert_eq!(out.actions, [start("i1", 1, existing("s1"), Some(at(50)))]);
+
+        let never = with_init(pod(RestartPolicy::Never, &["app"]), &[("i1", false)]);
+        let out = run(&never, &failed);
+        assert_eq!(
+            out.actions,
+            [Action::StopPodSandbox {
+                sandbox_id: "s1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn init_containers_of_an_old_sandbox_do_not_count() {
+        let desired = with_init(
+            pod(RestartPolicy::Always, &["app"]),
+            &[("i1", false), ("i2", false)],
+        );
+        let mut state = observed(vec![
+            exited("old1", "s0", "i1", 0, 1, 0, at(10)),
+            exited("old2", "s0", "i2", 0, 1, 0, at(11)),
+            exited("c1", "s1", "i1", 1, 5, 0, at(50)),
+        ]);
+        state.sandboxes.insert(0, sandbox("s0", 0, false, 0));
+        state.sandboxes[1].attempt = 1;
+        assert_eq!(names_started(&run(&desired, &state)), ["i2"]);
+    }
+
+    #[test]
+    fn sidecars_start_in_order_keep_running_and_restart_under_never() {
+        let desired = with_init(
+            pod(RestartPolicy::Never, &["app"]),
+            &[("side", true), ("i1", false)],
+        );
+        let side_running = observed(vec![running("c1", "s1", "side", 0, 2)]);
+        assert_eq!(names_started(&run(&desired, &side_running)), ["i1"]);
+
+        let all_up = observed(vec![
+            running("c1", "s1", "side", 0, 2),
+            exited("c2", "s1", "i1", 0, 3, 0, at(40)),
+            running("c3", "s1", "app", 0, 4),
+        ]);
+        assert!(run(&desired, &all_up).actions.is_empty());
+
+        let side_exited = observed(vec![
+            exited("c1", "s1", "side", 0, 2, 1, at(50)),
+            exited("c2", "s1", "i1", 0, 3, 0, at(40)),
+            running("c3", "s1", "app", 0, 4),
+        ]);
+        let out = run(&desired, &side_exited);
+        assert_eq!(
+            out.actions,
+            [start("side", 1, existing("s1"), Some(at(50)))]
+        );
+    }
+
+    #[test]
+    fn sidecars_are_stopped_when_the_app_containers_are_done() {
+        let desired = with_init(pod(RestartPolicy::Never, &["app"]), &[("side", true)]);
+        let app_done = observed(vec![
+            running("c1", "s1", "side", 0, 2),
+            exited("c3", "s1", "app", 0, 4, 0, at(60)),
+        ]);
+        let out = run(&desired, &app_done);
+        assert!(out.actions.iter().any(|a| matches!(
+            a,
+            Action::StopContainer { name, reason: StopReason::PodFinished, .. } if name == "side"
+        )));
+        assert!(out.actions.contains(&Action::StopPodSandbox {
+            sandbox_id: "s1".into()
+        }));
+    }
+
+    #[test]
+    fn an_unhealthy_container_is_killed_and_restarted_by_policy() {
+        let mut state = observed(vec![running("c1", "s1", "a", 0, 2)]);
+        state.unhealthy.insert("c1".into());
+        let out = run(&pod(RestartPolicy::Always, &["a"]), &state);
+        assert!(matches!(
+            &out.actions[..],
+            [
+                Action::StopContainer { container_id, reason: StopReason::Unhealthy, .. },
+                Action::StartContainer { name, restart_count: 1, .. },
+            ] if container_id == "c1" && name == "a"
+        ));
+        let out = run(&pod(RestartPolicy::Never, &["a"]), &state);
+        assert!(matches!(
+            &out.actions[0],
+            Action::StopContainer {
+                reason: StopReason::Unhealthy,
+                ..
+            }
+        ));
+        assert_eq!(names_started(&out), Vec::<&str>::new());
     }
 
     #[test]

@@ -86,6 +86,17 @@ pub enum RuntimeError {
         #[source]
         source: CriError,
     },
+    /// Reading a sandbox's status failed.
+    #[error("reading status of sandbox {sandbox_id} of pod {pod_uid}")]
+    PodSandboxStatus {
+        /// Pod UID.
+        pod_uid: String,
+        /// Sandbox id.
+        sandbox_id: String,
+        /// CRI error.
+        #[source]
+        source: CriError,
+    },
     /// Creating the sandbox failed.
     #[error("creating sandbox (attempt {attempt}) of pod {pod_name} ({pod_uid})")]
     RunPodSandbox {
@@ -241,6 +252,7 @@ fn observed_sandbox(sandbox: cri_api::PodSandbox) -> ObservedSandbox {
         ready: sandbox.state == cri_api::PodSandboxState::SandboxReady as i32,
         created_at: sandbox.created_at,
         id: sandbox.id,
+        ips: Vec::new(),
     }
 }
 
@@ -271,8 +283,13 @@ fn observed_container(sandbox_id: String, status: cri_api::ContainerStatus) -> O
             .and_then(|v| v.parse().ok()),
         state: container_state(status.state),
         created_at: status.created_at,
+        started_at: nanos_to_time(status.started_at),
         finished_at: nanos_to_time(status.finished_at),
         exit_code: status.exit_code,
+        reason: status.reason,
+        message: status.message,
+        image: status.image.map(|i| i.image).unwrap_or_default(),
+        image_ref: status.image_ref,
         log_path: Some(status.log_path).filter(|p| !p.is_empty()),
         sandbox_id,
         id: status.id,
@@ -290,11 +307,12 @@ fn since_pod_seen(pod: &Pod) -> Option<Duration> {
     (chrono::Utc::now() - seen.to_utc()).to_std().ok()
 }
 
-fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
-    pod.spec
-        .as_ref()?
-        .containers
+/// The app or init container `name` of the pod's spec.
+pub fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
         .iter()
+        .chain(spec.init_containers.iter().flatten())
         .find(|c| c.name == name)
 }
 
@@ -351,7 +369,9 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let mut observed = ObservedPod {
             sandboxes: sandboxes.into_iter().map(observed_sandbox).collect(),
             containers: Vec::with_capacity(containers.len()),
+            unhealthy: Default::default(),
         };
+        self.read_pod_ips(uid, &mut observed).await?;
         for container in containers {
             match self.service.container_status(&container.id).await {
                 Ok(status) => observed
@@ -369,6 +389,45 @@ impl<R: RuntimeService> RuntimeManager<R> {
             }
         }
         Ok(observed)
+    }
+
+    /// Fills in the IPs of the latest sandbox if it is ready.
+    async fn read_pod_ips(
+        &self,
+        uid: &str,
+        observed: &mut ObservedPod,
+    ) -> Result<(), RuntimeError> {
+        let Some(latest) = observed
+            .latest_sandbox()
+            .filter(|s| s.ready)
+            .map(|s| s.id.clone())
+        else {
+            return Ok(());
+        };
+        let status = match self.service.pod_sandbox_status(&latest).await {
+            Ok(status) => status,
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(source) => {
+                return Err(RuntimeError::PodSandboxStatus {
+                    pod_uid: uid.to_owned(),
+                    sandbox_id: latest,
+                    source,
+                });
+            }
+        };
+        let ips = status
+            .network
+            .map(|n| {
+                std::iter::once(n.ip)
+                    .chain(n.additional_ips.into_iter().map(|ip| ip.ip))
+                    .filter(|ip| !ip.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(sandbox) = observed.sandboxes.iter_mut().find(|s| s.id == latest) {
+            sandbox.ips = ips;
+        }
+        Ok(())
     }
 
     async fn host_dns(&self, pod_uid: &str) -> Result<cri_api::DnsConfig, RuntimeError> {
