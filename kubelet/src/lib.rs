@@ -13,8 +13,11 @@ pub mod config;
 pub mod labels;
 pub mod pleg;
 pub mod pod_workers;
+pub mod qos;
+pub mod resources;
 pub mod runtime;
 pub mod static_pods;
+pub mod status;
 
 #[cfg(test)]
 mod fake_runtime;

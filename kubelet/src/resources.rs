@@ -1,0 +1,85 @@
+//! Resource quantities (`500m`, `64Mi`, `1e3`) and what the kubelet derives
+//! from a container's requests and limits.
+
+use k8s_openapi::api::core::v1::Container;
+
+/// Parses a Kubernetes quantity into its value: decimal SI suffixes
+/// (`n u m k M G T P E`), binary suffixes (`Ki Mi Gi Ti Pi Ei`) and decimal
+/// exponents (`1e3`). `None` for anything else.
+pub fn parse_quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let multiplier = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        exponent if exponent.starts_with(['e', 'E']) => {
+            10f64.powi(exponent[1..].parse::<i32>().ok()?)
+        }
+        _ => return None,
+    };
+    Some(value * multiplier)
+}
+
+/// Which side of a container's resources to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// `resources.requests` (a limit stands in for a missing request, as the
+    /// API server defaults it).
+    Requests,
+    /// `resources.limits`.
+    Limits,
+}
+
+/// The value of resource `name` of a container, if set.
+pub fn container_resource(container: &Container, side: Side, name: &str) -> Option<f64> {
+    let resources = container.resources.as_ref()?;
+    let lookup = |list: Option<&std::collections::BTreeMap<String, _>>| {
+        list.and_then(|l| l.get(name)).and_then(
+            |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| parse_quantity(&q.0),
+        )
+    };
+    match side {
+        Side::Limits => lookup(resources.limits.as_ref()),
+        Side::Requests => {
+            lookup(resources.requests.as_ref()).or_else(|| lookup(resources.limits.as_ref()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_like_the_api() {
+        assert_eq!(parse_quantity("500m"), Some(0.5));
+        assert_eq!(parse_quantity("2"), Some(2.0));
+        assert_eq!(parse_quantity("64Mi"), Some(67_108_864.0));
+        assert_eq!(parse_quantity("1G"), Some(1e9));
+        assert_eq!(parse_quantity("1e3"), Some(1000.0));
+        assert_eq!(parse_quantity("0.5"), Some(0.5));
+        assert_eq!(parse_quantity("12Qi"), None);
+        assert_eq!(parse_quantity("Mi"), None);
+    }
+}
