@@ -3,6 +3,7 @@
 //! Flags are parsed in `main`; everything the library needs arrives here as
 //! plain values, with host paths as parameters so tests can point them elsewhere.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +15,11 @@ pub const DEFAULT_ROOT_DIR: &str = "/var/lib/kubelet";
 pub const DEFAULT_POD_LOGS_DIR: &str = "/var/log/pods";
 /// Host resolver configuration copied into pods with the `Default` DNS policy.
 pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Upstream default of `--read-only-port`.
+pub const DEFAULT_READ_ONLY_PORT: u16 = 10255;
+/// Address the servers listen on in standalone mode unless `--address` says
+/// otherwise: a node without an API server has no clients elsewhere.
+pub const STANDALONE_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// File name of the embedded runtime's socket inside `--root-dir`.
 pub const EMBEDDED_RUNTIME_SOCKET: &str = "cri-shim.sock";
 
@@ -73,6 +79,16 @@ pub struct KubeletFlags {
     /// Timeout of every CRI request except image pulls.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     pub runtime_request_timeout: String,
+    /// IP address the kubelet's servers listen on (standalone default: 127.0.0.1).
+    #[arg(long, value_name = "IP")]
+    pub address: Option<IpAddr>,
+    /// Port of the unauthenticated read-only server (`/healthz`, `/pods`); 0 disables it.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_READ_ONLY_PORT)]
+    pub read_only_port: u16,
+    /// IP address of the node (reported as the pods' hostIP); default: the
+    /// address of the interface with the default route.
+    #[arg(long, value_name = "IP")]
+    pub node_ip: Option<IpAddr>,
     /// Log verbosity (klog levels: 0-2 info, 3-4 debug, 5+ trace).
     #[arg(short = 'v', long = "v", value_name = "N", default_value_t = 0)]
     pub verbosity: u8,
@@ -121,6 +137,10 @@ pub struct KubeletConfig {
     pub resolv_conf: PathBuf,
     /// How often PLEG relists the runtime.
     pub pleg_relist_period: Duration,
+    /// Where the read-only server listens; `None` disables it.
+    pub read_only_address: Option<SocketAddr>,
+    /// The node IP given by `--node-ip`, if any.
+    pub node_ip: Option<IpAddr>,
 }
 
 impl KubeletFlags {
@@ -159,7 +179,30 @@ impl KubeletFlags {
             pod_logs_dir: PathBuf::from(DEFAULT_POD_LOGS_DIR),
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             pleg_relist_period: Duration::from_secs(1),
+            read_only_address: (self.read_only_port != 0).then(|| {
+                SocketAddr::new(
+                    self.address.unwrap_or(STANDALONE_ADDRESS),
+                    self.read_only_port,
+                )
+            }),
+            node_ip: self.node_ip,
         })
+    }
+}
+
+/// The node's IP: `--node-ip`, else the local address the kernel picks for
+/// the default route (no packet is sent), else loopback.
+pub fn node_ip(flag: Option<IpAddr>) -> IpAddr {
+    if let Some(ip) = flag {
+        return ip;
+    }
+    let routed = std::net::UdpSocket::bind("0.0.0.0:0").and_then(|socket| {
+        socket.connect("192.0.2.1:9")?;
+        socket.local_addr()
+    });
+    match routed {
+        Ok(address) if !address.ip().is_unspecified() => address.ip(),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
     }
 }
 
@@ -258,6 +301,10 @@ mod tests {
         assert_eq!(config.file_check_frequency, Duration::from_secs(20));
         assert_eq!(config.runtime_request_timeout, Duration::from_secs(120));
         assert_eq!(
+            config.read_only_address,
+            Some("127.0.0.1:10255".parse().unwrap())
+        );
+        assert_eq!(
             config.runtime,
             RuntimeEndpoint::Embedded(EmbeddedRuntimeConfig {
                 socket: PathBuf::from("/r/cri-shim.sock"),
@@ -276,6 +323,7 @@ mod tests {
             "--container-runtime-endpoint=unix:///run/c.sock",
             "--hostname-override=n",
             "--file-check-frequency=5s",
+            "--read-only-port=0",
             "-v",
             "4",
         ]);
@@ -290,5 +338,6 @@ mod tests {
             RuntimeEndpoint::Remote("unix:///run/c.sock".into())
         );
         assert_eq!(config.file_check_frequency, Duration::from_secs(5));
+        assert_eq!(config.read_only_address, None);
     }
 }

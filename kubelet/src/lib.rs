@@ -16,6 +16,7 @@ pub mod pod_workers;
 pub mod qos;
 pub mod resources;
 pub mod runtime;
+pub mod server;
 pub mod static_pods;
 pub mod status;
 
@@ -33,9 +34,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::{EmbeddedRuntimeConfig, KubeletConfig, RuntimeEndpoint};
 use crate::pleg::GenericPleg;
-use crate::pod_workers::PodWorkers;
+use crate::pod_workers::{PodWorkers, StatusReporter};
 use crate::runtime::{CriError, RemoteRuntimeService, RuntimeManager, RuntimeService};
+use crate::server::{ReadOnlyServer, ServerError};
 use crate::static_pods::StaticPodSource;
+use crate::status::PodStatusStore;
 
 /// How long the kubelet waits for the embedded runtime's socket to accept.
 const EMBEDDED_RUNTIME_STARTUP: Duration = Duration::from_secs(60);
@@ -132,6 +135,9 @@ pub enum KubeletError {
     /// The runtime did not answer `Version`.
     #[error("querying the container runtime version")]
     RuntimeVersion(#[source] CriError),
+    /// The kubelet server could not start.
+    #[error("starting the kubelet server")]
+    Server(#[source] ServerError),
 }
 
 type EmbeddedRuntime = JoinHandle<Result<(), cri_shim::ServeError>>;
@@ -258,6 +264,20 @@ async fn run_with_runtime(
         "connected to container runtime"
     );
 
+    let store = Arc::new(PodStatusStore::default());
+    let read_only_server = match config.read_only_address {
+        Some(address) => Some(
+            ReadOnlyServer::bind(address, store.clone())
+                .await
+                .map_err(KubeletError::Server)?,
+        ),
+        None => None,
+    };
+    let status = StatusReporter {
+        store,
+        runtime_name: version.runtime_name.clone(),
+        host_ips: vec![config::node_ip(config.node_ip).to_string()],
+    };
     let runtime = Arc::new(RuntimeManager::new(
         service,
         config.pod_logs_dir.clone(),
@@ -271,8 +291,16 @@ async fn run_with_runtime(
     );
     let (pleg_tx, pleg_rx) = mpsc::channel(64);
     let pleg = GenericPleg::new(runtime.clone(), config.pleg_relist_period);
-    let workers = PodWorkers::new(runtime, cancel.clone());
+    let workers = PodWorkers::new(runtime, cancel.clone()).with_status(status);
 
+    let server_task = read_only_server.map(|server| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(error) = server.serve(cancel).await {
+                tracing::error!(error = %ErrorChain(&error), "read-only server failed");
+            }
+        })
+    });
     let source_task = tokio::spawn(source.run(desired_tx, cancel.clone()));
     let pleg_task = tokio::spawn(pleg.run(pleg_tx, cancel.clone()));
     let server_ended = match embedded.as_mut() {
@@ -286,7 +314,7 @@ async fn run_with_runtime(
         }
     };
     cancel.cancel();
-    for task in [source_task, pleg_task] {
+    for task in [source_task, pleg_task].into_iter().chain(server_task) {
         if let Err(error) = task.await {
             tracing::error!(error = %error, "kubelet task ended abnormally");
         }

@@ -24,13 +24,38 @@ use crate::ErrorChain;
 use crate::actions::{Action, DesiredPod, PodIntent, compute_actions, termination_grace_period};
 use crate::backoff::{Backoff, CrashLoopBackOff};
 use crate::pleg::PodLifecycleEvent;
-use crate::runtime::{PodRef, RuntimeError, RuntimeManager, RuntimeService};
+use crate::runtime::{PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container};
 use crate::static_pods::{DesiredPods, DesiredPodsReceiver};
+use crate::status::{PodStatusStore, StatusInputs, Waiting, pod_status};
 
 /// First retry delay after a failed sync.
 const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(1);
 /// Longest retry delay after failed syncs (upstream retries every 10 s).
 const SYNC_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// First delay after a failed image pull (upstream `backOffPeriod`).
+const IMAGE_PULL_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// Longest delay between image pull attempts (upstream `MaxContainerBackOff`).
+const IMAGE_PULL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Where pod statuses go and what they need from the node.
+#[derive(Debug, Clone, Default)]
+pub struct StatusReporter {
+    /// The store the kubelet server reads.
+    pub store: Arc<PodStatusStore>,
+    /// The runtime's name, the scheme of container ids (`containerd://...`).
+    pub runtime_name: String,
+    /// The node's IPs, primary first.
+    pub host_ips: Vec<String>,
+}
+
+/// Upstream image pull back-off of one image: pulls wait out a doubling
+/// delay after failures; a success forgets it.
+#[derive(Debug)]
+struct PullBackOff {
+    backoff: Backoff,
+    until: SystemTime,
+}
 
 /// Wall-clock source. Production uses [`SystemTime::now`]; tests pass one
 /// that follows tokio's paused clock so CrashLoopBackOff can be fast-forwarded.
@@ -70,8 +95,42 @@ struct PodWorker<R> {
     crash_loop: CrashLoopBackOff,
     /// Back-off deadlines already logged, so each is reported once.
     reported_waits: HashMap<String, SystemTime>,
+    /// Image pull back-off by image reference.
+    pull_backoff: HashMap<String, PullBackOff>,
+    status: StatusReporter,
     clock: Clock,
     cancel: CancellationToken,
+}
+
+/// The upstream waiting reason a failed action leaves its container in.
+fn waiting_after(error: &RuntimeError) -> Option<(&str, Waiting)> {
+    let (name, reason) = match error {
+        RuntimeError::Image { container_name, .. } => (container_name, "ErrImagePull"),
+        RuntimeError::ImageNeverPull { container_name, .. } => {
+            (container_name, "ErrImageNeverPull")
+        }
+        RuntimeError::CreateContainer { container_name, .. } => {
+            (container_name, "CreateContainerError")
+        }
+        RuntimeError::ContainerConfig { container_name, .. } => {
+            (container_name, "CreateContainerConfigError")
+        }
+        RuntimeError::StartContainer { container_name, .. } => {
+            (container_name, "RunContainerError")
+        }
+        _ => return None,
+    };
+    let message = match error.source_chain() {
+        Some(message) => message,
+        None => error.to_string(),
+    };
+    Some((
+        name.as_str(),
+        Waiting {
+            reason: reason.to_owned(),
+            message,
+        },
+    ))
 }
 
 impl<R: RuntimeService> PodWorker<R> {
@@ -153,23 +212,44 @@ impl<R: RuntimeService> PodWorker<R> {
             ),
         };
         let now = (self.clock)();
-        let plan = compute_actions(pod_intent, &observed, &self.crash_loop, now);
+        let mut plan = compute_actions(pod_intent, &observed, &self.crash_loop, now);
         if plan.terminated {
             return Ok(SyncOutcome::Terminated);
         }
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
         self.reported_waits
             .retain(|name, _| plan.waiting.iter().any(|w| &w.name == name));
         for wait in &plan.waiting {
-            if self.reported_waits.insert(wait.name.clone(), wait.until) == Some(wait.until) {
-                continue;
-            }
+            let reported =
+                self.reported_waits.insert(wait.name.clone(), wait.until) == Some(wait.until);
             let remaining = wait.until.duration_since(now).unwrap_or_default();
-            tracing::info!(
-                container.name = wait.name,
-                backoff_s = self.crash_loop.current(&wait.name).map(|d| d.as_secs()),
-                remaining_ms = remaining.as_millis() as u64,
-                "back-off restarting failed container (CrashLoopBackOff)"
+            waiting.insert(
+                wait.name.clone(),
+                Waiting {
+                    reason: "CrashLoopBackOff".to_owned(),
+                    message: format!(
+                        "back-off {}s restarting failed container={} pod={}_{}({})",
+                        self.crash_loop
+                            .current(&wait.name)
+                            .map_or(0, |d| d.as_secs()),
+                        wait.name,
+                        self.pod.name,
+                        self.pod.namespace,
+                        self.pod.uid
+                    ),
+                },
             );
+            if !reported {
+                tracing::info!(
+                    container.name = wait.name,
+                    backoff_s = self.crash_loop.current(&wait.name).map(|d| d.as_secs()),
+                    remaining_ms = remaining.as_millis() as u64,
+                    "back-off restarting failed container (CrashLoopBackOff)"
+                );
+            }
+        }
+        if let Some(pod) = pod {
+            self.hold_back_pulls(pod, &mut plan, &mut waiting, now);
         }
         for action in &plan.actions {
             if let Action::StartContainer {
@@ -185,6 +265,15 @@ impl<R: RuntimeService> PodWorker<R> {
             .runtime
             .execute(pod, &self.pod, &observed, &plan.actions)
             .await;
+        if let Some(pod) = pod {
+            self.record_pulls(pod, &plan.actions, &errors, now);
+            for error in &errors {
+                if let Some((name, reason)) = waiting_after(error) {
+                    waiting.insert(name.to_owned(), reason);
+                }
+            }
+            self.publish_status(pod, &observed, waiting, now);
+        }
         if errors.is_empty() {
             Ok(SyncOutcome::Synced {
                 next_wakeup: plan.next_wakeup(),
@@ -193,6 +282,107 @@ impl<R: RuntimeService> PodWorker<R> {
         } else {
             Err(errors)
         }
+    }
+}
+
+impl<R: RuntimeService> PodWorker<R> {
+    /// Drops container starts whose image is in pull back-off; they wait as
+    /// `ImagePullBackOff` and the worker wakes up when the back-off ends.
+    fn hold_back_pulls(
+        &self,
+        pod: &Pod,
+        plan: &mut crate::actions::PodActions,
+        waiting: &mut HashMap<String, Waiting>,
+        now: SystemTime,
+    ) {
+        plan.actions.retain(|action| {
+            let Action::StartContainer { name, .. } = action else {
+                return true;
+            };
+            let image = find_container(pod, name).and_then(|c| c.image.as_deref());
+            let Some(held) = image.and_then(|image| {
+                self.pull_backoff
+                    .get(image)
+                    .filter(|b| b.until > now)
+                    .map(|b| (image, b.until))
+            }) else {
+                return true;
+            };
+            let (image, until) = held;
+            waiting.insert(
+                name.clone(),
+                Waiting {
+                    reason: "ImagePullBackOff".to_owned(),
+                    message: format!("Back-off pulling image \"{image}\""),
+                },
+            );
+            plan.waiting.push(crate::actions::BackOffWait {
+                name: name.clone(),
+                until,
+            });
+            false
+        });
+    }
+
+    /// Starts the pull back-off of images whose pull failed and forgets it
+    /// for images of containers that started.
+    fn record_pulls(
+        &mut self,
+        pod: &Pod,
+        actions: &[Action],
+        errors: &[RuntimeError],
+        now: SystemTime,
+    ) {
+        for action in actions {
+            let Action::StartContainer { name, .. } = action else {
+                continue;
+            };
+            let Some(image) = find_container(pod, name).and_then(|c| c.image.clone()) else {
+                continue;
+            };
+            let pull_failed = errors.iter().any(|e| {
+                matches!(e, RuntimeError::Image { container_name, .. } if container_name == name)
+            });
+            if pull_failed {
+                let entry = self
+                    .pull_backoff
+                    .entry(image)
+                    .or_insert_with(|| PullBackOff {
+                        backoff: Backoff::new(IMAGE_PULL_BACKOFF_INITIAL, IMAGE_PULL_BACKOFF_MAX),
+                        until: now,
+                    });
+                entry.until = now + entry.backoff.next_delay();
+            } else {
+                self.pull_backoff.remove(&image);
+            }
+        }
+    }
+
+    fn publish_status(
+        &self,
+        pod: &Pod,
+        observed: &crate::actions::ObservedPod,
+        waiting: HashMap<String, Waiting>,
+        now: SystemTime,
+    ) {
+        let store = &self.status.store;
+        let previous = store.get(&self.pod.uid);
+        let inputs = StatusInputs {
+            waiting,
+            probes: HashMap::new(),
+            runtime_name: self.status.runtime_name.clone(),
+            host_ips: self.status.host_ips.clone(),
+        };
+        let status = pod_status(
+            pod,
+            observed,
+            &inputs,
+            previous.as_ref().and_then(|p| p.status.as_ref()),
+            now,
+        );
+        let mut reported = pod.clone();
+        reported.status = Some(status);
+        store.set(reported);
     }
 }
 
@@ -221,6 +411,7 @@ pub struct PodWorkers<R> {
     runtime_pods: Option<BTreeMap<String, PodRef>>,
     /// Desired pods already reported as waiting for a namesake to terminate.
     reported_waiting: HashSet<String>,
+    status: StatusReporter,
 }
 
 impl<R: RuntimeService> PodWorkers<R> {
@@ -245,7 +436,14 @@ impl<R: RuntimeService> PodWorkers<R> {
             desired: None,
             runtime_pods: None,
             reported_waiting: HashSet::new(),
+            status: StatusReporter::default(),
         }
+    }
+
+    /// Reports pod statuses through `status` (a private store by default).
+    pub fn with_status(mut self, status: StatusReporter) -> Self {
+        self.status = status;
+        self
     }
 
     /// Runs until cancelled, then waits for the workers to stop.
@@ -332,6 +530,7 @@ impl<R: RuntimeService> PodWorkers<R> {
                         pod.name = worker.pod.name,
                         "pod no longer desired, terminating"
                     );
+                    self.status.store.remove(uid);
                     let grace_period = Some(termination_grace_period(pod));
                     // The receiver lives as long as the worker; if it is gone, so is the worker.
                     let _ = worker
@@ -395,6 +594,8 @@ impl<R: RuntimeService> PodWorkers<R> {
             wake: wake.clone(),
             crash_loop: CrashLoopBackOff::default(),
             reported_waits: HashMap::new(),
+            pull_backoff: HashMap::new(),
+            status: self.status.clone(),
             clock: self.clock,
             cancel: self.cancel.child_token(),
         };

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::future::Future;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -189,6 +189,13 @@ pub async fn wait_until<T>(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
+pub fn free_tcp_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .context("binding a free port on 127.0.0.1")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// A parsed HTTP response.
@@ -1061,6 +1068,8 @@ pub struct Kubelet {
     /// The CRI endpoint the kubelet uses (for the embedded runtime,
     /// `unix://<root_dir>/cri-shim.sock`).
     pub endpoint: String,
+    /// `--read-only-port` on 127.0.0.1.
+    pub read_only_port: u16,
     runtime: Runtime,
     /// `--cri-shim-root` of the embedded runtime.
     shim_root: Option<PathBuf>,
@@ -1088,8 +1097,10 @@ impl Kubelet {
         let log_path = dir.join("kubelet.log");
         let log = File::create(&log_path)?;
 
+        let read_only_port = free_tcp_port()?;
         let mut command = Command::new(&kubelet_bin);
         command
+            .arg(format!("--read-only-port={read_only_port}"))
             .arg("--pod-manifest-path")
             .arg(&manifest_dir)
             .arg("--root-dir")
@@ -1138,6 +1149,7 @@ impl Kubelet {
             root_dir,
             log_path,
             endpoint,
+            read_only_port,
             runtime,
             shim_root,
             cni_conf_dir: network.conf_dir.clone(),
@@ -1160,6 +1172,42 @@ impl Kubelet {
             &self.endpoint,
         )
         .await
+    }
+
+    /// The pods the kubelet reports on its read-only server (`GET /pods`).
+    pub fn pods(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let response = http_get(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            self.read_only_port,
+            "/pods",
+            Duration::from_secs(5),
+        )?;
+        ensure!(
+            response.status == 200,
+            "GET /pods: status {}: {}",
+            response.status,
+            response.body
+        );
+        let mut list: serde_json::Value =
+            serde_json::from_str(&response.body).context("GET /pods: not JSON")?;
+        ensure!(
+            list["kind"] == "PodList",
+            "GET /pods: kind {}",
+            list["kind"]
+        );
+        match list["items"].take() {
+            serde_json::Value::Array(items) => Ok(items),
+            other => anyhow::bail!("GET /pods: items is {other}"),
+        }
+    }
+
+    /// Static pod `name` (short name) as `GET /pods` reports it, if listed.
+    pub fn reported_pod(&self, name: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        let full = self.pod_name(name);
+        Ok(self
+            .pods()?
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == full.as_str()))
     }
 
     /// The name the kubelet gives static pod `name`: `<name>-<node>`.

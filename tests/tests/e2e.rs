@@ -22,6 +22,27 @@ use k8s_cri::v1::ContainerState;
 use libtest_mimic::{Arguments, Completion, Trial};
 
 type TrialFn = fn() -> anyhow::Result<()>;
+/// A trial run once per runtime: on the embedded cri-shim and on containerd.
+type ScenarioFn = fn(RuntimeKind) -> anyhow::Result<()>;
+
+const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
+    (
+        "pod_status_with_init_containers_and_sidecar",
+        pod_status_with_init_containers_and_sidecar,
+    ),
+    (
+        "failed_init_container_fails_pod",
+        failed_init_container_fails_pod,
+    ),
+    (
+        "crash_loop_and_completion_in_pod_status",
+        crash_loop_and_completion_in_pod_status,
+    ),
+    (
+        "missing_image_reports_pull_errors",
+        missing_image_reports_pull_errors,
+    ),
+];
 
 const TRIALS: &[(&str, TrialFn)] = &[
     (
@@ -55,16 +76,29 @@ fn main() {
             nix::unistd::geteuid()
         );
     }
-    let trials = TRIALS
+    let mut trials: Vec<Trial> = TRIALS
         .iter()
-        .map(|&(name, run)| privileged(name, run, root))
+        .map(|&(name, run)| privileged(name, Box::new(run), root))
         .collect();
+    for &(name, scenario) in ON_BOTH_RUNTIMES {
+        for (suffix, kind) in [
+            ("embedded_runtime", RuntimeKind::Embedded),
+            ("containerd", RuntimeKind::Containerd),
+        ] {
+            let run = Box::new(move || scenario(kind));
+            trials.push(privileged(&format!("{name}_{suffix}"), run, root));
+        }
+    }
     libtest_mimic::run(&args, trials).exit();
 }
 
 /// A trial that needs root: ignored (with the reason "needs root") without
 /// it, also when ignored trials are requested explicitly.
-fn privileged(name: &str, run: TrialFn, root: bool) -> Trial {
+fn privileged(
+    name: &str,
+    run: Box<dyn FnOnce() -> anyhow::Result<()> + Send>,
+    root: bool,
+) -> Trial {
     let trial = Trial::ignorable_test(name, move || {
         if !harness::is_root() {
             return Ok(Completion::ignored_with("needs root"));
@@ -374,5 +408,302 @@ fn malformed_manifest_next_to_good_one() -> anyhow::Result<()> {
             Ok(node.kubelet.log()?.contains("broken.yaml").then_some(()))
         })
         .await
+    })
+}
+
+/// A field of a JSON object as text ("" when absent).
+fn text<'a>(value: &'a serde_json::Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+}
+
+/// The status entry of container `name` in `statuses` (a JSON array).
+fn container_entry<'a>(
+    statuses: &'a serde_json::Value,
+    name: &str,
+) -> anyhow::Result<&'a serde_json::Value> {
+    statuses
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["name"] == name))
+        .with_context(|| format!("no status of container {name} in {statuses}"))
+}
+
+fn condition_status<'a>(pod: &'a serde_json::Value, kind: &str) -> &'a str {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+}
+
+/// Waits until `/pods` reports static pod `name` in a state `accept` likes.
+async fn wait_for_reported(
+    node: &Node,
+    name: &str,
+    what: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let mut last = None;
+    let result = node
+        .wait_until(&format!("/pods reports {name}: {what}"), async || {
+            let pod = node.kubelet.reported_pod(name)?;
+            let found = pod.as_ref().filter(|p| accept(p)).cloned();
+            last = pod;
+            Ok(found)
+        })
+        .await;
+    result.with_context(|| format!("last reported: {}", last.unwrap_or_default()))
+}
+
+fn runtime_scheme(kind: RuntimeKind) -> &'static str {
+    match kind {
+        RuntimeKind::Embedded => "cri-shim://",
+        RuntimeKind::Containerd => "containerd://",
+    }
+}
+
+/// Two init containers run to completion in order, a sidecar keeps running
+/// beside the app, and `/pods` shows all of it as the API would: phase,
+/// conditions, init and app container statuses, pod IP, QoS class.
+fn pod_status_with_init_containers_and_sidecar(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: layered
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  initContainers:
+    - name: first
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "echo first"]
+    - name: proxy
+      image: {BUSYBOX_IMAGE}
+      restartPolicy: Always
+      command: ["sleep", "3600"]
+    - name: second
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "echo second"]
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+"#
+        );
+        node.kubelet.write_manifest("layered.yaml", &manifest)?;
+        let pod = wait_for_reported(node, "layered", "Running and Ready", |p| {
+            text(p, &["status", "phase"]) == "Running" && condition_status(p, "Ready") == "True"
+        })
+        .await?;
+        let status = &pod["status"];
+        for kind in [
+            "Initialized",
+            "ContainersReady",
+            "PodReadyToStartContainers",
+            "PodScheduled",
+        ] {
+            ensure!(
+                condition_status(&pod, kind) == "True",
+                "{kind} is not True: {status}"
+            );
+        }
+        ensure!(status["qosClass"] == "BestEffort", "qosClass: {status}");
+        let inits = &status["initContainerStatuses"];
+        for name in ["first", "second"] {
+            let entry = container_entry(inits, name)?;
+            let terminated = &entry["state"]["terminated"];
+            ensure!(
+                terminated["exitCode"] == 0 && terminated["reason"] == "Completed",
+                "init container {name}: {entry}"
+            );
+        }
+        let proxy = container_entry(inits, "proxy")?;
+        ensure!(
+            proxy["state"]["running"].is_object() && proxy["ready"] == true,
+            "sidecar: {proxy}"
+        );
+        let app = container_entry(&status["containerStatuses"], "app")?;
+        ensure!(
+            app["ready"] == true && app["state"]["running"].is_object(),
+            "app: {app}"
+        );
+        ensure!(
+            text(app, &["containerID"]).starts_with(runtime_scheme(kind)),
+            "containerID: {app}"
+        );
+        ensure!(!text(app, &["imageID"]).is_empty(), "imageID: {app}");
+
+        // The init containers ran one after the other, before the sidecar's
+        // successor and the app: compare the start and finish times.
+        let finished_first = text(
+            container_entry(inits, "first")?,
+            &["state", "terminated", "finishedAt"],
+        );
+        let started_second = text(
+            container_entry(inits, "second")?,
+            &["state", "terminated", "startedAt"],
+        );
+        let started_app = text(app, &["state", "running", "startedAt"]);
+        ensure!(
+            finished_first <= started_second && started_second <= started_app,
+            "order: first finished {finished_first}, second started {started_second}, app started {started_app}"
+        );
+
+        // The pod IP is the sandbox's, as the CRI reports it.
+        let mut cri = node.cri().await?;
+        let running = harness::running_pod(&mut cri, &node.kubelet.pod_name("layered"), &["app"])
+            .await?
+            .context("the CRI has no running pod")?;
+        ensure!(
+            text(status, &["podIP"]) == running.ip.to_string(),
+            "podIP {} but the sandbox has {}",
+            status["podIP"],
+            running.ip
+        );
+        Ok(())
+    })
+}
+
+/// Under `restartPolicy: Never` a failing init container fails the pod and
+/// the app container never starts.
+fn failed_init_container_fails_pod(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: badinit
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  initContainers:
+    - name: setup
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "exit 3"]
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+"#
+        );
+        node.kubelet.write_manifest("badinit.yaml", &manifest)?;
+        let pod = wait_for_reported(node, "badinit", "Failed", |p| {
+            text(p, &["status", "phase"]) == "Failed"
+        })
+        .await?;
+        let setup = container_entry(&pod["status"]["initContainerStatuses"], "setup")?;
+        ensure!(
+            setup["state"]["terminated"]["exitCode"] == 3,
+            "setup: {setup}"
+        );
+        let app = container_entry(&pod["status"]["containerStatuses"], "app")?;
+        ensure!(
+            text(app, &["state", "waiting", "reason"]) == "PodInitializing",
+            "app: {app}"
+        );
+        ensure!(condition_status(&pod, "Initialized") == "False", "{pod}");
+        let mut cri = node.cri().await?;
+        let containers = list_containers(&mut cri, Some(&node.kubelet.pod_name("badinit"))).await?;
+        ensure!(
+            containers
+                .iter()
+                .all(|c| harness::container_name(c) == "setup"),
+            "the app container was created: {containers:?}"
+        );
+        Ok(())
+    })
+}
+
+/// A crashing container is reported in CrashLoopBackOff with its last run,
+/// and a pod whose container succeeded under `Never` is Succeeded.
+fn crash_loop_and_completion_in_pod_status(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let crash = busybox_manifest("crash", "Always", "echo run; exit 3");
+        node.kubelet.write_manifest("crash.yaml", &crash)?;
+        let done = busybox_manifest("done", "Never", "echo done");
+        node.kubelet.write_manifest("done.yaml", &done)?;
+
+        let pod = wait_for_reported(node, "crash", "in CrashLoopBackOff", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+        .await?;
+        let main = &pod["status"]["containerStatuses"][0];
+        ensure!(
+            main["lastState"]["terminated"]["exitCode"] == 3
+                && main["lastState"]["terminated"]["reason"] == "Error",
+            "lastState: {main}"
+        );
+        ensure!(
+            main["restartCount"].as_i64() >= Some(1),
+            "restartCount: {main}"
+        );
+        ensure!(
+            text(main, &["state", "waiting", "message"]).contains("back-off"),
+            "message: {main}"
+        );
+        ensure!(
+            text(&pod, &["status", "phase"]) == "Running",
+            "phase: {pod}"
+        );
+
+        let done = wait_for_reported(node, "done", "Succeeded", |p| {
+            text(p, &["status", "phase"]) == "Succeeded"
+        })
+        .await?;
+        ensure!(condition_status(&done, "Ready") == "False", "{done}");
+        Ok(())
+    })
+}
+
+/// An image that is nowhere to be had gives `ErrImagePull`, then
+/// `ImagePullBackOff`; the pod next to it runs regardless.
+fn missing_image_reports_pull_errors(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: noimage
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: app
+      image: 127.0.0.1:9/e2e/missing:v1
+"#
+        );
+        node.kubelet.write_manifest("noimage.yaml", &manifest)?;
+        let good = busybox_manifest("neighbour", "Always", "sleep 3600");
+        node.kubelet.write_manifest("neighbour.yaml", &good)?;
+        let reason = |p: &serde_json::Value| {
+            text(
+                &p["status"]["containerStatuses"][0],
+                &["state", "waiting", "reason"],
+            )
+            .to_owned()
+        };
+        let first = wait_for_reported(node, "noimage", "ErrImagePull", |p| {
+            reason(p) == "ErrImagePull"
+        })
+        .await?;
+        ensure!(
+            text(
+                &first["status"]["containerStatuses"][0],
+                &["state", "waiting", "message"]
+            )
+            .contains("missing"),
+            "message does not name the image: {first}"
+        );
+        wait_for_reported(node, "noimage", "ImagePullBackOff", |p| {
+            reason(p) == "ImagePullBackOff"
+        })
+        .await?;
+        wait_for_reported(node, "neighbour", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        Ok(())
     })
 }

@@ -41,6 +41,39 @@ const DEFAULT_READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// A container spec that cannot be turned into a config (upstream
+/// `CreateContainerConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerConfigError {
+    /// `env[].valueFrom.fieldRef` names a field the kubelet does not provide.
+    #[error("env {variable}: unsupported fieldRef fieldPath {field_path:?}")]
+    UnsupportedFieldPath {
+        /// Variable name.
+        variable: String,
+        /// The field path as given.
+        field_path: String,
+    },
+    /// `env[].valueFrom.resourceFieldRef` names an unknown resource.
+    #[error("env {variable}: unsupported resourceFieldRef resource {resource:?}")]
+    UnsupportedResource {
+        /// Variable name.
+        variable: String,
+        /// The resource as given.
+        resource: String,
+    },
+    /// A ConfigMap or Secret is referenced, which this pod cannot use (static
+    /// pods may not reference API objects; API mode resolves them).
+    #[error("{field}: {kind} {object:?} cannot be referenced: static pods may not use API objects")]
+    ObjectReference {
+        /// The field, e.g. `env[FOO].valueFrom.secretKeyRef`.
+        field: String,
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Object name.
+        object: String,
+    },
+}
+
 /// A field of the container spec this kubelet does not apply yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {

@@ -157,6 +157,17 @@ pub enum RuntimeError {
         /// Image reference.
         image: String,
     },
+    /// The container's config could not be built from its spec.
+    #[error("building the config of container {container_name} of pod {pod_uid}")]
+    ContainerConfig {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// What is wrong.
+        #[source]
+        source: container::ContainerConfigError,
+    },
     /// Creating a container failed.
     #[error("creating container {container_name} (restart {restart_count}) of pod {pod_uid}")]
     CreateContainer {
@@ -240,6 +251,14 @@ pub enum RuntimeError {
         /// Container name (empty for the sandbox).
         container_name: String,
     },
+}
+
+impl RuntimeError {
+    /// The message of the underlying cause with its own sources, without the
+    /// pod and container context (which a container status already carries).
+    pub fn source_chain(&self) -> Option<String> {
+        std::error::Error::source(self).map(|source| crate::ErrorChain(source).to_string())
+    }
 }
 
 fn nanos_to_time(nanos: i64) -> Option<SystemTime> {
