@@ -273,16 +273,21 @@ async fn run_with_runtime(
         ),
         None => None,
     };
+    let host_ips = vec![config::node_ip(config.node_ip).to_string()];
+    let (node_cpu, node_memory) = resources::node_capacity();
     let status = StatusReporter {
         store,
         runtime_name: version.runtime_name.clone(),
-        host_ips: vec![config::node_ip(config.node_ip).to_string()],
+        host_ips: host_ips.clone(),
     };
-    let runtime = Arc::new(RuntimeManager::new(
-        service,
-        config.pod_logs_dir.clone(),
-        config.resolv_conf.clone(),
-    ));
+    let runtime = Arc::new(
+        RuntimeManager::new(
+            service,
+            config.pod_logs_dir.clone(),
+            config.resolv_conf.clone(),
+        )
+        .with_node(host_ips, node_cpu, node_memory),
+    );
     let (desired_tx, desired_rx) = watch::channel(None);
     let source = StaticPodSource::new(
         config.pod_manifest_path.clone(),

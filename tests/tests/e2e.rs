@@ -42,6 +42,10 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "missing_image_reports_pull_errors",
         missing_image_reports_pull_errors,
     ),
+    (
+        "environment_and_resources_from_the_pod",
+        environment_and_resources_from_the_pod,
+    ),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -704,6 +708,101 @@ spec:
             text(p, &["status", "phase"]) == "Running"
         })
         .await?;
+        Ok(())
+    })
+}
+
+/// Env vars from the pod's fields and resources reach the container, its
+/// memory limit is its cgroup's, and a Secret reference (which a static pod
+/// cannot have) gives `CreateContainerConfigError` naming the field.
+fn environment_and_resources_from_the_pod(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: envpod
+  labels: {{tier: backend}}
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "env | sort; echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null); sleep 3600"]
+      env:
+        - {{name: MY_POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        - {{name: MY_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: MY_TIER, valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['tier']"}}}}}}
+        - {{name: MY_NODE, valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}}}
+        - {{name: MEM_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+        - {{name: GREETING, value: "hi $(MY_NAME)"}}
+      resources:
+        limits: {{cpu: 200m, memory: 48Mi}}
+"#
+        );
+        node.kubelet.write_manifest("envpod.yaml", &manifest)?;
+        let secretive = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: secretive
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+      env:
+        - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}
+"#
+        );
+        node.kubelet.write_manifest("secretive.yaml", &secretive)?;
+
+        let pod = wait_for_reported(node, "envpod", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        ensure!(
+            pod["status"]["qosClass"] == "Guaranteed",
+            "qosClass: {}",
+            pod["status"]
+        );
+        let pod_ip = text(&pod, &["status", "podIP"]).to_owned();
+        let uid = text(&pod, &["metadata", "uid"]).to_owned();
+        let pod_name = node.kubelet.pod_name("envpod");
+        let log = pod_log_path("default", &pod_name, &uid, "main", 0);
+        let want = [
+            format!("MY_POD_IP={pod_ip}"),
+            format!("MY_NAME={pod_name}"),
+            "MY_TIER=backend".to_owned(),
+            format!("MY_NODE={}", node.name()),
+            "MEM_MI=48".to_owned(),
+            format!("GREETING=hi {pod_name}"),
+            format!("limit={}", 48 * 1024 * 1024),
+        ];
+        node.wait_until("the container printed its environment", async || {
+            let lines: Vec<String> = match read_cri_log(&log) {
+                Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
+                Err(_) => return Ok(None),
+            };
+            Ok(want.iter().all(|w| lines.contains(w)).then_some(()))
+        })
+        .await
+        .with_context(|| format!("want {want:?} in {}", log.display()))?;
+
+        let secretive = wait_for_reported(node, "secretive", "CreateContainerConfigError", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+        .await?;
+        let message = text(
+            &secretive["status"]["containerStatuses"][0],
+            &["state", "waiting", "message"],
+        );
+        ensure!(
+            message.contains("env[PASSWORD].valueFrom.secretKeyRef"),
+            "message does not name the field: {message}"
+        );
         Ok(())
     })
 }

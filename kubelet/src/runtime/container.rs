@@ -77,28 +77,14 @@ pub enum ContainerConfigError {
 /// A field of the container spec this kubelet does not apply yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsupported {
-    /// `env[].valueFrom` (ConfigMap, Secret, fieldRef, resourceFieldRef).
-    EnvValueFrom {
-        /// Variable name.
-        name: String,
-    },
-    /// `envFrom`.
-    EnvFrom,
     /// `volumeMounts`.
     VolumeMounts,
-    /// `resources`.
-    Resources,
 }
 
 impl std::fmt::Display for Unsupported {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::EnvValueFrom { name } => {
-                write!(f, "env {name} with valueFrom is not supported yet")
-            }
-            Self::EnvFrom => f.write_str("envFrom is not supported yet"),
             Self::VolumeMounts => f.write_str("volumeMounts are not supported yet"),
-            Self::Resources => f.write_str("resources are not applied yet"),
         }
     }
 }
@@ -147,24 +133,172 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// Plain `value` env vars in order, each expanded against those before it
-/// (as upstream `makeEnvironmentVariables`); others are reported unsupported.
-fn environment(container: &Container, unsupported: &mut Vec<Unsupported>) -> Vec<cri::KeyValue> {
-    if container.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        unsupported.push(Unsupported::EnvFrom);
+/// What the environment of a container may refer to besides its spec.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EnvContext {
+    /// The pod's IPs, primary first (`status.podIP`, `status.podIPs`).
+    pub pod_ips: Vec<String>,
+    /// The node's IPs, primary first (`status.hostIP`, `status.hostIPs`).
+    pub host_ips: Vec<String>,
+    /// Node allocatable cpu cores, for `resourceFieldRef` without a limit.
+    pub node_cpu: f64,
+    /// Node allocatable memory bytes, for `resourceFieldRef` without a limit.
+    pub node_memory: f64,
+}
+
+/// Upstream `GetObjectFieldPathValue` plus the fields the kubelet fills in.
+fn field_value(
+    pod: &Pod,
+    variable: &str,
+    field_path: &str,
+    context: &EnvContext,
+) -> Result<String, ContainerConfigError> {
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let subscript = |prefix: &str| {
+        field_path
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix("['"))
+            .and_then(|rest| rest.strip_suffix("']"))
+    };
+    let value = match field_path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        "status.podIP" => context.pod_ips.first().cloned().unwrap_or_default(),
+        "status.podIPs" => context.pod_ips.join(","),
+        "status.hostIP" => context.host_ips.first().cloned().unwrap_or_default(),
+        "status.hostIPs" => context.host_ips.join(","),
+        _ => {
+            if let Some(key) = subscript("metadata.labels") {
+                meta.labels
+                    .as_ref()
+                    .and_then(|l| l.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            } else if let Some(key) = subscript("metadata.annotations") {
+                meta.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(key))
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                return Err(ContainerConfigError::UnsupportedFieldPath {
+                    variable: variable.to_owned(),
+                    field_path: field_path.to_owned(),
+                });
+            }
+        }
+    };
+    Ok(value)
+}
+
+/// Upstream `ExtractContainerResourceValue`: the value in units of the
+/// divisor, rounded up; a missing limit is the node's allocatable amount.
+fn resource_value(
+    pod: &Pod,
+    own: &Container,
+    variable: &str,
+    selector: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    context: &EnvContext,
+) -> Result<String, ContainerConfigError> {
+    use crate::resources::{Side, container_resource, parse_quantity};
+    let container = match selector.container_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => crate::runtime::find_container(pod, name).unwrap_or(own),
+        None => own,
+    };
+    let unsupported = || ContainerConfigError::UnsupportedResource {
+        variable: variable.to_owned(),
+        resource: selector.resource.clone(),
+    };
+    let (side, name) = selector.resource.split_once('.').ok_or_else(unsupported)?;
+    let side = match side {
+        "limits" => Side::Limits,
+        "requests" => Side::Requests,
+        _ => return Err(unsupported()),
+    };
+    let node_value = match name {
+        "cpu" => context.node_cpu,
+        "memory" => context.node_memory,
+        "ephemeral-storage" => 0.0,
+        _ => return Err(unsupported()),
+    };
+    let value = container_resource(container, side, name).unwrap_or(match side {
+        Side::Limits => node_value,
+        Side::Requests => 0.0,
+    });
+    let divisor = selector
+        .divisor
+        .as_ref()
+        .and_then(|d| parse_quantity(&d.0))
+        .filter(|d| *d > 0.0)
+        .unwrap_or(1.0);
+    // Rounding guards against 0.1 + 0.2 style noise before the ceiling.
+    let units = ((value / divisor) * 1e9).round() / 1e9;
+    Ok(format!("{}", units.ceil() as i64))
+}
+
+/// The env vars in order, each `value` expanded against those before it (as
+/// upstream `makeEnvironmentVariables`), `valueFrom` resolved from the pod.
+/// ConfigMap and Secret references cannot be resolved here (static pods may
+/// not use API objects): optional ones are skipped, others are an error.
+fn environment(
+    pod: &Pod,
+    container: &Container,
+    context: &EnvContext,
+) -> Result<Vec<cri::KeyValue>, ContainerConfigError> {
+    for source in container.env_from.iter().flatten() {
+        let (kind, name, optional) = match (&source.config_map_ref, &source.secret_ref) {
+            (Some(c), _) => ("ConfigMap", c.name.clone(), c.optional),
+            (None, Some(s)) => ("Secret", s.name.clone(), s.optional),
+            (None, None) => continue,
+        };
+        if optional != Some(true) {
+            return Err(ContainerConfigError::ObjectReference {
+                field: "envFrom".to_owned(),
+                kind,
+                object: name,
+            });
+        }
     }
     let mut defined: HashMap<String, String> = HashMap::new();
     let mut envs: Vec<cri::KeyValue> = Vec::new();
     for var in container.env.iter().flatten() {
-        if var.value_from.is_some() {
-            unsupported.push(Unsupported::EnvValueFrom {
-                name: var.name.clone(),
-            });
-            continue;
-        }
-        let value = expand(var.value.as_deref().unwrap_or_default(), |n| {
-            defined.get(n).cloned()
-        });
+        let value = match &var.value_from {
+            None => expand(var.value.as_deref().unwrap_or_default(), |n| {
+                defined.get(n).cloned()
+            }),
+            Some(source) => {
+                if let Some(field) = &source.field_ref {
+                    field_value(pod, &var.name, &field.field_path, context)?
+                } else if let Some(resource) = &source.resource_field_ref {
+                    resource_value(pod, container, &var.name, resource, context)?
+                } else {
+                    let (kind, name, optional, what) =
+                        match (&source.config_map_key_ref, &source.secret_key_ref) {
+                            (Some(c), _) => {
+                                ("ConfigMap", c.name.clone(), c.optional, "configMapKeyRef")
+                            }
+                            (None, Some(s)) => {
+                                ("Secret", s.name.clone(), s.optional, "secretKeyRef")
+                            }
+                            (None, None) => continue,
+                        };
+                    if optional == Some(true) {
+                        continue;
+                    }
+                    return Err(ContainerConfigError::ObjectReference {
+                        field: format!("env[{}].valueFrom.{what}", var.name),
+                        kind,
+                        object: name,
+                    });
+                }
+            }
+        };
         defined.insert(var.name.clone(), value.clone());
         // A later definition of the same name replaces the earlier one.
         match envs.iter_mut().find(|kv| kv.key == var.name) {
@@ -175,7 +309,7 @@ fn environment(container: &Container, unsupported: &mut Vec<Unsupported>) -> Vec
             }),
         }
     }
-    envs
+    Ok(envs)
 }
 
 fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecurityContext {
@@ -222,28 +356,78 @@ fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecu
     }
 }
 
+/// Upstream `MinShares`, `SharesPerCPU`, `MilliCPUToCPU`, `QuotaPeriod`, `MinQuotaPeriod`.
+const MIN_SHARES: i64 = 2;
+const SHARES_PER_CPU: i64 = 1024;
+const QUOTA_PERIOD: i64 = 100_000;
+const MIN_QUOTA: i64 = 1000;
+/// Upstream OOM score adjustments by QoS class.
+const GUARANTEED_OOM_SCORE_ADJ: i64 = -997;
+const BEST_EFFORT_OOM_SCORE_ADJ: i64 = 1000;
+
+/// Upstream `generateLinuxContainerResources`: cpu shares from the request,
+/// CFS quota from the limit, the memory limit, and the OOM score adjustment
+/// of the pod's QoS class (upstream `GetContainerOOMScoreAdjust`).
+fn linux_resources(
+    pod: &Pod,
+    container: &Container,
+    node_memory: f64,
+) -> cri::LinuxContainerResources {
+    use crate::qos::{QosClass, qos_class};
+    use crate::resources::{Side, container_resource};
+    let millis = |cores: f64| (cores * 1000.0).ceil() as i64;
+    let cpu_request = container_resource(container, Side::Requests, "cpu").map(millis);
+    let cpu_limit = container_resource(container, Side::Limits, "cpu").map(millis);
+    let cpu_shares = match cpu_request {
+        Some(m) if m > 0 => (m * SHARES_PER_CPU / 1000).max(MIN_SHARES),
+        _ => MIN_SHARES,
+    };
+    let (cpu_quota, cpu_period) = match cpu_limit {
+        Some(m) if m > 0 => ((m * QUOTA_PERIOD / 1000).max(MIN_QUOTA), QUOTA_PERIOD),
+        _ => (0, 0),
+    };
+    let memory_limit =
+        container_resource(container, Side::Limits, "memory").map_or(0, |b| b as i64);
+    let oom_score_adj = match qos_class(pod) {
+        QosClass::Guaranteed => GUARANTEED_OOM_SCORE_ADJ,
+        QosClass::BestEffort => BEST_EFFORT_OOM_SCORE_ADJ,
+        QosClass::Burstable => {
+            let request = container_resource(container, Side::Requests, "memory").unwrap_or(0.0);
+            let adj = if node_memory > 0.0 {
+                1000 - (1000.0 * request / node_memory) as i64
+            } else {
+                1000
+            };
+            // Above the guaranteed pods, below the best-effort ones.
+            adj.clamp(2, 999)
+        }
+    };
+    cri::LinuxContainerResources {
+        cpu_shares,
+        cpu_quota,
+        cpu_period,
+        memory_limit_in_bytes: memory_limit,
+        oom_score_adj,
+        ..Default::default()
+    }
+}
+
 /// The config of instance `restart_count` of `container` in `pod`.
 pub fn container_config(
     pod: &Pod,
     container: &Container,
     restart_count: u32,
-) -> (cri::ContainerConfig, Vec<Unsupported>) {
+    context: &EnvContext,
+) -> Result<(cri::ContainerConfig, Vec<Unsupported>), ContainerConfigError> {
     let meta = &pod.metadata;
     let mut unsupported = Vec::new();
-    let envs = environment(container, &mut unsupported);
+    let envs = environment(pod, container, context)?;
     if container
         .volume_mounts
         .as_ref()
         .is_some_and(|m| !m.is_empty())
     {
         unsupported.push(Unsupported::VolumeMounts);
-    }
-    let has_resources = container.resources.as_ref().is_some_and(|r| {
-        r.limits.as_ref().is_some_and(|l| !l.is_empty())
-            || r.requests.as_ref().is_some_and(|l| !l.is_empty())
-    });
-    if has_resources {
-        unsupported.push(Unsupported::Resources);
     }
     let lookup = |name: &str| {
         envs.iter()
@@ -319,12 +503,12 @@ pub fn container_config(
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
         linux: Some(cri::LinuxContainerConfig {
-            resources: None,
+            resources: Some(linux_resources(pod, container, context.node_memory)),
             security_context: Some(security_context(pod, container)),
         }),
         ..Default::default()
     };
-    (config, unsupported)
+    Ok((config, unsupported))
 }
 
 #[cfg(test)]
@@ -356,8 +540,14 @@ mod tests {
     const POD: &str = r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: app-node1, namespace: ns, uid: u1}
+metadata:
+  name: app-node1
+  namespace: ns
+  uid: u1
+  labels: {tier: web}
+  annotations: {note: hi}
 spec:
+  nodeName: node1
   terminationGracePeriodSeconds: 5
   containers:
   - name: main
@@ -369,13 +559,36 @@ spec:
     - {name: NAME, value: world}
     - {name: GREETING, value: "hello $(NAME)"}
     - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: POD_IPS, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}
+    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+    - {name: POD_UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}
+    - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+    - {name: TIER, valueFrom: {fieldRef: {fieldPath: "metadata.labels['tier']"}}}
+    - {name: NOTE, valueFrom: {fieldRef: {fieldPath: "metadata.annotations['note']"}}}
+    - {name: CPU_LIMIT, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}
+    - {name: MEM_LIMIT_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: CPU_REQUEST_M, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}
+    - {name: NODE_MEMORY_GI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Gi, containerName: other}}}
+    resources:
+      requests: {cpu: 250m}
+      limits: {cpu: 500m, memory: 64Mi}
+  - name: other
+    image: docker.io/library/busybox:latest
 "#;
 
     #[test]
     fn container_config_of_a_restarted_instance() {
         let pod: Pod = serde_yaml::from_str(POD).unwrap();
         let container = &pod.spec.as_ref().unwrap().containers[0];
-        let (config, unsupported) = container_config(&pod, container, 3);
+        let context = EnvContext {
+            pod_ips: vec!["10.1.0.7".into(), "fd00::7".into()],
+            host_ips: vec!["192.0.2.2".into()],
+            node_cpu: 2.0,
+            node_memory: 4.0 * 1024.0 * 1024.0 * 1024.0,
+        };
+        let (config, unsupported) = container_config(&pod, container, 3, &context).unwrap();
         assert_eq!(config.metadata.as_ref().unwrap().name, "main");
         assert_eq!(config.metadata.as_ref().unwrap().attempt, 3);
         assert_eq!(
@@ -390,13 +603,36 @@ spec:
             .iter()
             .map(|kv| (kv.key.as_str(), kv.value.as_str()))
             .collect();
-        assert_eq!(envs, [("NAME", "world"), ("GREETING", "hello world")]);
         assert_eq!(
-            unsupported,
-            [Unsupported::EnvValueFrom {
-                name: "POD_IP".into()
-            }]
+            envs,
+            [
+                ("NAME", "world"),
+                ("GREETING", "hello world"),
+                ("POD_IP", "10.1.0.7"),
+                ("POD_IPS", "10.1.0.7,fd00::7"),
+                ("HOST_IP", "192.0.2.2"),
+                ("POD_NAME", "app-node1"),
+                ("POD_NAMESPACE", "ns"),
+                ("POD_UID", "u1"),
+                ("NODE", "node1"),
+                ("TIER", "web"),
+                ("NOTE", "hi"),
+                ("CPU_LIMIT", "1"),
+                ("MEM_LIMIT_MI", "64"),
+                ("CPU_REQUEST_M", "250"),
+                ("NODE_MEMORY_GI", "4"),
+            ]
         );
+        assert!(unsupported.is_empty(), "{unsupported:?}");
+        let resources = config.linux.as_ref().unwrap().resources.clone().unwrap();
+        assert_eq!(resources.cpu_shares, 256);
+        assert_eq!(
+            (resources.cpu_quota, resources.cpu_period),
+            (50_000, 100_000)
+        );
+        assert_eq!(resources.memory_limit_in_bytes, 64 * 1024 * 1024);
+        // Burstable: 1000 - 1000 * 64Mi / 4Gi.
+        assert_eq!(resources.oom_score_adj, 985);
         assert_eq!(config.log_path, "main/3.log");
         assert_eq!(config.labels[labels::POD_NAME], "app-node1");
         assert_eq!(config.labels[labels::POD_NAMESPACE], "ns");
@@ -425,6 +661,46 @@ spec:
     }
 
     #[test]
+    fn unresolvable_references_are_config_errors() {
+        let mut pod: Pod = serde_yaml::from_str(POD).unwrap();
+        let container = &mut pod.spec.as_mut().unwrap().containers[1];
+        container.env = Some(vec![
+            serde_yaml::from_str(
+                "{name: PASSWORD, valueFrom: {secretKeyRef: {name: db, key: pw}}}",
+            )
+            .unwrap(),
+        ]);
+        let container = container.clone();
+        let error = container_config(&pod, &container, 0, &EnvContext::default()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "env[PASSWORD].valueFrom.secretKeyRef: Secret \"db\" cannot be referenced: static pods may not use API objects"
+        );
+
+        let mut optional = container.clone();
+        optional.env =
+            Some(vec![serde_yaml::from_str(
+            "{name: PASSWORD, valueFrom: {secretKeyRef: {name: db, key: pw, optional: true}}}",
+        )
+        .unwrap()]);
+        let (config, _) = container_config(&pod, &optional, 0, &EnvContext::default()).unwrap();
+        assert!(config.envs.is_empty());
+
+        let mut bad_field = container.clone();
+        bad_field.env = Some(vec![
+            serde_yaml::from_str("{name: X, valueFrom: {fieldRef: {fieldPath: spec.nope}}}")
+                .unwrap(),
+        ]);
+        assert_eq!(
+            container_config(&pod, &bad_field, 0, &EnvContext::default()).unwrap_err(),
+            ContainerConfigError::UnsupportedFieldPath {
+                variable: "X".into(),
+                field_path: "spec.nope".into()
+            }
+        );
+    }
+
+    #[test]
     fn security_context_user_falls_back_to_the_pod() {
         let mut pod: Pod = serde_yaml::from_str(POD).unwrap();
         pod.spec.as_mut().unwrap().security_context =
@@ -432,7 +708,7 @@ spec:
         pod.spec.as_mut().unwrap().containers[0].security_context =
             Some(serde_yaml::from_str("{runAsUser: 0, privileged: true}").unwrap());
         let container = pod.spec.as_ref().unwrap().containers[0].clone();
-        let (config, _) = container_config(&pod, &container, 0);
+        let (config, _) = container_config(&pod, &container, 0, &EnvContext::default()).unwrap();
         let sc = config.linux.unwrap().security_context.unwrap();
         assert_eq!(sc.run_as_user, Some(cri::Int64Value { value: 0 }));
         assert_eq!(sc.run_as_group, Some(cri::Int64Value { value: 1000 }));

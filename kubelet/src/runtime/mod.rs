@@ -341,6 +341,8 @@ pub struct RuntimeManager<R> {
     service: R,
     pod_logs_dir: PathBuf,
     resolv_conf: PathBuf,
+    /// Node facts container environments may refer to (pod IPs are filled per container).
+    node: container::EnvContext,
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -351,7 +353,20 @@ impl<R: RuntimeService> RuntimeManager<R> {
             service,
             pod_logs_dir,
             resolv_conf,
+            node: container::EnvContext::default(),
         }
+    }
+
+    /// Sets the node's IPs and allocatable cpu (cores) and memory (bytes),
+    /// which container environments may refer to.
+    pub fn with_node(mut self, host_ips: Vec<String>, cpu: f64, memory: f64) -> Self {
+        self.node = container::EnvContext {
+            pod_ips: Vec::new(),
+            host_ips,
+            node_cpu: cpu,
+            node_memory: memory,
+        };
+        self
     }
 
     /// The underlying CRI service.
@@ -410,6 +425,33 @@ impl<R: RuntimeService> RuntimeManager<R> {
         Ok(observed)
     }
 
+    /// The IPs of sandbox `sandbox_id`, primary first; `None` if it is gone.
+    async fn sandbox_ips(
+        &self,
+        uid: &str,
+        sandbox_id: &str,
+    ) -> Result<Option<Vec<String>>, RuntimeError> {
+        match self.service.pod_sandbox_status(sandbox_id).await {
+            Ok(status) => Ok(Some(
+                status
+                    .network
+                    .map(|n| {
+                        std::iter::once(n.ip)
+                            .chain(n.additional_ips.into_iter().map(|ip| ip.ip))
+                            .filter(|ip| !ip.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(source) => Err(RuntimeError::PodSandboxStatus {
+                pod_uid: uid.to_owned(),
+                sandbox_id: sandbox_id.to_owned(),
+                source,
+            }),
+        }
+    }
+
     /// Fills in the IPs of the latest sandbox if it is ready.
     async fn read_pod_ips(
         &self,
@@ -423,27 +465,9 @@ impl<R: RuntimeService> RuntimeManager<R> {
         else {
             return Ok(());
         };
-        let status = match self.service.pod_sandbox_status(&latest).await {
-            Ok(status) => status,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(source) => {
-                return Err(RuntimeError::PodSandboxStatus {
-                    pod_uid: uid.to_owned(),
-                    sandbox_id: latest,
-                    source,
-                });
-            }
-        };
-        let ips = status
-            .network
-            .map(|n| {
-                std::iter::once(n.ip)
-                    .chain(n.additional_ips.into_iter().map(|ip| ip.ip))
-                    .filter(|ip| !ip.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some(sandbox) = observed.sandboxes.iter_mut().find(|s| s.id == latest) {
+        if let Some(ips) = self.sandbox_ips(uid, &latest).await?
+            && let Some(sandbox) = observed.sandboxes.iter_mut().find(|s| s.id == latest)
+        {
             sandbox.ips = ips;
         }
         Ok(())
@@ -745,7 +769,19 @@ impl<R: RuntimeService> RuntimeManager<R> {
         })?;
         let sandbox_config = self.sandbox_config(pod, attempt).await?;
         self.ensure_image(uid, container, &sandbox_config).await?;
-        let (config, unsupported) = container::container_config(pod, container, restart_count);
+        let pod_ips = self.sandbox_ips(uid, sandbox_id).await?.unwrap_or_default();
+        let context = container::EnvContext {
+            pod_ips,
+            ..self.node.clone()
+        };
+        let (config, unsupported) =
+            container::container_config(pod, container, restart_count, &context).map_err(
+                |source| RuntimeError::ContainerConfig {
+                    pod_uid: uid.to_owned(),
+                    container_name: name.to_owned(),
+                    source,
+                },
+            )?;
         for field in unsupported {
             tracing::warn!(
                 pod.uid = uid,
