@@ -479,6 +479,38 @@ impl RuntimeService for FakeRuntime {
         )
     }
 
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        _timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
+        let mut state = self.state();
+        state.calls.push(Call {
+            method: "ExecSync",
+            target: id.to_owned(),
+        });
+        let container = state
+            .containers
+            .get(id)
+            .ok_or_else(|| not_found("ExecSync", id))?;
+        // `exit N` as the last word of the command sets the exit code.
+        let exit_code = match (cmd.first().map(String::as_str), cmd.last()) {
+            (Some("exit"), Some(code)) => code.parse().unwrap_or(1),
+            _ => 0,
+        };
+        let exit_code = if container.state == cri::ContainerState::ContainerRunning {
+            exit_code
+        } else {
+            126
+        };
+        Ok(cri::ExecSyncResponse {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            exit_code,
+        })
+    }
+
     async fn container_events(&self) -> Result<crate::runtime::ContainerEvents, CriError> {
         match self.events.lock().unwrap().take() {
             Some(rx) => Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod labels;
 pub mod pleg;
 pub mod pod_workers;
+pub mod prober;
 pub mod qos;
 pub mod resources;
 pub mod runtime;

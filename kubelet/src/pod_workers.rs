@@ -10,6 +10,7 @@
 //! only after the pod source and the PLEG have both reported once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,7 @@ use crate::ErrorChain;
 use crate::actions::{Action, DesiredPod, PodIntent, compute_actions, termination_grace_period};
 use crate::backoff::{Backoff, CrashLoopBackOff};
 use crate::pleg::PodLifecycleEvent;
+use crate::prober::Prober;
 use crate::runtime::{PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container};
 use crate::static_pods::{DesiredPods, DesiredPodsReceiver};
 use crate::status::{PodStatusStore, StatusInputs, Waiting, pod_status};
@@ -98,6 +100,7 @@ struct PodWorker<R> {
     /// Image pull back-off by image reference.
     pull_backoff: HashMap<String, PullBackOff>,
     status: StatusReporter,
+    prober: Arc<Prober<R>>,
     clock: Clock,
     cancel: CancellationToken,
 }
@@ -193,11 +196,19 @@ impl<R: RuntimeService> PodWorker<R> {
     }
 
     async fn sync(&mut self, intent: &WorkerIntent) -> Result<SyncOutcome, Vec<RuntimeError>> {
-        let observed = self
+        let mut observed = self
             .runtime
             .observe_pod(&self.pod.uid)
             .await
             .map_err(|e| vec![e])?;
+        match intent {
+            WorkerIntent::Run(pod) => {
+                self.prober
+                    .sync_pod(pod, &observed, self.pod_ip(pod, &observed));
+                observed.unhealthy = self.prober.unhealthy(&observed);
+            }
+            WorkerIntent::Terminate { .. } => self.prober.remove_pod(&self.pod.uid),
+        }
         let desired;
         let (pod, pod_intent) = match intent {
             WorkerIntent::Run(pod) => {
@@ -286,6 +297,18 @@ impl<R: RuntimeService> PodWorker<R> {
 }
 
 impl<R: RuntimeService> PodWorker<R> {
+    /// The address probes reach the pod at: its sandbox IP, or the node's
+    /// for host-network pods.
+    fn pod_ip(&self, pod: &Pod, observed: &crate::actions::ObservedPod) -> Option<IpAddr> {
+        let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let ips = if host_network {
+            &self.status.host_ips
+        } else {
+            &observed.latest_sandbox()?.ips
+        };
+        ips.first()?.parse().ok()
+    }
+
     /// Drops container starts whose image is in pull back-off; they wait as
     /// `ImagePullBackOff` and the worker wakes up when the back-off ends.
     fn hold_back_pulls(
@@ -369,7 +392,7 @@ impl<R: RuntimeService> PodWorker<R> {
         let previous = store.get(&self.pod.uid);
         let inputs = StatusInputs {
             waiting,
-            probes: HashMap::new(),
+            probes: self.prober.statuses(observed),
             runtime_name: self.status.runtime_name.clone(),
             host_ips: self.status.host_ips.clone(),
         };
@@ -412,6 +435,9 @@ pub struct PodWorkers<R> {
     /// Desired pods already reported as waiting for a namesake to terminate.
     reported_waiting: HashSet<String>,
     status: StatusReporter,
+    prober: Arc<Prober<R>>,
+    /// Pods whose probe results changed.
+    probe_results: mpsc::UnboundedReceiver<String>,
 }
 
 impl<R: RuntimeService> PodWorkers<R> {
@@ -426,7 +452,11 @@ impl<R: RuntimeService> PodWorkers<R> {
         cancel: CancellationToken,
         clock: Clock,
     ) -> Self {
+        let (probe_tx, probe_results) = mpsc::unbounded_channel();
+        let prober = Prober::new(runtime.clone(), probe_tx, cancel.child_token());
         Self {
+            prober,
+            probe_results,
             runtime,
             cancel,
             clock,
@@ -465,6 +495,11 @@ impl<R: RuntimeService> PodWorkers<R> {
                             self.reconcile();
                         }
                         Err(_) => source_open = false,
+                    }
+                }
+                Some(uid) = self.probe_results.recv() => {
+                    if let Some(worker) = self.workers.get(&uid) {
+                        worker.wake.notify_one();
                     }
                 }
                 batch = pleg.recv(), if pleg_open => {
@@ -596,6 +631,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             reported_waits: HashMap::new(),
             pull_backoff: HashMap::new(),
             status: self.status.clone(),
+            prober: self.prober.clone(),
             clock: self.clock,
             cancel: self.cancel.child_token(),
         };
@@ -744,6 +780,36 @@ mod tests {
         // Only the most recent dead instance is kept.
         fake.wait_for("old instance removed", |s| s.containers_of("u1").len() == 2)
             .await;
+        kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_liveness_probe_restarts_the_container() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: live-node1, namespace: default, uid: u1}\n\
+             spec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: app\n    image: busybox\n    \
+             livenessProbe: {exec: {command: [exit, '1']}, periodSeconds: 1, failureThreshold: 2}\n";
+        let live: Arc<Pod> = Arc::new(serde_yaml::from_str(yaml).unwrap());
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&live]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        let started = Instant::now();
+        // Two failed probes a second apart, then a kill and a new instance.
+        fake.wait_for("restart after failed liveness", |s| {
+            running_with_restart(s, "u1", "1")
+        })
+        .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1),
+            "restarted after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "restarted after {waited:?}"
+        );
+        assert!(fake.state().calls_of("ExecSync").len() >= 2);
         kubelet.stop().await;
     }
 

@@ -46,6 +46,10 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "environment_and_resources_from_the_pod",
         environment_and_resources_from_the_pod,
     ),
+    (
+        "probes_drive_readiness_and_restarts",
+        probes_drive_readiness_and_restarts,
+    ),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -802,6 +806,82 @@ spec:
         ensure!(
             message.contains("env[PASSWORD].valueFrom.secretKeyRef"),
             "message does not name the field: {message}"
+        );
+        Ok(())
+    })
+}
+
+/// An HTTP readiness probe holds the pod unready until the page exists; a
+/// startup probe (TCP) gates a container until a port opens; an exec
+/// liveness probe that starts failing gets its container restarted.
+fn probes_drive_readiness_and_restarts(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: web
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "mkdir -p /www; (sleep 4; echo ok > /www/ready) & exec httpd -f -p 8080 -h /www"]
+      ports: [{{name: http, containerPort: 8080}}]
+      readinessProbe:
+        httpGet: {{path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: e2e}}]}}
+        periodSeconds: 1
+    - name: gated
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+      startupProbe:
+        tcpSocket: {{port: 8080}}
+        periodSeconds: 1
+        failureThreshold: 30
+    - name: live
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 3600"]
+      livenessProbe:
+        exec: {{command: ["test", "-f", "/tmp/healthy"]}}
+        periodSeconds: 1
+        failureThreshold: 2
+"#
+        );
+        node.kubelet.write_manifest("probed.yaml", &manifest)?;
+        let ready = |p: &serde_json::Value, name: &str| {
+            container_entry(&p["status"]["containerStatuses"], name)
+                .map(|c| c["ready"] == true)
+                .unwrap_or(false)
+        };
+        // Running but not yet ready: the page is missing (404).
+        let early = wait_for_reported(node, "probed", "web running, not ready", |p| {
+            container_entry(&p["status"]["containerStatuses"], "web")
+                .is_ok_and(|c| c["state"]["running"].is_object())
+        })
+        .await?;
+        ensure!(
+            !ready(&early, "web"),
+            "web ready before its page exists: {early}"
+        );
+        ensure!(condition_status(&early, "Ready") == "False", "{early}");
+
+        wait_for_reported(node, "probed", "web ready and gated started", |p| {
+            ready(p, "web")
+                && container_entry(&p["status"]["containerStatuses"], "gated")
+                    .is_ok_and(|c| c["started"] == true)
+        })
+        .await?;
+        let restarted = wait_for_reported(node, "probed", "live restarted by liveness", |p| {
+            container_entry(&p["status"]["containerStatuses"], "live")
+                .is_ok_and(|c| c["restartCount"].as_i64() >= Some(1))
+        })
+        .await?;
+        let web = container_entry(&restarted["status"]["containerStatuses"], "web")?;
+        ensure!(web["restartCount"] == 0, "web restarted: {web}");
+        let log = node.kubelet.log()?;
+        ensure!(
+            log.contains("Liveness probe failed"),
+            "the kubelet log does not report the failed liveness probe"
         );
         Ok(())
     })

@@ -125,6 +125,13 @@ pub trait RuntimeService: Send + Sync + 'static {
     ) -> impl Future<Output = Result<String, CriError>> + Send;
     /// `GetContainerEvents`: the stream of container events from now on.
     fn container_events(&self) -> impl Future<Output = Result<ContainerEvents, CriError>> + Send;
+    /// `ExecSync`: runs `cmd` in the container, bounded by `timeout`.
+    fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<cri::ExecSyncResponse, CriError>> + Send;
 }
 
 /// [`RuntimeService`] over a CRI gRPC channel. Every call but `PullImage` is
@@ -375,6 +382,28 @@ impl RuntimeService for RemoteRuntimeService {
         let mut client = self.images.clone();
         let response = self.call("PullImage", None, client.pull_image(request));
         Ok(response.await?.image_ref)
+    }
+
+    async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<cri::ExecSyncResponse, CriError> {
+        let request = cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd,
+            timeout: timeout.as_secs().max(1) as i64,
+        };
+        let mut client = self.runtime.clone();
+        // The runtime enforces `timeout`; ours only guards against a runtime
+        // that does not answer at all.
+        let response = self.call(
+            "ExecSync",
+            Some(timeout + self.timeout),
+            client.exec_sync(request),
+        );
+        response.await
     }
 
     async fn container_events(&self) -> Result<ContainerEvents, CriError> {
