@@ -935,3 +935,476 @@ pub fn check_static_pod_volumes(pod: &Pod) -> Result<(), VolumeError> {
 pub fn flex_plugin_dir_name(driver: &str) -> String {
     escape_plugin_name(driver)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::{FakeMounter, MountCall};
+    use crate::objects::InMemoryObjects;
+    use k8s_openapi::api::core::v1::{
+        ConfigMapVolumeSource, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
+        EmptyDirVolumeSource, FlexVolumeSource, HostPathVolumeSource, NFSVolumeSource,
+        ObjectFieldSelector, PodSpec, SecretVolumeSource, VolumeMount,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use std::os::unix::fs::PermissionsExt;
+
+    const NODE: NodeAllocatable = NodeAllocatable {
+        cpu_millicores: 2000,
+        memory_bytes: 1 << 30,
+        ephemeral_storage_bytes: 1 << 40,
+    };
+
+    struct Env {
+        dir: tempfile::TempDir,
+        mounter: Arc<FakeMounter>,
+        vm: VolumeManager,
+    }
+
+    fn env() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mounter = Arc::new(FakeMounter::new());
+        let vm = VolumeManager::new(
+            VolumeManagerConfig {
+                root_dir: dir.path().join("kubelet"),
+                flex_plugin_dir: dir.path().join("flex"),
+                node_name: "node-1".into(),
+                node_allocatable: NODE,
+            },
+            mounter.clone(),
+        );
+        Env { dir, mounter, vm }
+    }
+
+    fn vol(name: &str) -> Volume {
+        Volume {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn pod(uid: &str, volumes: Vec<Volume>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                uid: Some(uid.into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                volumes: Some(volumes),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn objects() -> InMemoryObjects {
+        let mut o = InMemoryObjects::default();
+        o.insert_secret("ns", "creds", &[("password", b"hunter2")]);
+        o.insert_config_map("ns", "conf", &[("app.ini", "x=1")]);
+        o
+    }
+
+    fn all_kinds(host: &Path) -> Vec<Volume> {
+        vec![
+            Volume {
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..vol("scratch")
+            },
+            Volume {
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    size_limit: Some(Quantity("64Mi".into())),
+                    ..Default::default()
+                }),
+                ..vol("cache")
+            },
+            Volume {
+                host_path: Some(HostPathVolumeSource {
+                    path: host.to_str().unwrap().into(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..vol("host")
+            },
+            Volume {
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some("creds".into()),
+                    ..Default::default()
+                }),
+                ..vol("creds")
+            },
+            Volume {
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "conf".into(),
+                    ..Default::default()
+                }),
+                ..vol("conf")
+            },
+            Volume {
+                downward_api: Some(DownwardAPIVolumeSource {
+                    items: Some(vec![DownwardAPIVolumeFile {
+                        path: "name".into(),
+                        field_ref: Some(ObjectFieldSelector {
+                            field_path: "metadata.name".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+                ..vol("podinfo")
+            },
+        ]
+    }
+
+    #[test]
+    fn setup_every_kind_then_teardown_leaves_nothing() {
+        let e = env();
+        let host = e.dir.path().join("host/data");
+        let p = pod("uid-1", all_kinds(&host));
+        let v = e.vm.setup_pod_volumes(&p, &objects()).unwrap();
+        let root = e.dir.path().join("kubelet/pods/uid-1/volumes");
+
+        let cache = root.join("kubernetes.io~empty-dir/cache");
+        let creds = root.join("kubernetes.io~secret/creds");
+        assert_eq!(v.volumes["cache"].host_path, cache);
+        assert_eq!(v.volumes["host"].host_path, host);
+        assert!(host.is_dir());
+        assert!(!v.volumes["host"].selinux_relabel);
+        assert!(v.volumes["creds"].read_only && v.volumes["conf"].read_only);
+        assert!(!v.volumes["scratch"].read_only);
+        assert_eq!(
+            fs::metadata(root.join("kubernetes.io~empty-dir/scratch"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o777
+        );
+        assert_eq!(fs::read_to_string(creds.join("password")).unwrap(), "hunter2");
+        assert_eq!(
+            fs::read_to_string(root.join("kubernetes.io~configmap/conf/app.ini")).unwrap(),
+            "x=1"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("kubernetes.io~downward-api/podinfo/name")).unwrap(),
+            "web"
+        );
+        // tmpfs for the Memory emptyDir (sizeLimit wins) and the secret
+        // (node allocatable, as the pod has no limit).
+        assert_eq!(
+            e.mounter.calls(),
+            vec![
+                MountCall::Tmpfs {
+                    target: cache.clone(),
+                    size: Some(64 << 20)
+                },
+                MountCall::Tmpfs {
+                    target: creds.clone(),
+                    size: Some(1 << 30)
+                },
+            ]
+        );
+
+        // Setting up again changes nothing.
+        let again = e.vm.setup_pod_volumes(&p, &objects()).unwrap();
+        assert_eq!(e.mounter.calls().len(), 2);
+        assert!(again.volumes.values().all(|v| !v.content_changed));
+
+        e.vm.teardown_pod("uid-1").unwrap();
+        assert!(e.mounter.mounted().is_empty());
+        assert!(!e.dir.path().join("kubelet/pods/uid-1").exists());
+        assert!(host.is_dir(), "hostPath content is the host's, never removed");
+    }
+
+    #[test]
+    fn update_rewrites_only_changed_volumes() {
+        let e = env();
+        let p = pod("uid-u", all_kinds(&e.dir.path().join("h")));
+        let mut o = objects();
+        e.vm.setup_pod_volumes(&p, &o).unwrap();
+        o.insert_config_map("ns", "conf", &[("app.ini", "x=2")]);
+        let v = e.vm.setup_pod_volumes(&p, &o).unwrap();
+        let changed: Vec<&str> = v
+            .volumes
+            .values()
+            .filter(|v| v.content_changed)
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(changed, ["conf"]);
+        assert_eq!(
+            fs::read_to_string(v.volumes["conf"].host_path.join("app.ini")).unwrap(),
+            "x=2"
+        );
+    }
+
+    #[test]
+    fn failure_rolls_back_and_names_the_volume() {
+        let e = env();
+        let mut vols = all_kinds(&e.dir.path().join("h"));
+        vols.push(Volume {
+            secret: Some(SecretVolumeSource {
+                secret_name: Some("absent".into()),
+                ..Default::default()
+            }),
+            ..vol("missing")
+        });
+        let err = e
+            .vm
+            .setup_pod_volumes(&pod("uid-2", vols), &objects())
+            .unwrap_err();
+        assert_eq!(err.volume, "missing");
+        assert_eq!(
+            err.event_message(),
+            "MountVolume.SetUp failed for volume \"missing\" : secret \"absent\" not found"
+        );
+        assert!(e.mounter.mounted().is_empty(), "{:?}", e.mounter.mounted());
+        let vols_dir = e.dir.path().join("kubelet/pods/uid-2/volumes");
+        for plugin in ["kubernetes.io~empty-dir", "kubernetes.io~secret"] {
+            let left: Vec<_> = fs::read_dir(vols_dir.join(plugin))
+                .map(|d| d.collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{plugin}: {left:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_mount_is_rolled_back_too() {
+        let e = env();
+        let creds = e
+            .dir
+            .path()
+            .join("kubelet/pods/uid-3/volumes/kubernetes.io~secret/creds");
+        e.mounter.fail_mounts_at(&creds);
+        let err = e
+            .vm
+            .setup_pod_volumes(&pod("uid-3", all_kinds(&e.dir.path().join("h"))), &objects())
+            .unwrap_err();
+        assert_eq!(err.volume, "creds");
+        assert!(err.event_message().contains("mounting tmpfs"), "{}", err.event_message());
+        assert!(e.mounter.mounted().is_empty());
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_volume_named() {
+        let e = env();
+        let cases = vec![
+            (
+                Volume {
+                    nfs: Some(NFSVolumeSource {
+                        path: "/x".into(),
+                        server: "s".into(),
+                        ..Default::default()
+                    }),
+                    ..vol("remote")
+                },
+                "unsupported volume type nfs",
+            ),
+            (
+                Volume {
+                    host_path: Some(HostPathVolumeSource {
+                        path: "/tmp/../etc".into(),
+                        type_: None,
+                    }),
+                    ..vol("sneaky")
+                },
+                "must be an absolute path without '..'",
+            ),
+            (
+                Volume {
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: "conf".into(),
+                        items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                            key: "app.ini".into(),
+                            path: "/etc/passwd".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..vol("abs")
+                },
+                "invalid path: must be relative path: /etc/passwd",
+            ),
+            (
+                Volume {
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: "conf".into(),
+                        items: Some(vec![k8s_openapi::api::core::v1::KeyToPath {
+                            key: "app.ini".into(),
+                            path: "../../escape".into(),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..vol("dotdot")
+                },
+                "invalid path: must not contain '..'",
+            ),
+            (
+                Volume {
+                    flex_volume: Some(FlexVolumeSource {
+                        driver: "acme/none".into(),
+                        ..Default::default()
+                    }),
+                    ..vol("flex")
+                },
+                "no FlexVolume driver \"acme/none\"",
+            ),
+            (
+                Volume {
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..vol("../up")
+                },
+                "invalid volume name",
+            ),
+        ];
+        for (v, want) in cases {
+            let name = v.name.clone();
+            let err = e
+                .vm
+                .setup_pod_volumes(&pod("uid-bad", vec![v]), &objects())
+                .unwrap_err();
+            assert_eq!(err.volume, name);
+            let msg = err.event_message();
+            assert!(msg.contains(want), "{name}: {msg}");
+        }
+        assert!(e.mounter.calls().is_empty());
+    }
+
+    #[test]
+    fn container_mounts_subpaths_propagation_and_read_only() {
+        let e = env();
+        let p = pod("uid-c", all_kinds(&e.dir.path().join("h")));
+        let v = e.vm.setup_pod_volumes(&p, &objects()).unwrap();
+        let mounts = vec![
+            VolumeMount {
+                name: "scratch".into(),
+                mount_path: "/data".into(),
+                mount_propagation: Some("HostToContainer".into()),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "scratch".into(),
+                mount_path: "/logs".into(),
+                sub_path_expr: Some("logs/$(POD_NAME)".into()),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "conf".into(),
+                mount_path: "/etc/app".into(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "host".into(),
+                mount_path: "/host".into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ];
+        let c = Container {
+            name: "app".into(),
+            volume_mounts: Some(mounts),
+            ..Default::default()
+        };
+        let env = HashMap::from([("POD_NAME".to_owned(), "web".to_owned())]);
+        let m = e.vm.container_mounts(&p, &c, &v, &env, false).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].propagation.cri_value(), 1);
+        assert!(!m[0].read_only);
+        let target = e.dir.path().join("kubelet/pods/uid-c/volume-subpaths/scratch/app/1");
+        assert_eq!(m[1].host_path, target);
+        assert!(v.volumes["scratch"].host_path.join("logs/web").is_dir());
+        assert!(m[2].read_only, "configMap volumes are read-only");
+        assert!(m[3].read_only);
+        assert!(e.mounter.mounted().contains(&target));
+
+        // Bidirectional without privilege, and a subPath escape, both fail
+        // and leave no new subPath mount behind.
+        let before = e.mounter.mounted();
+        std::os::unix::fs::symlink("/etc", v.volumes["scratch"].host_path.join("evil")).unwrap();
+        for (vm, want) in [
+            (
+                VolumeMount {
+                    name: "scratch".into(),
+                    mount_path: "/x".into(),
+                    mount_propagation: Some("Bidirectional".into()),
+                    ..Default::default()
+                },
+                "only to privileged containers",
+            ),
+            (
+                VolumeMount {
+                    name: "scratch".into(),
+                    mount_path: "/x".into(),
+                    sub_path: Some("evil".into()),
+                    ..Default::default()
+                },
+                "not within volume path",
+            ),
+            (
+                VolumeMount {
+                    name: "nope".into(),
+                    mount_path: "/x".into(),
+                    ..Default::default()
+                },
+                "cannot find volume",
+            ),
+        ] {
+            let c = Container {
+                name: "app2".into(),
+                volume_mounts: Some(vec![
+                    VolumeMount {
+                        name: "scratch".into(),
+                        mount_path: "/ok".into(),
+                        sub_path: Some("ok".into()),
+                        ..Default::default()
+                    },
+                    vm,
+                ]),
+                ..Default::default()
+            };
+            let err = e.vm.container_mounts(&p, &c, &v, &env, false).unwrap_err();
+            assert!(err.event_message().contains(want), "{}", err.event_message());
+            assert_eq!(e.mounter.mounted(), before);
+        }
+
+        e.vm.teardown_pod("uid-c").unwrap();
+        assert!(e.mounter.mounted().is_empty());
+    }
+
+    #[test]
+    fn orphaned_pod_dirs_are_cleaned_up() {
+        let e = env();
+        let vols = || {
+            vec![Volume {
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".into()),
+                    ..Default::default()
+                }),
+                ..vol("m")
+            }]
+        };
+        e.vm.setup_pod_volumes(&pod("keep", vols()), &objects()).unwrap();
+        e.vm.setup_pod_volumes(&pod("gone", vols()), &objects()).unwrap();
+        let (cleaned, errors) = e
+            .vm
+            .cleanup_orphaned_pod_dirs(&HashSet::from(["keep".to_owned()]));
+        assert_eq!(cleaned, ["gone"]);
+        assert!(errors.is_empty());
+        assert_eq!(e.mounter.mounted().len(), 1);
+        assert!(e.dir.path().join("kubelet/pods/keep").exists());
+        assert!(!e.dir.path().join("kubelet/pods/gone").exists());
+    }
+
+    #[test]
+    fn static_pods_may_not_reference_api_objects() {
+        let p = pod("s", all_kinds(Path::new("/tmp/x")));
+        let err = check_static_pod_volumes(&p).unwrap_err();
+        assert_eq!(err.volume, "creds");
+        assert!(err.event_message().contains("static pods may not reference secrets"));
+        let ok = pod("s", vec![all_kinds(Path::new("/tmp/x")).remove(0)]);
+        assert!(check_static_pod_volumes(&ok).is_ok());
+    }
+}
