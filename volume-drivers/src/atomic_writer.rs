@@ -134,7 +134,8 @@ impl AtomicWriter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("removing the stale symlink", &tmp_link)(e)),
         }
-        std::os::unix::fs::symlink(&ts_name, &tmp_link).map_err(io("creating the symlink", &tmp_link))?;
+        std::os::unix::fs::symlink(&ts_name, &tmp_link)
+            .map_err(io("creating the symlink", &tmp_link))?;
         fs::rename(&tmp_link, &data_link).map_err(io("renaming the symlink onto", &data_link))?;
 
         let new_top: BTreeSet<&str> = payload.keys().map(|p| top_level(p)).collect();
@@ -212,16 +213,16 @@ fn clean_payload(payload: &Payload) -> Result<Payload, AtomicWriterError> {
 fn write_payload(dir: &Path, payload: &Payload) -> Result<(), AtomicWriterError> {
     for (rel, file) in payload {
         let path = dir.join(rel);
-        if let Some(parent) = path.parent() {
-            if parent != dir {
-                fs::create_dir_all(parent).map_err(io("creating the dir", parent))?;
-                // Every level below the timestamped dir, regardless of umask.
-                let mut p = parent;
-                while p != dir {
-                    fs::set_permissions(p, fs::Permissions::from_mode(0o755))
-                        .map_err(io("setting the mode of", p))?;
-                    p = p.parent().unwrap_or(dir);
-                }
+        if let Some(parent) = path.parent()
+            && parent != dir
+        {
+            fs::create_dir_all(parent).map_err(io("creating the dir", parent))?;
+            // Every level below the timestamped dir, regardless of umask.
+            let mut p = parent;
+            while p != dir {
+                fs::set_permissions(p, fs::Permissions::from_mode(0o755))
+                    .map_err(io("setting the mode of", p))?;
+                p = p.parent().unwrap_or(dir);
             }
         }
         let mut f = fs::OpenOptions::new()
@@ -230,7 +231,8 @@ fn write_payload(dir: &Path, payload: &Payload) -> Result<(), AtomicWriterError>
             .mode(file.mode & 0o7777)
             .open(&path)
             .map_err(io("creating the file", &path))?;
-        f.write_all(&file.data).map_err(io("writing the file", &path))?;
+        f.write_all(&file.data)
+            .map_err(io("writing the file", &path))?;
         // The umask may have cleared bits given at creation.
         f.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))
             .map_err(io("setting the mode of", &path))?;
@@ -327,7 +329,10 @@ mod tests {
 
         let ts = data_dir(dir.path());
         let ts = ts.to_str().unwrap();
-        assert!(ts.starts_with("..") && ts.len() > "..2024_01_01_00_00_00.".len(), "{ts}");
+        assert!(
+            ts.starts_with("..") && ts.len() > "..2024_01_01_00_00_00.".len(),
+            "{ts}"
+        );
         assert_eq!(
             fs::read_link(dir.path().join("user")).unwrap(),
             Path::new("..data/user")
@@ -336,17 +341,29 @@ mod tests {
             fs::read_link(dir.path().join("conf")).unwrap(),
             Path::new("..data/conf")
         );
-        assert_eq!(fs::read_to_string(dir.path().join("user")).unwrap(), "admin");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("user")).unwrap(),
+            "admin"
+        );
         assert_eq!(
             fs::read_to_string(dir.path().join("conf/app.ini")).unwrap(),
             "[x]\n"
         );
-        let mode = |p: &str| fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o7777;
+        let mode = |p: &str| {
+            fs::metadata(dir.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
         assert_eq!(mode("user"), 0o644);
         assert_eq!(mode("conf/app.ini"), 0o600);
         assert_eq!(mode(ts), 0o755);
         assert_eq!(mode("conf"), 0o755);
-        assert_eq!(hidden_dirs(dir.path()), vec![ts.to_owned(), "..data".to_owned()]);
+        assert_eq!(
+            hidden_dirs(dir.path()),
+            vec![ts.to_owned(), "..data".to_owned()]
+        );
     }
 
     #[test]
@@ -364,7 +381,11 @@ mod tests {
         assert_eq!(w.write(&chmod).unwrap(), WriteOutcome::Written);
         assert_ne!(data_dir(dir.path()), before);
         assert_eq!(
-            fs::metadata(dir.path().join("a")).unwrap().permissions().mode() & 0o777,
+            fs::metadata(dir.path().join("a"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o400
         );
     }
@@ -408,7 +429,8 @@ mod tests {
     fn empty_payload_leaves_only_the_data_link() {
         let dir = tempfile::tempdir().unwrap();
         let w = AtomicWriter::new(dir.path());
-        w.write(&Payload::from([("a".to_owned(), file("1", 0o644))])).unwrap();
+        w.write(&Payload::from([("a".to_owned(), file("1", 0o644))]))
+            .unwrap();
         w.write(&Payload::new()).unwrap();
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2, "..data and its dir");

@@ -147,7 +147,8 @@ fn resource_field_value(
         resource: r.resource.clone(),
     };
     let (kind, name) = r.resource.split_once('.').ok_or_else(unsupported)?;
-    let supported = matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-");
+    let supported =
+        matches!(name, "cpu" | "memory" | "ephemeral-storage") || name.starts_with("hugepages-");
     if !supported {
         return Err(unsupported());
     }
@@ -170,7 +171,11 @@ fn resource_field_value(
 }
 
 fn div_ceil(a: i128, b: i128) -> i128 {
-    if a % b != 0 && a > 0 { a / b + 1 } else { a / b }
+    if a % b != 0 && a > 0 {
+        a / b + 1
+    } else {
+        a / b
+    }
 }
 
 /// `key="value"` lines sorted by key, joined by newlines, as upstream's
@@ -379,9 +384,17 @@ mod tests {
     #[test]
     fn bad_items_are_errors() {
         let e = payload(&pod(), &[field("x", "spec.nodeName")], None, &NODE).unwrap_err();
-        assert!(e.to_string().contains("unsupported fieldPath \"spec.nodeName\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unsupported fieldPath \"spec.nodeName\""),
+            "{e}"
+        );
         let e = payload(&pod(), &[resource("x", "limits.gpu", None)], None, &NODE).unwrap_err();
-        assert!(e.to_string().contains("unsupported container resource : limits.gpu"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("unsupported container resource : limits.gpu"),
+            "{e}"
+        );
         let mut r = resource("x", "limits.cpu", None);
         r.resource_field_ref.as_mut().unwrap().container_name = Some("nope".into());
         assert!(matches!(
@@ -390,7 +403,10 @@ mod tests {
         ));
         let mut m = field("x", "metadata.name");
         m.mode = Some(0o1777);
-        assert!(matches!(payload(&pod(), &[m], None, &NODE), Err(DownwardApiError::BadMode { .. })));
+        assert!(matches!(
+            payload(&pod(), &[m], None, &NODE),
+            Err(DownwardApiError::BadMode { .. })
+        ));
     }
 
     #[test]

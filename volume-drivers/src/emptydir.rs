@@ -63,7 +63,9 @@ pub fn memory_volume_size(
         size = size.min(pod_limit.value());
     }
     if let Some(limit) = size_limit {
-        let l = parse_quantity(limit).map_err(EmptyDirError::SizeLimit)?.value();
+        let l = parse_quantity(limit)
+            .map_err(EmptyDirError::SizeLimit)?
+            .value();
         if l > 0 {
             size = size.min(l);
         }
@@ -151,7 +153,10 @@ mod tests {
     #[test]
     fn memory_size_is_the_smallest_bound() {
         let q = |s: &str| Quantity(s.into());
-        assert_eq!(memory_volume_size(None, &pod(None), &NODE).unwrap(), 1 << 30);
+        assert_eq!(
+            memory_volume_size(None, &pod(None), &NODE).unwrap(),
+            1 << 30
+        );
         assert_eq!(
             memory_volume_size(None, &pod(Some("256Mi")), &NODE).unwrap(),
             256 << 20

@@ -137,7 +137,9 @@ pub enum FlexVolumeError {
     },
     #[error("FlexVolume driver {driver:?}: {command}: Not supported")]
     NotSupported { driver: String, command: String },
-    #[error("FlexVolume driver {driver:?}: mountdevice is not supported and mounting device {device} without it is not implemented")]
+    #[error(
+        "FlexVolume driver {driver:?}: mountdevice is not supported and mounting device {device} without it is not implemented"
+    )]
     NoDefaultMountDevice { driver: String, device: String },
     #[error("FlexVolume driver {driver:?}: {what} {path}")]
     Io {
@@ -173,7 +175,11 @@ pub struct FlexDriver {
 
 impl FlexDriver {
     /// Runs `init` on the executable and records the capabilities.
-    pub fn init(name: &str, exec_path: PathBuf, timeout: Duration) -> Result<Self, FlexVolumeError> {
+    pub fn init(
+        name: &str,
+        exec_path: PathBuf,
+        timeout: Duration,
+    ) -> Result<Self, FlexVolumeError> {
         let mut driver = Self {
             name: name.to_owned(),
             exec_path,
@@ -256,10 +262,7 @@ impl FlexDriver {
         };
         tracing::debug!(driver = %self.name, command, status = %status.status, "FlexVolume driver call");
         if status.status == STATUS_NOT_SUPPORTED {
-            self.unsupported
-                .lock()
-                .unwrap()
-                .insert(command.to_owned());
+            self.unsupported.lock().unwrap().insert(command.to_owned());
             return Err(not_supported());
         }
         if status.status != STATUS_SUCCESS {
@@ -277,7 +280,11 @@ impl FlexDriver {
     }
 
     /// `isattached`: `None` when the driver does not support it.
-    pub fn is_attached(&self, options: &str, node_name: &str) -> Result<Option<bool>, FlexVolumeError> {
+    pub fn is_attached(
+        &self,
+        options: &str,
+        node_name: &str,
+    ) -> Result<Option<bool>, FlexVolumeError> {
         match self.call("isattached", &[options, node_name]) {
             Ok(s) => Ok(Some(s.attached)),
             Err(e) if e.is_not_supported() => Ok(None),
@@ -285,7 +292,11 @@ impl FlexDriver {
         }
     }
 
-    fn io_err(&self, what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FlexVolumeError {
+    fn io_err(
+        &self,
+        what: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> FlexVolumeError {
         let driver = self.name.clone();
         let path = path.to_owned();
         move |source| FlexVolumeError::Io {
@@ -328,7 +339,8 @@ impl FlexDriver {
             Err(e) if e.is_not_supported() => device,
             Err(e) => return Err(e),
         };
-        fs::create_dir_all(device_mount_path).map_err(self.io_err("creating", device_mount_path))?;
+        fs::create_dir_all(device_mount_path)
+            .map_err(self.io_err("creating", device_mount_path))?;
         let dmp = device_mount_path.to_string_lossy();
         match self.call("mountdevice", &[&dmp, &device, base_options]) {
             Ok(_) => Ok(true),
@@ -358,7 +370,9 @@ impl FlexDriver {
         match self.call("mount", &[&d, mount_options]) {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_supported() => match device_mount_path {
-                Some(src) => mounter.bind_mount(src, dir, false).map_err(self.mount_err()),
+                Some(src) => mounter
+                    .bind_mount(src, dir, false)
+                    .map_err(self.mount_err()),
                 None => Err(e),
             },
             Err(e) => Err(e),
@@ -385,7 +399,11 @@ impl FlexDriver {
     }
 
     /// `unmountdevice <dir>` (or a plain unmount), then removes the dir.
-    pub fn unmount_device(&self, device_mount_path: &Path, mounter: &dyn Mounter) -> Result<(), FlexVolumeError> {
+    pub fn unmount_device(
+        &self,
+        device_mount_path: &Path,
+        mounter: &dyn Mounter,
+    ) -> Result<(), FlexVolumeError> {
         if !device_mount_path.exists() {
             return Ok(());
         }
@@ -623,7 +641,10 @@ mod tests {
         assert_eq!(v["size"], "16m");
 
         let base = base_options(&input);
-        assert!(!base.contains_key(OPTION_POD_NAME), "pod keys are for mount only");
+        assert!(
+            !base.contains_key(OPTION_POD_NAME),
+            "pod keys are for mount only"
+        );
         assert_eq!(base[OPTION_READ_WRITE], "ro");
     }
 
@@ -647,11 +668,18 @@ mod tests {
         let d = plugins.driver("acme/late").unwrap();
         assert!(!d.capabilities().attach);
         assert!(!d.capabilities().selinux_relabel);
-        assert!(d.capabilities().fs_group, "unset capabilities keep upstream defaults");
+        assert!(
+            d.capabilities().fs_group,
+            "unset capabilities keep upstream defaults"
+        );
         assert_eq!(plugins.probe(), vec!["acme/late".to_owned()]);
 
         // init without capabilities: upstream assumes attach.
-        install(dir.path(), "acme/plain", "#!/bin/sh\necho '{\"status\":\"Success\"}'\n");
+        install(
+            dir.path(),
+            "acme/plain",
+            "#!/bin/sh\necho '{\"status\":\"Success\"}'\n",
+        );
         assert!(plugins.driver("acme/plain").unwrap().capabilities().attach);
     }
 
@@ -677,9 +705,15 @@ mod tests {
             e.to_string(),
             "mount command failed, status: Failure, reason: backend unreachable"
         );
-        assert!(matches!(d.call("garbage", &[]), Err(FlexVolumeError::BadOutput { .. })));
+        assert!(matches!(
+            d.call("garbage", &[]),
+            Err(FlexVolumeError::BadOutput { .. })
+        ));
 
-        assert!(matches!(d.call("detach", &["v", "n"]), Err(FlexVolumeError::NotSupported { .. })));
+        assert!(matches!(
+            d.call("detach", &["v", "n"]),
+            Err(FlexVolumeError::NotSupported { .. })
+        ));
         // Remembered: the second call does not run the driver.
         assert!(d.call("detach", &["v", "n"]).is_err());
         let calls = fs::read_to_string(&log).unwrap();
@@ -699,7 +733,10 @@ mod tests {
         let plugins = FlexVolumePlugins::new(dir.path()).with_timeout(Duration::from_millis(300));
         let d = plugins.driver("acme/slow").unwrap();
         let start = std::time::Instant::now();
-        assert!(matches!(d.call("mount", &[]), Err(FlexVolumeError::Timeout { .. })));
+        assert!(matches!(
+            d.call("mount", &[]),
+            Err(FlexVolumeError::Timeout { .. })
+        ));
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 }

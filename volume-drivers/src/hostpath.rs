@@ -151,7 +151,10 @@ mod tests {
         let null = Path::new("/dev/null");
 
         assert!(check(dir.path(), "").is_ok());
-        assert!(check(&dir.path().join("missing"), "").is_ok(), "unset does not check");
+        assert!(
+            check(&dir.path().join("missing"), "").is_ok(),
+            "unset does not check"
+        );
         assert!(check(dir.path(), "Directory").is_ok());
         assert!(check(&file, "File").is_ok());
         assert!(check(&sock, "Socket").is_ok());
@@ -160,11 +163,17 @@ mod tests {
         let msg = |p: &Path, t| check(p, t).unwrap_err().to_string();
         assert_eq!(
             msg(&file, "Directory"),
-            format!("hostPath type check failed: {} is not a directory", file.display())
+            format!(
+                "hostPath type check failed: {} is not a directory",
+                file.display()
+            )
         );
         assert_eq!(
             msg(dir.path(), "File"),
-            format!("hostPath type check failed: {} is not a file", dir.path().display())
+            format!(
+                "hostPath type check failed: {} is not a file",
+                dir.path().display()
+            )
         );
         assert!(msg(&file, "Socket").ends_with("is not a socket file"));
         assert!(msg(&file, "CharDevice").ends_with("is not a character device"));
@@ -179,7 +188,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("a/b");
         check(&d, "DirectoryOrCreate").unwrap();
-        assert_eq!(fs::metadata(&d).unwrap().permissions().mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
         let f = dir.path().join("a/file");
         check(&f, "FileOrCreate").unwrap();
         let m = fs::metadata(&f).unwrap();

@@ -41,14 +41,18 @@ pub const PROJECTED_PLUGIN: &str = "kubernetes.io/projected";
 /// Which driver serves a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeKind {
-    EmptyDir { medium: StorageMedium },
+    EmptyDir {
+        medium: StorageMedium,
+    },
     HostPath,
     Secret,
     ConfigMap,
     DownwardApi,
     Projected,
     /// A FlexVolume driver, `vendor/driver`.
-    Flex { driver: String },
+    Flex {
+        driver: String,
+    },
 }
 
 impl VolumeKind {
@@ -144,7 +148,7 @@ pub struct VolumeError {
     pub pod_uid: String,
     pub volume: String,
     #[source]
-    pub reason: SetupFailure,
+    pub reason: Box<SetupFailure>,
 }
 
 /// The whole chain of an error, `outer: inner: ...`.
@@ -190,7 +194,7 @@ pub struct ContainerMountError {
     pub container: String,
     pub volume_mount: String,
     #[source]
-    pub reason: MountFailure,
+    pub reason: Box<MountFailure>,
 }
 
 impl ContainerMountError {
@@ -320,7 +324,7 @@ impl VolumeManager {
                     let err = VolumeError {
                         pod_uid: uid.clone(),
                         volume: volume.name.clone(),
-                        reason,
+                        reason: Box::new(reason),
                     };
                     tracing::warn!(pod.uid = %uid, volume = %volume.name, error = %err.event_message(), "volume setup failed; rolling back");
                     self.roll_back(undo);
@@ -339,7 +343,9 @@ impl VolumeManager {
                     driver,
                     dir,
                     device,
-                } => self.flex_teardown(&driver, &dir, device).map_err(|e| chain(&e)),
+                } => self
+                    .flex_teardown(&driver, &dir, device)
+                    .map_err(|e| chain(&e)),
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, "rolling back a volume setup failed");
@@ -370,7 +376,9 @@ impl VolumeManager {
             let medium = StorageMedium::parse(e.medium.as_deref())?;
             let size_limit = size_limit_bytes(e.size_limit.as_ref())?;
             let tmpfs = match medium {
-                StorageMedium::Memory => Some(memory_volume_size(e.size_limit.as_ref(), pod, &self.node)?),
+                StorageMedium::Memory => {
+                    Some(memory_volume_size(e.size_limit.as_ref(), pod, &self.node)?)
+                }
                 StorageMedium::Default => None,
             };
             let mode = e.mode.map_or(EMPTY_DIR_MODE, |m| m as u32 & 0o7777);
@@ -387,11 +395,29 @@ impl VolumeManager {
         }
         if let Some(s) = &volume.secret {
             let payload = objects::secret_payload(namespace, s, objects)?;
-            return self.write_api_volume(pod, uid, name, VolumeKind::Secret, SECRET_PLUGIN, true, &payload, undo);
+            return self.write_api_volume(
+                pod,
+                uid,
+                name,
+                VolumeKind::Secret,
+                SECRET_PLUGIN,
+                true,
+                &payload,
+                undo,
+            );
         }
         if let Some(c) = &volume.config_map {
             let payload = objects::config_map_payload(namespace, c, objects)?;
-            return self.write_api_volume(pod, uid, name, VolumeKind::ConfigMap, CONFIG_MAP_PLUGIN, false, &payload, undo);
+            return self.write_api_volume(
+                pod,
+                uid,
+                name,
+                VolumeKind::ConfigMap,
+                CONFIG_MAP_PLUGIN,
+                false,
+                &payload,
+                undo,
+            );
         }
         if let Some(d) = &volume.downward_api {
             let payload = downward_api::payload(
@@ -400,11 +426,29 @@ impl VolumeManager {
                 d.default_mode,
                 &self.node,
             )?;
-            return self.write_api_volume(pod, uid, name, VolumeKind::DownwardApi, DOWNWARD_API_PLUGIN, false, &payload, undo);
+            return self.write_api_volume(
+                pod,
+                uid,
+                name,
+                VolumeKind::DownwardApi,
+                DOWNWARD_API_PLUGIN,
+                false,
+                &payload,
+                undo,
+            );
         }
         if let Some(p) = &volume.projected {
             let payload = objects::projected_payload(pod, p, objects, &self.node)?;
-            return self.write_api_volume(pod, uid, name, VolumeKind::Projected, PROJECTED_PLUGIN, true, &payload, undo);
+            return self.write_api_volume(
+                pod,
+                uid,
+                name,
+                VolumeKind::Projected,
+                PROJECTED_PLUGIN,
+                true,
+                &payload,
+                undo,
+            );
         }
         if let Some(f) = &volume.flex_volume {
             return self.setup_flex(pod, uid, volume, f, objects, undo);
@@ -555,10 +599,16 @@ impl VolumeManager {
         }
         let mut device = None;
         if caps.attach {
-            let dmp = self.dirs.flex_device_mount_path(driver.name(), &volume.name);
+            let dmp = self
+                .dirs
+                .flex_device_mount_path(driver.name(), &volume.name);
             let base = flexvolume::options_json(&flexvolume::base_options(&input));
-            let mounted_now =
-                driver.attach_and_mount_device(&base, &self.node_name, &dmp, self.mounter.as_ref())?;
+            let mounted_now = driver.attach_and_mount_device(
+                &base,
+                &self.node_name,
+                &dmp,
+                self.mounter.as_ref(),
+            )?;
             device = Some((dmp, mounted_now));
         }
         let mount_json = flexvolume::options_json(&flexvolume::mount_options(&input));
@@ -604,7 +654,7 @@ impl VolumeManager {
             let fail = |reason| ContainerMountError {
                 container: container.name.clone(),
                 volume_mount: vm.name.clone(),
-                reason,
+                reason: Box::new(reason),
             };
             let result = (|| {
                 let vol = volumes
@@ -629,9 +679,16 @@ impl VolumeManager {
                     Some(sp) => {
                         validate_name(&container.name)
                             .map_err(|e| SubPathError::Invalid(container.name.clone(), e))?;
-                        let target = self.dirs.subpath_target(uid, &vm.name, &container.name, index);
+                        let target =
+                            self.dirs
+                                .subpath_target(uid, &vm.name, &container.name, index);
                         let was_mounted = self.mounter.is_mount_point(&target).unwrap_or(false);
-                        let p = subpath::bind_sub_path(self.mounter.as_ref(), &vol.host_path, &sp, &target)?;
+                        let p = subpath::bind_sub_path(
+                            self.mounter.as_ref(),
+                            &vol.host_path,
+                            &sp,
+                            &target,
+                        )?;
                         if !was_mounted {
                             made.push(target);
                         }
@@ -713,7 +770,7 @@ impl VolumeManager {
                         .unwrap_or_default();
                     let dmp = self.dirs.flex_device_mount_path(&driver, &vol);
                     let device = (dmp.exists() && !self.other_pod_uses(uid, &plugin, &vol))
-                        .then(|| (dmp, vol));
+                        .then_some((dmp, vol));
                     self.flex_teardown(&driver, &volume_dir, device)
                 };
                 if let Err(e) = result {
@@ -783,12 +840,7 @@ impl VolumeManager {
             return false;
         };
         entries.filter_map(|e| e.ok()).any(|e| {
-            e.file_name() != uid
-                && e.path()
-                    .join("volumes")
-                    .join(plugin)
-                    .join(volume)
-                    .exists()
+            e.file_name() != uid && e.path().join("volumes").join(plugin).join(volume).exists()
         })
     }
 
@@ -922,9 +974,9 @@ pub fn check_static_pod_volumes(pod: &Pod) -> Result<(), VolumeError> {
             return Err(VolumeError {
                 pod_uid: uid,
                 volume: v.name.clone(),
-                reason: SetupFailure::Unsupported(format!(
+                reason: Box::new(SetupFailure::Unsupported(format!(
                     "static pods may not reference {kind}"
-                )),
+                ))),
             });
         }
     }
@@ -1083,7 +1135,10 @@ mod tests {
                 & 0o777,
             0o777
         );
-        assert_eq!(fs::read_to_string(creds.join("password")).unwrap(), "hunter2");
+        assert_eq!(
+            fs::read_to_string(creds.join("password")).unwrap(),
+            "hunter2"
+        );
         assert_eq!(
             fs::read_to_string(root.join("kubernetes.io~configmap/conf/app.ini")).unwrap(),
             "x=1"
@@ -1116,7 +1171,10 @@ mod tests {
         e.vm.teardown_pod("uid-1").unwrap();
         assert!(e.mounter.mounted().is_empty());
         assert!(!e.dir.path().join("kubelet/pods/uid-1").exists());
-        assert!(host.is_dir(), "hostPath content is the host's, never removed");
+        assert!(
+            host.is_dir(),
+            "hostPath content is the host's, never removed"
+        );
     }
 
     #[test]
@@ -1151,10 +1209,9 @@ mod tests {
             }),
             ..vol("missing")
         });
-        let err = e
-            .vm
-            .setup_pod_volumes(&pod("uid-2", vols), &objects())
-            .unwrap_err();
+        let err =
+            e.vm.setup_pod_volumes(&pod("uid-2", vols), &objects())
+                .unwrap_err();
         assert_eq!(err.volume, "missing");
         assert_eq!(
             err.event_message(),
@@ -1178,12 +1235,18 @@ mod tests {
             .path()
             .join("kubelet/pods/uid-3/volumes/kubernetes.io~secret/creds");
         e.mounter.fail_mounts_at(&creds);
-        let err = e
-            .vm
-            .setup_pod_volumes(&pod("uid-3", all_kinds(&e.dir.path().join("h"))), &objects())
+        let err =
+            e.vm.setup_pod_volumes(
+                &pod("uid-3", all_kinds(&e.dir.path().join("h"))),
+                &objects(),
+            )
             .unwrap_err();
         assert_eq!(err.volume, "creds");
-        assert!(err.event_message().contains("mounting tmpfs"), "{}", err.event_message());
+        assert!(
+            err.event_message().contains("mounting tmpfs"),
+            "{}",
+            err.event_message()
+        );
         assert!(e.mounter.mounted().is_empty());
     }
 
@@ -1262,10 +1325,9 @@ mod tests {
         ];
         for (v, want) in cases {
             let name = v.name.clone();
-            let err = e
-                .vm
-                .setup_pod_volumes(&pod("uid-bad", vec![v]), &objects())
-                .unwrap_err();
+            let err =
+                e.vm.setup_pod_volumes(&pod("uid-bad", vec![v]), &objects())
+                    .unwrap_err();
             assert_eq!(err.volume, name);
             let msg = err.event_message();
             assert!(msg.contains(want), "{name}: {msg}");
@@ -1313,7 +1375,10 @@ mod tests {
         assert_eq!(m.len(), 4);
         assert_eq!(m[0].propagation.cri_value(), 1);
         assert!(!m[0].read_only);
-        let target = e.dir.path().join("kubelet/pods/uid-c/volume-subpaths/scratch/app/1");
+        let target = e
+            .dir
+            .path()
+            .join("kubelet/pods/uid-c/volume-subpaths/scratch/app/1");
         assert_eq!(m[1].host_path, target);
         assert!(v.volumes["scratch"].host_path.join("logs/web").is_dir());
         assert!(m[2].read_only, "configMap volumes are read-only");
@@ -1366,7 +1431,11 @@ mod tests {
                 ..Default::default()
             };
             let err = e.vm.container_mounts(&p, &c, &v, &env, false).unwrap_err();
-            assert!(err.event_message().contains(want), "{}", err.event_message());
+            assert!(
+                err.event_message().contains(want),
+                "{}",
+                err.event_message()
+            );
             assert_eq!(e.mounter.mounted(), before);
         }
 
@@ -1386,11 +1455,12 @@ mod tests {
                 ..vol("m")
             }]
         };
-        e.vm.setup_pod_volumes(&pod("keep", vols()), &objects()).unwrap();
-        e.vm.setup_pod_volumes(&pod("gone", vols()), &objects()).unwrap();
-        let (cleaned, errors) = e
-            .vm
-            .cleanup_orphaned_pod_dirs(&HashSet::from(["keep".to_owned()]));
+        e.vm.setup_pod_volumes(&pod("keep", vols()), &objects())
+            .unwrap();
+        e.vm.setup_pod_volumes(&pod("gone", vols()), &objects())
+            .unwrap();
+        let (cleaned, errors) =
+            e.vm.cleanup_orphaned_pod_dirs(&HashSet::from(["keep".to_owned()]));
         assert_eq!(cleaned, ["gone"]);
         assert!(errors.is_empty());
         assert_eq!(e.mounter.mounted().len(), 1);
@@ -1403,7 +1473,10 @@ mod tests {
         let p = pod("s", all_kinds(Path::new("/tmp/x")));
         let err = check_static_pod_volumes(&p).unwrap_err();
         assert_eq!(err.volume, "creds");
-        assert!(err.event_message().contains("static pods may not reference secrets"));
+        assert!(
+            err.event_message()
+                .contains("static pods may not reference secrets")
+        );
         let ok = pod("s", vec![all_kinds(Path::new("/tmp/x")).remove(0)]);
         assert!(check_static_pod_volumes(&ok).is_ok());
     }

@@ -280,11 +280,12 @@ impl Mounter for FakeMounter {
             target: target.to_owned(),
             size: size_bytes,
         };
-        self.mount(call, target).map_err(|source| MountError::Tmpfs {
-            target: target.to_owned(),
-            size: size_bytes,
-            source,
-        })
+        self.mount(call, target)
+            .map_err(|source| MountError::Tmpfs {
+                target: target.to_owned(),
+                size: size_bytes,
+                source,
+            })
     }
 
     fn bind_mount(&self, source: &Path, target: &Path, read_only: bool) -> Result<(), MountError> {

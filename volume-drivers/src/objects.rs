@@ -172,7 +172,9 @@ pub enum ObjectError {
     BadMode { path: String, mode: i32 },
     #[error("conflicting duplicate paths: {0:?}")]
     DuplicatePath(String),
-    #[error("unsupported projected volume source {0} (only secret, configMap, downwardAPI and serviceAccountToken)")]
+    #[error(
+        "unsupported projected volume source {0} (only secret, configMap, downwardAPI and serviceAccountToken)"
+    )]
     UnsupportedProjection(&'static str),
     #[error("projected downwardAPI")]
     DownwardApi(#[source] DownwardApiError),
@@ -384,12 +386,13 @@ pub fn projected_payload(
             )?;
         }
         if let Some(t) = &projection.service_account_token {
-            let token = store
-                .service_account_token(pod, t)
-                .map_err(|source| ObjectError::Token {
-                    path: t.path.clone(),
-                    source,
-                })?;
+            let token =
+                store
+                    .service_account_token(pod, t)
+                    .map_err(|source| ObjectError::Token {
+                        path: t.path.clone(),
+                        source,
+                    })?;
             let mode = file_mode(None, default_mode).ok_or(ObjectError::BadMode {
                 path: t.path.clone(),
                 mode: default_mode,
@@ -474,7 +477,10 @@ mod tests {
             ..Default::default()
         };
         let e = config_map_payload("ns", &src, &store()).unwrap_err();
-        assert_eq!(e.to_string(), "configmap references non-existent config key: nope");
+        assert_eq!(
+            e.to_string(),
+            "configmap references non-existent config key: nope"
+        );
         let src = ConfigMapVolumeSource {
             optional: Some(true),
             ..src
@@ -507,7 +513,10 @@ mod tests {
         )
         .unwrap_err();
         let chain = format!("{e}: {}", e.source().unwrap());
-        assert!(chain.contains("static pods may not reference secrets"), "{chain}");
+        assert!(
+            chain.contains("static pods may not reference secrets"),
+            "{chain}"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub enum PathError {
     TooLong,
     #[error("invalid path: must not contain '..': {0}")]
     Backstep(String),
-    #[error("invalid path: filenames must be less than or equal to {MAX_FILE_NAME_LENGTH} characters")]
+    #[error(
+        "invalid path: filenames must be less than or equal to {MAX_FILE_NAME_LENGTH} characters"
+    )]
     NameTooLong,
     #[error("invalid path: must not start with '..': {0}")]
     DotDotPrefix(String),
@@ -145,7 +147,13 @@ impl PodDirs {
     }
 
     /// `<root>/pods/<uid>/volume-subpaths/<volume>/<container>/<mount index>`
-    pub fn subpath_target(&self, uid: &str, volume: &str, container: &str, index: usize) -> PathBuf {
+    pub fn subpath_target(
+        &self,
+        uid: &str,
+        volume: &str,
+        container: &str,
+        index: usize,
+    ) -> PathBuf {
         self.subpaths_dir(uid)
             .join(volume)
             .join(container)
@@ -212,8 +220,14 @@ mod tests {
         assert!(validate_sub_path("a/b").is_ok());
         assert!(validate_sub_path("a/./b").is_ok());
         assert!(validate_sub_path("..a").is_ok());
-        assert!(matches!(validate_sub_path("/a"), Err(PathError::Absolute(_))));
-        assert!(matches!(validate_sub_path("a/../../etc"), Err(PathError::Backstep(_))));
+        assert!(matches!(
+            validate_sub_path("/a"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            validate_sub_path("a/../../etc"),
+            Err(PathError::Backstep(_))
+        ));
         assert!(validate_name("vol-1").is_ok());
         for bad in ["", ".", "..", "a/b"] {
             assert!(validate_name(bad).is_err(), "{bad}");

@@ -149,7 +149,11 @@ mod tests {
         assert_eq!(pod_memory_limit(&pod).unwrap().unwrap().value(), 128 << 20);
         pod.spec.as_mut().unwrap().init_containers = None;
         assert_eq!(pod_memory_limit(&pod).unwrap().unwrap().value(), 96 << 20);
-        pod.spec.as_mut().unwrap().containers.push(container("c", None));
+        pod.spec
+            .as_mut()
+            .unwrap()
+            .containers
+            .push(container("c", None));
         assert_eq!(pod_memory_limit(&pod).unwrap(), None);
     }
 }

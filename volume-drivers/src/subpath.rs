@@ -49,7 +49,9 @@ pub enum SubPathError {
         #[source]
         source: MountError,
     },
-    #[error("subpath mount at {target} does not show the opened {sub_path} (swapped during the mount?)")]
+    #[error(
+        "subpath mount at {target} does not show the opened {sub_path} (swapped during the mount?)"
+    )]
     Verify { sub_path: PathBuf, target: PathBuf },
 }
 
@@ -285,20 +287,25 @@ pub fn bind_sub_path(
             .map(|m| m.dev() == st.st_dev && m.ino() == st.st_ino)
             .unwrap_or(false)
     };
-    if mounter.is_mount_point(target).map_err(|source| SubPathError::Mount {
-        sub_path: resolved.clone(),
-        target: target.to_owned(),
-        source,
-    })? {
+    if mounter
+        .is_mount_point(target)
+        .map_err(|source| SubPathError::Mount {
+            sub_path: resolved.clone(),
+            target: target.to_owned(),
+            source,
+        })?
+    {
         if verify(target) {
             return Ok(target.to_owned());
         }
         // A stale bind from an earlier, different subpath: replace it.
-        mounter.unmount(target).map_err(|source| SubPathError::Mount {
-            sub_path: resolved.clone(),
-            target: target.to_owned(),
-            source,
-        })?;
+        mounter
+            .unmount(target)
+            .map_err(|source| SubPathError::Mount {
+                sub_path: resolved.clone(),
+                target: target.to_owned(),
+                source,
+            })?;
     }
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(io("creating", parent))?;
@@ -370,13 +377,20 @@ mod tests {
     #[test]
     fn propagation_maps_to_cri() {
         assert_eq!(MountPropagation::parse(None).unwrap().cri_value(), 0);
-        assert_eq!(MountPropagation::parse(Some("None")).unwrap().cri_value(), 0);
         assert_eq!(
-            MountPropagation::parse(Some("HostToContainer")).unwrap().cri_value(),
+            MountPropagation::parse(Some("None")).unwrap().cri_value(),
+            0
+        );
+        assert_eq!(
+            MountPropagation::parse(Some("HostToContainer"))
+                .unwrap()
+                .cri_value(),
             1
         );
         assert_eq!(
-            MountPropagation::parse(Some("Bidirectional")).unwrap().cri_value(),
+            MountPropagation::parse(Some("Bidirectional"))
+                .unwrap()
+                .cri_value(),
             2
         );
         assert!(MountPropagation::parse(Some("Shared")).is_err());
@@ -437,7 +451,13 @@ mod tests {
             0o777 & !current_umask()
         );
         match &m.calls()[..] {
-            [MountCall::Bind { source, target: t, read_only: false }] => {
+            [
+                MountCall::Bind {
+                    source,
+                    target: t,
+                    read_only: false,
+                },
+            ] => {
                 assert!(source.starts_with("/proc/self/fd/"), "{source:?}");
                 assert_eq!(t, &target);
             }

@@ -47,7 +47,9 @@ struct Fixture {
 
 impl Fixture {
     fn new(flex_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("volume-drivers-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("volume-drivers-")
+            .tempdir()?;
         let vm = VolumeManager::new(
             VolumeManagerConfig {
                 root_dir: dir.path().join("kubelet"),
@@ -92,8 +94,7 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 fn fs_type_at(path: &Path) -> Option<String> {
     let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines()
-        .filter(|l| l.split(' ').nth(4).map(Path::new) == Some(path))
-        .last()
+        .rfind(|l| l.split(' ').nth(4).map(Path::new) == Some(path))
         .and_then(|l| l.split(" - ").nth(1))
         .and_then(|r| r.split(' ').next())
         .map(str::to_owned)
@@ -168,16 +169,29 @@ fn empty_dir_trial() -> anyhow::Result<()> {
         memory_dir("small", Some("32Mi")),
         memory_dir("bypod", None),
     ];
-    let v = f
-        .vm
-        .setup_pod_volumes(&pod("uid-e", volumes, Some("48Mi")), &objects())?;
+    let v =
+        f.vm.setup_pod_volumes(&pod("uid-e", volumes, Some("48Mi")), &objects())?;
     let small = &v.volumes["small"].host_path;
     let bypod = &v.volumes["bypod"].host_path;
     let disk = &v.volumes["disk"];
-    ensure!(fs_type_at(small).as_deref() == Some("tmpfs"), "small not tmpfs");
-    ensure!(statfs_size(small)? == 32 << 20, "sizeLimit: {}", statfs_size(small)?);
-    ensure!(statfs_size(bypod)? == 48 << 20, "pod limit: {}", statfs_size(bypod)?);
-    ensure!(fs_type_at(&disk.host_path).is_none(), "disk emptyDir is a plain dir");
+    ensure!(
+        fs_type_at(small).as_deref() == Some("tmpfs"),
+        "small not tmpfs"
+    );
+    ensure!(
+        statfs_size(small)? == 32 << 20,
+        "sizeLimit: {}",
+        statfs_size(small)?
+    );
+    ensure!(
+        statfs_size(bypod)? == 48 << 20,
+        "pod limit: {}",
+        statfs_size(bypod)?
+    );
+    ensure!(
+        fs_type_at(&disk.host_path).is_none(),
+        "disk emptyDir is a plain dir"
+    );
     ensure!(disk.size_limit == Some(1 << 30));
     ensure!(fs::metadata(&disk.host_path)?.permissions().mode() & 0o7777 == 0o777);
 
@@ -219,9 +233,8 @@ fn host_path_trial() -> anyhow::Result<()> {
     )?;
     ensure!(v.volumes["dir"].host_path == made && made.is_dir());
     ensure!(fs::metadata(&file)?.permissions().mode() & 0o777 == 0o644);
-    let err = f
-        .vm
-        .setup_pod_volumes(
+    let err =
+        f.vm.setup_pod_volumes(
             &pod("uid-h2", vec![hp("wrong", &file, "Directory")], None),
             &objects(),
         )
@@ -299,9 +312,7 @@ fn api_volumes_trial() -> anyhow::Result<()> {
     let creds = &v.volumes["creds"].host_path;
     ensure!(fs::read_to_string(creds.join("password"))? == "hunter2");
     ensure!(fs::metadata(creds.join("password"))?.permissions().mode() & 0o777 == 0o400);
-    ensure!(
-        fs::read_to_string(v.volumes["podinfo"].host_path.join("labels"))? == "app=\"web\""
-    );
+    ensure!(fs::read_to_string(v.volumes["podinfo"].host_path.join("labels"))? == "app=\"web\"");
 
     // A "container" view of the configMap volume: a bind mount, as the
     // runtime makes. The update shows through it without re-mounting.
@@ -348,16 +359,21 @@ fn flex_example_driver_trial() -> anyhow::Result<()> {
     };
     let p = pod(
         "uid-f",
-        vec![memory_dir("before", None), flex("scratch", &[("size", "8m")], false)],
+        vec![
+            memory_dir("before", None),
+            flex("scratch", &[("size", "8m")], false),
+        ],
         None,
     );
     let err = f.vm.setup_pod_volumes(&p, &objects()).unwrap_err();
     ensure!(
-        err.event_message().contains("no FlexVolume driver \"kubelet-rs/tmpfs\""),
+        err.event_message()
+            .contains("no FlexVolume driver \"kubelet-rs/tmpfs\""),
         "{}",
         err.event_message()
     );
-    f.assert_nothing_mounted().context("after the missing-driver failure")?;
+    f.assert_nothing_mounted()
+        .context("after the missing-driver failure")?;
 
     let src = example_plugin_dir().join("kubelet-rs~tmpfs/tmpfs");
     let dst = plugins.path().join("kubelet-rs~tmpfs");
@@ -365,11 +381,21 @@ fn flex_example_driver_trial() -> anyhow::Result<()> {
     fs::copy(&src, dst.join("tmpfs"))?;
     let v = f.vm.setup_pod_volumes(&p, &objects())?;
     let dir = &v.volumes["scratch"].host_path;
-    ensure!(dir.ends_with("pods/uid-f/volumes/kubelet-rs~tmpfs/scratch"), "{dir:?}");
+    ensure!(
+        dir.ends_with("pods/uid-f/volumes/kubelet-rs~tmpfs/scratch"),
+        "{dir:?}"
+    );
     ensure!(fs_type_at(dir).as_deref() == Some("tmpfs"));
-    ensure!(statfs_size(dir)? == 8 << 20, "size option: {}", statfs_size(dir)?);
+    ensure!(
+        statfs_size(dir)? == 8 << 20,
+        "size option: {}",
+        statfs_size(dir)?
+    );
     ensure!(fs::read_to_string(dir.join("pod"))? == "ns/web/uid-f\n");
-    ensure!(!v.volumes["scratch"].selinux_relabel, "driver said selinuxRelabel: false");
+    ensure!(
+        !v.volumes["scratch"].selinux_relabel,
+        "driver said selinuxRelabel: false"
+    );
 
     // A driver Failure: its message reaches the error, nothing stays mounted.
     let bad = pod(
@@ -395,13 +421,20 @@ fn flex_example_driver_trial() -> anyhow::Result<()> {
     fs::write(src_dir.join("hello"), "hi")?;
     let ro = pod(
         "uid-f3",
-        vec![flex("share", &[("source", src_dir.to_str().unwrap())], true)],
+        vec![flex(
+            "share",
+            &[("source", src_dir.to_str().unwrap())],
+            true,
+        )],
         None,
     );
     let v3 = f.vm.setup_pod_volumes(&ro, &objects())?;
     let share = &v3.volumes["share"].host_path;
     ensure!(fs::read_to_string(share.join("hello"))? == "hi");
-    ensure!(fs::write(share.join("x"), "x").is_err(), "readOnly flex volume is writable");
+    ensure!(
+        fs::write(share.join("x"), "x").is_err(),
+        "readOnly flex volume is writable"
+    );
     ensure!(v3.volumes["share"].read_only);
 
     f.vm.teardown_pod("uid-f")?;
@@ -449,15 +482,16 @@ fn flex_attach_flow_trial() -> anyhow::Result<()> {
         }),
         ..vol("disk")
     };
-    let pv = f
-        .vm
-        .setup_pod_volumes(&pod("uid-x", vec![v], None), &o)?;
+    let pv = f.vm.setup_pod_volumes(&pod("uid-x", vec![v], None), &o)?;
     let dir = &pv.volumes["disk"].host_path;
     let dmp = f
         .root()
         .join("plugins/kubernetes.io/flexvolume/test/attach/mounts/disk");
     ensure!(fs_type_at(&dmp).as_deref() == Some("tmpfs"), "device mount");
-    ensure!(fs::read_to_string(dir.join("device"))? == "/dev/fake-disk\n", "bind of the device mount");
+    ensure!(
+        fs::read_to_string(dir.join("device"))? == "/dev/fake-disk\n",
+        "bind of the device mount"
+    );
 
     let driver = f.vm.flex_plugins().driver("test/attach")?;
     ensure!(driver.is_attached("{}", "node-1")? == Some(true));
@@ -484,7 +518,10 @@ fn flex_attach_flow_trial() -> anyhow::Result<()> {
         "{log}"
     );
     let attach_line = log.lines().nth(1).unwrap_or_default();
-    ensure!(attach_line.contains("\"kubernetes.io/fsType\":\"ext4\""), "{attach_line}");
+    ensure!(
+        attach_line.contains("\"kubernetes.io/fsType\":\"ext4\""),
+        "{attach_line}"
+    );
     ensure!(attach_line.ends_with(" node-1"), "{attach_line}");
     let mount_line = log.lines().nth(4).unwrap_or_default();
     for want in [
@@ -495,7 +532,10 @@ fn flex_attach_flow_trial() -> anyhow::Result<()> {
         "\"kubernetes.io/secret/token\":\"YWJj\"",
         "\"kubernetes.io/readwrite\":\"rw\"",
     ] {
-        ensure!(mount_line.contains(want), "mount options lack {want}: {mount_line}");
+        ensure!(
+            mount_line.contains(want),
+            "mount options lack {want}: {mount_line}"
+        );
     }
     let detach_line = log.lines().last().unwrap_or_default();
     ensure!(detach_line == "detach disk node-1", "{detach_line}");
@@ -542,11 +582,10 @@ fn sub_path_trial() -> anyhow::Result<()> {
             volume_mounts: Some(vec![mount("data", "/x", Some(escape), None)]),
             ..Default::default()
         };
-        let err = f
-            .vm
-            .container_mounts(&p, &c, &v, &env, false)
-            .err()
-            .with_context(|| format!("subPath {escape} was allowed"))?;
+        let err =
+            f.vm.container_mounts(&p, &c, &v, &env, false)
+                .err()
+                .with_context(|| format!("subPath {escape} was allowed"))?;
         ensure!(
             err.event_message().contains("not within volume path"),
             "{escape}: {}",
@@ -578,7 +617,10 @@ fn sub_path_trial() -> anyhow::Result<()> {
     // Idempotent: a second call reuses the binds.
     let before = mounts_under(f.dir.path()).len();
     f.vm.container_mounts(&p, &c, &v, &env, false)?;
-    ensure!(mounts_under(f.dir.path()).len() == before, "second call added mounts");
+    ensure!(
+        mounts_under(f.dir.path()).len() == before,
+        "second call added mounts"
+    );
 
     f.vm.teardown_pod("uid-s")?;
     f.assert_nothing_mounted()?;
@@ -630,7 +672,11 @@ fn teardown_and_orphans_trial() -> anyhow::Result<()> {
         };
         f.vm.container_mounts(&p, &c, &v, &HashMap::new(), false)?;
     }
-    ensure!(mounts_under(f.dir.path()).len() == 12, "{:?}", mounts_under(f.dir.path()));
+    ensure!(
+        mounts_under(f.dir.path()).len() == 12,
+        "{:?}",
+        mounts_under(f.dir.path())
+    );
     // A fresh manager, as after a kubelet restart: it knows only the disk.
     let vm2 = VolumeManager::new(
         VolumeManagerConfig {
@@ -646,7 +692,10 @@ fn teardown_and_orphans_trial() -> anyhow::Result<()> {
     ensure!(cleaned == ["gone-1", "gone-2"], "{cleaned:?}");
     let left = mounts_under(f.dir.path());
     ensure!(
-        left.len() == 4 && left.iter().all(|m| m.starts_with(f.root().join("pods/live"))),
+        left.len() == 4
+            && left
+                .iter()
+                .all(|m| m.starts_with(f.root().join("pods/live"))),
         "{left:?}"
     );
     vm2.teardown_pod("live")?;
@@ -680,7 +729,10 @@ fn rollback_trial() -> anyhow::Result<()> {
     );
     let err = f.vm.setup_pod_volumes(&p, &objects()).unwrap_err();
     ensure!(err.volume == "c", "{}", err.event_message());
-    ensure!(err.event_message().ends_with("configmap \"absent\" not found"));
+    ensure!(
+        err.event_message()
+            .ends_with("configmap \"absent\" not found")
+    );
     f.assert_nothing_mounted()
 }
 
@@ -696,8 +748,14 @@ fn main() {
     let trials = vec![
         trial("empty_dir_disk_and_sized_tmpfs", empty_dir_trial),
         trial("host_path_types", host_path_trial),
-        trial("secret_configmap_downward_projected_and_live_update", api_volumes_trial),
-        trial("flex_example_driver_found_late_mount_unmount", flex_example_driver_trial),
+        trial(
+            "secret_configmap_downward_projected_and_live_update",
+            api_volumes_trial,
+        ),
+        trial(
+            "flex_example_driver_found_late_mount_unmount",
+            flex_example_driver_trial,
+        ),
         trial("flex_attach_flow", flex_attach_flow_trial),
         trial("sub_path_symlink_escape_refused", sub_path_trial),
         trial("teardown_and_orphaned_pod_dirs", teardown_and_orphans_trial),
