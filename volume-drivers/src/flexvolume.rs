@@ -314,9 +314,12 @@ impl FlexDriver {
 
     /// The attach half for an attachable driver: `attach`, `waitforattach`
     /// and `mountdevice` into `device_mount_path`, unless that is mounted
-    /// already (another pod uses the same volume). Returns whether it mounted.
+    /// already (another pod uses the same volume). Returns whether it mounted
+    /// the device. When a step after `attach` fails, the volume is detached
+    /// again.
     pub fn attach_and_mount_device(
         &self,
+        volume_name: &str,
         base_options: &str,
         node_name: &str,
         device_mount_path: &Path,
@@ -333,6 +336,22 @@ impl FlexDriver {
             Err(e) if e.is_not_supported() => String::new(),
             Err(e) => return Err(e),
         };
+        let result = self.wait_and_mount_device(device, base_options, device_mount_path);
+        if result.is_err() {
+            let _ = remove_if_present(device_mount_path);
+            if let Err(e) = self.detach(volume_name, node_name) {
+                tracing::error!(driver = %self.name, volume = volume_name, error = %e, "detach after a failed mountdevice failed");
+            }
+        }
+        result
+    }
+
+    fn wait_and_mount_device(
+        &self,
+        device: String,
+        base_options: &str,
+        device_mount_path: &Path,
+    ) -> Result<bool, FlexVolumeError> {
         let device = match self.call("waitforattach", &[&device, base_options]) {
             Ok(s) if !s.device.is_empty() => s.device,
             Ok(_) => device,

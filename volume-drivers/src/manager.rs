@@ -604,6 +604,7 @@ impl VolumeManager {
                 .flex_device_mount_path(driver.name(), &volume.name);
             let base = flexvolume::options_json(&flexvolume::base_options(&input));
             let mounted_now = driver.attach_and_mount_device(
+                &volume.name,
                 &base,
                 &self.node_name,
                 &dmp,

@@ -455,7 +455,9 @@ init) echo '{"status":"Success","capabilities":{"attach":true}}' ;;
 attach) echo '{"status":"Success","device":"/dev/fake-disk"}' ;;
 waitforattach) echo "{\"status\":\"Success\",\"device\":\"$2\"}" ;;
 isattached) echo '{"status":"Success","attached":true}' ;;
-mountdevice) mount -t tmpfs -o size=4m tmpfs "$2" && echo "$3" > "$2/device" && echo '{"status":"Success"}' ;;
+mountdevice)
+    case "$4" in *'"fail":"mountdevice"'*) echo '{"status":"Failure","message":"injected"}'; exit 1 ;; esac
+    mount -t tmpfs -o size=4m tmpfs "$2" && echo "$3" > "$2/device" && echo '{"status":"Success"}' ;;
 unmountdevice) umount "$2" && echo '{"status":"Success"}' ;;
 detach) echo '{"status":"Success"}' ;;
 *) echo '{"status":"Not supported"}'; exit 1 ;;
@@ -539,6 +541,40 @@ fn flex_attach_flow_trial() -> anyhow::Result<()> {
     }
     let detach_line = log.lines().last().unwrap_or_default();
     ensure!(detach_line == "detach disk node-1", "{detach_line}");
+
+    // mountdevice fails after attach: the error carries the driver's
+    // message, the volume is detached again and nothing stays mounted.
+    let failing = Volume {
+        flex_volume: Some(FlexVolumeSource {
+            driver: "test/attach".into(),
+            options: Some([("fail".to_owned(), "mountdevice".to_owned())].into()),
+            ..Default::default()
+        }),
+        ..vol("disk2")
+    };
+    let err =
+        f.vm.setup_pod_volumes(&pod("uid-y", vec![failing], None), &o)
+            .unwrap_err();
+    ensure!(
+        err.event_message()
+            .ends_with("mountdevice command failed, status: Failure, reason: injected"),
+        "{}",
+        err.event_message()
+    );
+    f.assert_nothing_mounted()?;
+    let log = fs::read_to_string(drv.join("calls.log"))?;
+    let tail: Vec<&str> = log
+        .lines()
+        .rev()
+        .take(4)
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    ensure!(
+        tail == ["detach", "mountdevice", "waitforattach", "attach"],
+        "{log}"
+    );
+    ensure!(log.lines().last() == Some("detach disk2 node-1"), "{log}");
+    f.vm.teardown_pod("uid-y")?;
     Ok(())
 }
 

@@ -88,7 +88,10 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn kinds(host_dir: &Path) -> Vec<(&'static str, Box<dyn Fn(usize) -> Volume>)> {
+/// Makes the volume of the i-th pod of one kind.
+type VolumeMaker = Box<dyn Fn(usize) -> Volume>;
+
+fn kinds(host_dir: &Path) -> Vec<(&'static str, VolumeMaker)> {
     let host_dir = host_dir.to_owned();
     vec![
         (
