@@ -117,7 +117,9 @@ impl Mounter for NixMounter {
             Some("tmpfs"),
             target,
             Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            // No nosuid/nodev: upstream mounts memory-backed volumes with
+            // only a size, and containers may rely on that.
+            MsFlags::empty(),
             data.as_deref(),
         )
         .map_err(|e| MountError::Tmpfs {
