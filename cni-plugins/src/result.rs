@@ -1,5 +1,6 @@
 //! CNI result types (what a plugin prints on a successful ADD), parsed from
-//! spec versions 0.1.0 up to 1.1.0 into one shape.
+//! spec versions 0.1.0 up to 1.1.0 into one shape, and written back in any
+//! of the versions our plugins speak ([`CniResult::to_value`]).
 //!
 //! The parsed fields are for the runtime's own use (pod IPs, DNS); the
 //! original JSON is kept in [`CniResult::raw`] because that, not our
@@ -10,7 +11,9 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
+
+use crate::version;
 
 /// Errors turning plugin output into a [`CniResult`].
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +112,7 @@ pub struct IpConfig {
 }
 
 /// One route a plugin installed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 pub struct Route {
     /// Destination network.
     pub dst: IpPrefix,
@@ -148,6 +151,41 @@ pub struct Dns {
     /// Resolver options.
     #[serde(default)]
     pub options: Vec<String>,
+}
+
+impl Route {
+    /// A route to `dst`, via `gw` if given, with no CNI 1.1 extras.
+    pub fn new(dst: IpPrefix, gw: Option<IpAddr>) -> Self {
+        Self {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
+impl Dns {
+    /// Whether nothing is set; an empty `dns` is left out of a result.
+    pub fn is_empty(&self) -> bool {
+        self.nameservers.is_empty()
+            && self.domain.is_none()
+            && self.search.is_empty()
+            && self.options.is_empty()
+    }
+}
+
+/// Why a result cannot be written in a requested version.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write a CNI result in version {version:?}: supported are {supported:?}")]
+pub struct ConvertError {
+    /// The requested version.
+    pub version: String,
+    /// What can be written.
+    pub supported: &'static [&'static str],
 }
 
 /// The result of a network ADD.
@@ -242,6 +280,121 @@ impl CniResult {
         })
     }
 
+    /// A result built by a plugin (no raw JSON of its own yet).
+    pub fn new(
+        interfaces: Vec<Interface>,
+        ips: Vec<IpConfig>,
+        routes: Vec<Route>,
+        dns: Dns,
+    ) -> Self {
+        Self {
+            cni_version: version::CURRENT_VERSION.to_owned(),
+            interfaces,
+            ips,
+            routes,
+            dns,
+            raw: Value::Null,
+        }
+    }
+
+    /// The result as JSON in spec version `target`: 0.3.x/0.4.0 carry
+    /// `ips[].version` and lack the 1.1 fields; 1.0.0 lacks the 1.1 fields
+    /// (interface `mtu`/`socketPath`/`pciID`, route `mtu`/`advmss`/
+    /// `priority`/`table`/`scope`); 1.1.0 has everything. Empty lists and an
+    /// empty `dns` are left out, as libcni's encoder does.
+    pub fn to_value(&self, target: &str) -> Result<Value, ConvertError> {
+        if !version::is_supported(target) {
+            return Err(ConvertError {
+                version: target.to_owned(),
+                supported: version::SUPPORTED_VERSIONS,
+            });
+        }
+        let legacy = target.starts_with("0.");
+        let full = target != "1.0.0" && !legacy;
+        let mut out = Map::new();
+        out.insert("cniVersion".into(), json!(target));
+        let interfaces: Vec<Value> = self
+            .interfaces
+            .iter()
+            .map(|iface| {
+                let mut obj = Map::new();
+                obj.insert("name".into(), json!(iface.name));
+                put_opt(
+                    &mut obj,
+                    "mac",
+                    iface.mac.as_deref().filter(|m| !m.is_empty()),
+                );
+                put_opt(
+                    &mut obj,
+                    "sandbox",
+                    iface.sandbox.as_deref().filter(|s| !s.is_empty()),
+                );
+                if full {
+                    put_opt(&mut obj, "mtu", iface.mtu.filter(|&m| m > 0));
+                    put_opt(&mut obj, "socketPath", iface.socket_path.as_deref());
+                    put_opt(&mut obj, "pciID", iface.pci_id.as_deref());
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        if !interfaces.is_empty() {
+            out.insert("interfaces".into(), Value::Array(interfaces));
+        }
+        let ips: Vec<Value> = self
+            .ips
+            .iter()
+            .map(|ip| {
+                let mut obj = Map::new();
+                if legacy {
+                    let family = if ip.address.addr.is_ipv4() { "4" } else { "6" };
+                    obj.insert("version".into(), json!(family));
+                }
+                put_opt(&mut obj, "interface", ip.interface);
+                obj.insert("address".into(), json!(ip.address.to_string()));
+                put_opt(&mut obj, "gateway", ip.gateway.map(|g| g.to_string()));
+                Value::Object(obj)
+            })
+            .collect();
+        if !ips.is_empty() {
+            out.insert("ips".into(), Value::Array(ips));
+        }
+        let routes: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|route| {
+                let mut obj = Map::new();
+                obj.insert("dst".into(), json!(route.dst.to_string()));
+                put_opt(&mut obj, "gw", route.gw.map(|g| g.to_string()));
+                if full {
+                    put_opt(&mut obj, "mtu", route.mtu.filter(|&v| v > 0));
+                    put_opt(&mut obj, "advmss", route.advmss.filter(|&v| v > 0));
+                    put_opt(&mut obj, "priority", route.priority.filter(|&v| v > 0));
+                    put_opt(&mut obj, "table", route.table);
+                    put_opt(&mut obj, "scope", route.scope);
+                }
+                Value::Object(obj)
+            })
+            .collect();
+        if !routes.is_empty() {
+            out.insert("routes".into(), Value::Array(routes));
+        }
+        if !self.dns.is_empty() {
+            let mut obj = Map::new();
+            if !self.dns.nameservers.is_empty() {
+                obj.insert("nameservers".into(), json!(self.dns.nameservers));
+            }
+            put_opt(&mut obj, "domain", self.dns.domain.as_deref());
+            if !self.dns.search.is_empty() {
+                obj.insert("search".into(), json!(self.dns.search));
+            }
+            if !self.dns.options.is_empty() {
+                obj.insert("options".into(), json!(self.dns.options));
+            }
+            out.insert("dns".into(), Value::Object(obj));
+        }
+        Ok(Value::Object(out))
+    }
+
     /// Parses a plugin's stdout.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, ResultError> {
         Self::from_value(serde_json::from_slice(bytes).map_err(ResultError::Json)?)
@@ -285,6 +438,12 @@ impl CniResult {
             .filter(|ip| ip.interface.is_some_and(|index| wanted.contains(&index)))
             .map(|ip| ip.address.addr)
             .collect()
+    }
+}
+
+fn put_opt<T: Serialize>(obj: &mut Map<String, Value>, key: &str, value: Option<T>) {
+    if let Some(value) = value {
+        obj.insert(key.into(), json!(value));
     }
 }
 
@@ -419,5 +578,56 @@ mod tests {
             CniResult::from_slice(b"not json"),
             Err(ResultError::Json(_))
         ));
+    }
+
+    #[test]
+    fn converts_between_versions() {
+        let raw = json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01", "mtu": 1500},
+                {"name": "eth0", "sandbox": "/run/netns/x", "mac": "aa:bb:cc:dd:ee:03"}
+            ],
+            "ips": [
+                {"interface": 1, "address": "10.240.0.5/24", "gateway": "10.240.0.1"},
+                {"interface": 1, "address": "fd00:240::5/64"}
+            ],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.240.0.1", "priority": 7, "table": 100}],
+            "dns": {"nameservers": ["10.96.0.10"]}
+        });
+        let result = CniResult::from_value(raw.clone()).unwrap();
+        assert_eq!(result.to_value("1.1.0").unwrap(), raw);
+
+        let v100 = result.to_value("1.0.0").unwrap();
+        assert_eq!(v100["cniVersion"], "1.0.0");
+        assert!(v100["interfaces"][0].get("mtu").is_none());
+        assert_eq!(
+            v100["routes"][0],
+            json!({"dst": "0.0.0.0/0", "gw": "10.240.0.1"})
+        );
+        assert!(v100["ips"][0].get("version").is_none());
+
+        let v040 = result.to_value("0.4.0").unwrap();
+        assert_eq!(v040["ips"][0]["version"], "4");
+        assert_eq!(v040["ips"][1]["version"], "6");
+        assert_eq!(v040["ips"][1].get("gateway"), None);
+        // Round trip through the older shape keeps what it can express.
+        let back = CniResult::from_value(v040)
+            .unwrap()
+            .to_value("1.0.0")
+            .unwrap();
+        assert_eq!(back, v100);
+
+        assert!(result.to_value("0.2.0").is_err());
+        assert!(result.to_value("2.0.0").is_err());
+    }
+
+    #[test]
+    fn empty_parts_are_left_out() {
+        let result = CniResult::new(Vec::new(), Vec::new(), Vec::new(), Dns::default());
+        assert_eq!(
+            result.to_value("1.0.0").unwrap(),
+            json!({"cniVersion": "1.0.0"})
+        );
     }
 }
