@@ -5,6 +5,7 @@
 //! config fields, same host state (file formats, iptables chain names),
 //! so either can undo what the other did.
 
+pub mod host_local;
 pub mod loopback;
 
 use crate::netlink::NetlinkError;
