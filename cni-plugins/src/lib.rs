@@ -15,6 +15,7 @@ pub mod cache;
 pub mod conf;
 pub mod exec;
 pub mod invoker;
+pub mod iptables;
 pub mod netlink;
 pub mod netns;
 pub mod plugins;

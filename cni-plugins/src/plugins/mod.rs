@@ -5,8 +5,11 @@
 //! config fields, same host state (file formats, iptables chain names),
 //! so either can undo what the other did.
 
+pub mod bridge;
 pub mod host_local;
+pub mod ipam;
 pub mod loopback;
+pub mod portmap;
 
 use crate::netlink::NetlinkError;
 use crate::netns::NetNsError;

@@ -195,6 +195,14 @@ pub fn subnet_contains(prefix: &IpPrefix, ip: IpAddr) -> bool {
         && to_bits(ip) & mask_bits(prefix) == to_bits(prefix.addr) & mask_bits(prefix)
 }
 
+/// The network of an interface address (host bits cleared).
+pub fn network_of(prefix: &IpPrefix) -> IpPrefix {
+    IpPrefix {
+        addr: from_bits(to_bits(prefix.addr) & mask_bits(prefix), prefix.addr),
+        prefix_len: prefix.prefix_len,
+    }
+}
+
 fn parse_ip(text: &str) -> Result<IpAddr, ConfigError> {
     text.parse()
         .map_err(|_| ConfigError::InvalidIp(text.to_owned()))
