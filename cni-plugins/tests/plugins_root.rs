@@ -18,6 +18,9 @@ use serde_json::json;
 
 use support::*;
 
+#[path = "plugins_root/chains.rs"]
+mod chains;
+
 fn main() {
     let args = Arguments::from_args();
     let trials = vec![
@@ -26,6 +29,23 @@ fn main() {
         root_trial(
             "host_local_shares_state_with_reference",
             host_local_shares_state_with_reference,
+        ),
+        root_trial("chain_matches_reference", chains::chain_matches_reference),
+        root_trial(
+            "chain_state_crosses_plugin_sets",
+            chains::chain_state_crosses_plugin_sets,
+        ),
+        root_trial(
+            "connectivity_and_clean_del",
+            chains::connectivity_and_clean_del,
+        ),
+        root_trial(
+            "bad_input_codes_and_nothing_left",
+            chains::bad_input_codes_and_nothing_left,
+        ),
+        root_trial(
+            "add_del_500_cycles_leak_nothing",
+            chains::add_del_500_cycles_leak_nothing,
         ),
     ];
     libtest_mimic::run(&args, trials).exit();
