@@ -35,11 +35,7 @@ impl QosClass {
 const COMPUTE: [&str; 2] = ["cpu", "memory"];
 
 fn is_zero(quantity: &Quantity) -> bool {
-    let value = quantity.0.trim();
-    value
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-        .parse::<f64>()
-        .is_ok_and(|v| v == 0.0)
+    crate::resources::parse_quantity(&quantity.0) == Some(0.0)
 }
 
 fn compute_entries(list: Option<&BTreeMap<String, Quantity>>) -> BTreeMap<&str, &Quantity> {

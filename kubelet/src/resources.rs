@@ -3,42 +3,13 @@
 
 use k8s_openapi::api::core::v1::Container;
 
-/// Parses a Kubernetes quantity into its value: decimal SI suffixes
-/// (`n u m k M G T P E`), binary suffixes (`Ki Mi Gi Ti Pi Ei`) and decimal
-/// exponents (`1e3`). `None` for anything else.
+/// The value of a Kubernetes quantity (`500m`, `64Mi`, `1e3`), exact to the
+/// milli-unit; `None` if it does not parse. One parser serves the kubelet and
+/// the volume drivers.
 pub fn parse_quantity(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    if number.is_empty() {
-        return None;
-    }
-    let value: f64 = number.parse().ok()?;
-    let multiplier = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        exponent if exponent.starts_with(['e', 'E']) => {
-            10f64.powi(exponent[1..].parse::<i32>().ok()?)
-        }
-        _ => return None,
-    };
-    Some(value * multiplier)
+    volume_drivers::quantity::parse(text)
+        .ok()
+        .map(|amount| amount.milli_value() as f64 / 1000.0)
 }
 
 /// The node's cpu cores and memory bytes (capacity; nothing is reserved yet).
