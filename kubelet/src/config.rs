@@ -79,6 +79,9 @@ pub struct KubeletFlags {
     /// Timeout of every CRI request except image pulls.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     pub runtime_request_timeout: String,
+    /// Directory of FlexVolume drivers (`<vendor>~<driver>/<driver>`).
+    #[arg(long, value_name = "DIR", default_value = volume_drivers::flexvolume::DEFAULT_PLUGIN_DIR)]
+    pub volume_plugin_dir: PathBuf,
     /// IP address the kubelet's servers listen on (standalone default: 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub address: Option<IpAddr>,
@@ -141,6 +144,8 @@ pub struct KubeletConfig {
     pub read_only_address: Option<SocketAddr>,
     /// The node IP given by `--node-ip`, if any.
     pub node_ip: Option<IpAddr>,
+    /// FlexVolume driver directory.
+    pub volume_plugin_dir: PathBuf,
 }
 
 impl KubeletFlags {
@@ -186,6 +191,7 @@ impl KubeletFlags {
                 )
             }),
             node_ip: self.node_ip,
+            volume_plugin_dir: self.volume_plugin_dir,
         })
     }
 }

@@ -136,6 +136,15 @@ pub enum KubeletError {
     /// The runtime did not answer `Version`.
     #[error("querying the container runtime version")]
     RuntimeVersion(#[source] CriError),
+    /// The node's resources could not be read.
+    #[error("reading the node's resources (root dir {path})")]
+    NodeResources {
+        /// Root dir.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The kubelet server could not start.
     #[error("starting the kubelet server")]
     Server(#[source] ServerError),
@@ -275,7 +284,17 @@ async fn run_with_runtime(
         None => None,
     };
     let host_ips = vec![config::node_ip(config.node_ip).to_string()];
-    let (node_cpu, node_memory) = resources::node_capacity();
+    std::fs::create_dir_all(&config.root_dir).map_err(|source| KubeletError::RootDir {
+        path: config.root_dir.clone(),
+        source,
+    })?;
+    let node_allocatable =
+        volume_drivers::NodeAllocatable::from_host(&config.root_dir).map_err(|source| {
+            KubeletError::NodeResources {
+                path: config.root_dir.clone(),
+                source,
+            }
+        })?;
     let status = StatusReporter {
         store,
         runtime_name: version.runtime_name.clone(),
@@ -287,7 +306,12 @@ async fn run_with_runtime(
             config.pod_logs_dir.clone(),
             config.resolv_conf.clone(),
         )
-        .with_node(host_ips, node_cpu, node_memory),
+        .with_node(
+            host_ips,
+            node_allocatable.cpu_millicores as f64 / 1000.0,
+            node_allocatable.memory_bytes as f64,
+        )
+        .with_volumes(Arc::new(volume_manager(config, node_allocatable))),
     );
     let (desired_tx, desired_rx) = watch::channel(None);
     let source = StaticPodSource::new(
@@ -337,6 +361,21 @@ async fn run_with_runtime(
         }
         None => Ok(()),
     }
+}
+
+fn volume_manager(
+    config: &KubeletConfig,
+    node_allocatable: volume_drivers::NodeAllocatable,
+) -> volume_drivers::VolumeManager {
+    volume_drivers::VolumeManager::new(
+        volume_drivers::VolumeManagerConfig {
+            root_dir: config.root_dir.clone(),
+            flex_plugin_dir: config.volume_plugin_dir.clone(),
+            node_name: config.node_name.clone(),
+            node_allocatable,
+        },
+        Arc::new(volume_drivers::NixMounter::default()),
+    )
 }
 
 /// Waits for the cancelled embedded runtime to shut down.

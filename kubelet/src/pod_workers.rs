@@ -225,6 +225,11 @@ impl<R: RuntimeService> PodWorker<R> {
         let now = (self.clock)();
         let mut plan = compute_actions(pod_intent, &observed, &self.crash_loop, now);
         if plan.terminated {
+            // Nothing of the pod runs any more: its volumes can go.
+            self.runtime
+                .teardown_volumes(&self.pod.uid)
+                .await
+                .map_err(|e| vec![e])?;
             return Ok(SyncOutcome::Terminated);
         }
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
@@ -438,6 +443,11 @@ pub struct PodWorkers<R> {
     prober: Arc<Prober<R>>,
     /// Pods whose probe results changed.
     probe_results: mpsc::UnboundedReceiver<String>,
+    /// Housekeeping that is not a pod worker.
+    background: JoinSet<()>,
+    /// Pod dirs of pods that are neither desired nor in the runtime were
+    /// removed (once, when both were first known).
+    pod_dirs_cleaned: bool,
 }
 
 impl<R: RuntimeService> PodWorkers<R> {
@@ -457,6 +467,8 @@ impl<R: RuntimeService> PodWorkers<R> {
         Self {
             prober,
             probe_results,
+            pod_dirs_cleaned: false,
+            background: JoinSet::new(),
             runtime,
             cancel,
             clock,
@@ -528,6 +540,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             }
         }
         while self.tasks.join_next().await.is_some() {}
+        while self.background.join_next().await.is_some() {}
     }
 
     fn handle_pleg(&mut self, batch: Vec<PodLifecycleEvent>) {
@@ -555,6 +568,12 @@ impl<R: RuntimeService> PodWorkers<R> {
         else {
             return;
         };
+        if !self.pod_dirs_cleaned {
+            self.pod_dirs_cleaned = true;
+            let active: HashSet<String> =
+                desired.keys().chain(runtime_pods.keys()).cloned().collect();
+            self.clean_orphaned_pod_dirs(active);
+        }
         for (uid, worker) in &self.workers {
             // Cloned so no read guard is held while sending on the same channel.
             let current = worker.intent.borrow().clone();
@@ -617,6 +636,23 @@ impl<R: RuntimeService> PodWorkers<R> {
         }
         self.reported_waiting
             .retain(|uid| desired.contains_key(uid));
+    }
+
+    /// Removes, in the background, the dirs of pods that vanished while the
+    /// kubelet was down (their volumes unmounted first).
+    fn clean_orphaned_pod_dirs(&mut self, active: HashSet<String>) {
+        let Some(manager) = self.runtime.volumes().cloned() else {
+            return;
+        };
+        self.background.spawn_blocking(move || {
+            let (cleaned, errors) = manager.cleanup_orphaned_pod_dirs(&active);
+            for uid in cleaned {
+                tracing::info!(pod.uid = uid, "removed the directory of a pod that no longer exists");
+            }
+            for error in errors {
+                tracing::warn!(error = %ErrorChain(&error), "removing the directory of a vanished pod");
+            }
+        });
     }
 
     fn spawn(&mut self, pod: PodRef, intent: WorkerIntent) {

@@ -12,26 +12,6 @@ pub fn parse_quantity(text: &str) -> Option<f64> {
         .map(|amount| amount.milli_value() as f64 / 1000.0)
 }
 
-/// The node's cpu cores and memory bytes (capacity; nothing is reserved yet).
-pub fn node_capacity() -> (f64, f64) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<f64>()
-                        .ok()
-                })
-        })
-        .map_or(0.0, |kib| kib * 1024.0);
-    (cpus, memory)
-}
-
 /// Which side of a container's resources to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

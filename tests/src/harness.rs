@@ -191,6 +191,12 @@ pub async fn wait_until<T>(
     }
 }
 
+/// The repository's example FlexVolume drivers (`kubelet-rs~tmpfs`), the
+/// kubelet's `--volume-plugin-dir` in the tests.
+pub fn flex_plugin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flexvolume")
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
 pub fn free_tcp_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -1101,6 +1107,8 @@ impl Kubelet {
         let mut command = Command::new(&kubelet_bin);
         command
             .arg(format!("--read-only-port={read_only_port}"))
+            .arg("--volume-plugin-dir")
+            .arg(flex_plugin_dir())
             .arg("--pod-manifest-path")
             .arg(&manifest_dir)
             .arg("--root-dir")

@@ -50,6 +50,14 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "probes_drive_readiness_and_restarts",
         probes_drive_readiness_and_restarts,
     ),
+    (
+        "volumes_are_mounted_and_torn_down",
+        volumes_are_mounted_and_torn_down,
+    ),
+    (
+        "bad_volume_fails_only_its_pod",
+        bad_volume_fails_only_its_pod,
+    ),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -883,6 +891,195 @@ spec:
             log.contains("Liveness probe failed"),
             "the kubelet log does not report the failed liveness probe"
         );
+        Ok(())
+    })
+}
+
+/// Mount points under `dir` (from this process's mountinfo).
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|mount_point| mount_point.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// emptyDir (disk and memory), hostPath, downwardAPI and a FlexVolume from
+/// the example driver reach the containers: an init container writes into
+/// the emptyDir, the app reads it through a subPath; after the manifest is
+/// removed nothing is left mounted and the pod directory is gone.
+fn volumes_are_mounted_and_torn_down(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let host_dir = node
+            .kubelet
+            .root_dir
+            .parent()
+            .context("no scratch dir")?
+            .join("hostdata");
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+  labels: {{app: vols}}
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  initContainers:
+    - name: prepare
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "mkdir -p /work/sub && echo from-init > /work/sub/note"]
+      volumeMounts: [{{name: work, mountPath: /work}}]
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "cat /note; cat /info/labels; echo; cat /flex/pod; echo; grep ' /fast ' /proc/mounts | cut -d' ' -f3; echo written > /host/out; sleep 3600"]
+      volumeMounts:
+        - {{name: work, mountPath: /note, subPath: sub/note}}
+        - {{name: info, mountPath: /info}}
+        - {{name: flex, mountPath: /flex}}
+        - {{name: fast, mountPath: /fast}}
+        - {{name: host, mountPath: /host}}
+  volumes:
+    - {{name: work, emptyDir: {{}}}}
+    - {{name: fast, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
+    - name: info
+      downwardAPI:
+        items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]
+    - name: flex
+      flexVolume: {{driver: kubelet-rs/tmpfs, options: {{size: 4m}}}}
+    - name: host
+      hostPath: {{path: {host}, type: DirectoryOrCreate}}
+"#,
+            host = host_dir.display()
+        );
+        node.kubelet.write_manifest("vols.yaml", &manifest)?;
+        let pod = wait_for_reported(node, "vols", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let uid = text(&pod, &["metadata", "uid"]).to_owned();
+        let pod_name = node.kubelet.pod_name("vols");
+        let log = pod_log_path("default", &pod_name, &uid, "app", 0);
+        let want = [
+            "from-init".to_owned(),
+            "app=\"vols\"".to_owned(),
+            format!("default/{pod_name}/{uid}"),
+            "tmpfs".to_owned(),
+        ];
+        node.wait_until("the app printed its volumes", async || {
+            let lines: Vec<String> = match read_cri_log(&log) {
+                Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
+                Err(_) => return Ok(None),
+            };
+            Ok(want
+                .iter()
+                .all(|w| lines.iter().any(|l| l == w))
+                .then_some(()))
+        })
+        .await
+        .with_context(|| format!("want lines {want:?} in {}", log.display()))?;
+        let written = std::fs::read_to_string(host_dir.join("out"))
+            .context("the hostPath file written by the container")?;
+        ensure!(written == "written\n", "hostPath content {written:?}");
+        let pod_dir = node.kubelet.root_dir.join("pods").join(&uid);
+        ensure!(
+            !mounts_under(&pod_dir).is_empty(),
+            "no volume mounts under {}",
+            pod_dir.display()
+        );
+
+        node.kubelet.remove_manifest("vols.yaml")?;
+        node.wait_until("the pod's volumes are torn down", async || {
+            let gone = !pod_dir.exists() && mounts_under(&pod_dir).is_empty();
+            Ok(gone.then_some(()))
+        })
+        .await
+        .with_context(|| format!("left mounted: {:?}", mounts_under(&pod_dir)))?;
+        Ok(())
+    })
+}
+
+/// A hostPath of the wrong type and a FlexVolume driver that does not exist:
+/// the pod never starts a container, the kubelet reports `FailedMount`
+/// naming the volume, nothing is left mounted, and the pod next to it runs.
+fn bad_volume_fails_only_its_pod(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: badvol
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+      volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: etc, mountPath: /etc-host}}]
+  volumes:
+    - {{name: scratch, emptyDir: {{}}}}
+    - {{name: etc, hostPath: {{path: /etc/hostname, type: Directory}}}}
+"#
+        );
+        node.kubelet.write_manifest("badvol.yaml", &manifest)?;
+        let flex = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: noflex
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sleep", "3600"]
+  volumes:
+    - {{name: data, flexVolume: {{driver: nobody/nothing}}}}
+"#
+        );
+        node.kubelet.write_manifest("noflex.yaml", &flex)?;
+        let good = busybox_manifest("neighbour", "Always", "sleep 3600");
+        node.kubelet.write_manifest("neighbour.yaml", &good)?;
+
+        wait_for_reported(node, "neighbour", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        node.wait_until("the kubelet reports both FailedMount errors", async || {
+            let log = node.kubelet.log()?;
+            let named = log.lines().any(|l| {
+                l.contains("FailedMount") && l.contains("\"etc\"") && l.contains("not a directory")
+            }) && log
+                .lines()
+                .any(|l| l.contains("FailedMount") && l.contains("\"data\""));
+            Ok(named.then_some(()))
+        })
+        .await?;
+        for name in ["badvol", "noflex"] {
+            let pod = node
+                .kubelet
+                .reported_pod(name)?
+                .context("pod not reported")?;
+            ensure!(
+                text(&pod, &["status", "phase"]) == "Pending",
+                "{name}: {pod}"
+            );
+            let uid = text(&pod, &["metadata", "uid"]);
+            let pod_dir = node.kubelet.root_dir.join("pods").join(uid);
+            let left = mounts_under(&pod_dir);
+            ensure!(left.is_empty(), "{name}: left mounted: {left:?}");
+        }
+        let mut cri = node.cri().await?;
+        for name in ["badvol", "noflex"] {
+            let containers = list_containers(&mut cri, Some(&node.kubelet.pod_name(name))).await?;
+            ensure!(
+                containers.is_empty(),
+                "{name} has containers: {containers:?}"
+            );
+        }
         Ok(())
     })
 }

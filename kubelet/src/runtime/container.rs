@@ -1,8 +1,8 @@
 //! Builds the CRI `ContainerConfig` of one container instance (upstream
 //! `generateContainerConfig`), and the `$(VAR)` expansion of env, command and args.
 //!
-//! Pure: what cannot be honoured yet (env from sources, volume mounts,
-//! resources) is returned as [`Unsupported`] for the caller to warn about.
+//! Pure: volume mounts are added by the caller (they need the mounted
+//! volumes); a spec that cannot be honoured is a [`ContainerConfigError`].
 
 use std::collections::HashMap;
 
@@ -72,21 +72,6 @@ pub enum ContainerConfigError {
         /// Object name.
         object: String,
     },
-}
-
-/// A field of the container spec this kubelet does not apply yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unsupported {
-    /// `volumeMounts`.
-    VolumeMounts,
-}
-
-impl std::fmt::Display for Unsupported {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::VolumeMounts => f.write_str("volumeMounts are not supported yet"),
-        }
-    }
 }
 
 /// `<container name>/<restart count>.log`, relative to the pod log directory.
@@ -418,17 +403,9 @@ pub fn container_config(
     container: &Container,
     restart_count: u32,
     context: &EnvContext,
-) -> Result<(cri::ContainerConfig, Vec<Unsupported>), ContainerConfigError> {
+) -> Result<cri::ContainerConfig, ContainerConfigError> {
     let meta = &pod.metadata;
-    let mut unsupported = Vec::new();
     let envs = environment(pod, container, context)?;
-    if container
-        .volume_mounts
-        .as_ref()
-        .is_some_and(|m| !m.is_empty())
-    {
-        unsupported.push(Unsupported::VolumeMounts);
-    }
     let lookup = |name: &str| {
         envs.iter()
             .find(|kv| kv.key == name)
@@ -508,7 +485,7 @@ pub fn container_config(
         }),
         ..Default::default()
     };
-    Ok((config, unsupported))
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -588,7 +565,7 @@ spec:
             node_cpu: 2.0,
             node_memory: 4.0 * 1024.0 * 1024.0 * 1024.0,
         };
-        let (config, unsupported) = container_config(&pod, container, 3, &context).unwrap();
+        let config = container_config(&pod, container, 3, &context).unwrap();
         assert_eq!(config.metadata.as_ref().unwrap().name, "main");
         assert_eq!(config.metadata.as_ref().unwrap().attempt, 3);
         assert_eq!(
@@ -623,7 +600,6 @@ spec:
                 ("NODE_MEMORY_GI", "4"),
             ]
         );
-        assert!(unsupported.is_empty(), "{unsupported:?}");
         let resources = config.linux.as_ref().unwrap().resources.clone().unwrap();
         assert_eq!(resources.cpu_shares, 256);
         assert_eq!(
@@ -683,7 +659,7 @@ spec:
             "{name: PASSWORD, valueFrom: {secretKeyRef: {name: db, key: pw, optional: true}}}",
         )
         .unwrap()]);
-        let (config, _) = container_config(&pod, &optional, 0, &EnvContext::default()).unwrap();
+        let config = container_config(&pod, &optional, 0, &EnvContext::default()).unwrap();
         assert!(config.envs.is_empty());
 
         let mut bad_field = container.clone();
@@ -708,7 +684,7 @@ spec:
         pod.spec.as_mut().unwrap().containers[0].security_context =
             Some(serde_yaml::from_str("{runAsUser: 0, privileged: true}").unwrap());
         let container = pod.spec.as_ref().unwrap().containers[0].clone();
-        let (config, _) = container_config(&pod, &container, 0, &EnvContext::default()).unwrap();
+        let config = container_config(&pod, &container, 0, &EnvContext::default()).unwrap();
         let sc = config.linux.unwrap().security_context.unwrap();
         assert_eq!(sc.run_as_user, Some(cri::Int64Value { value: 0 }));
         assert_eq!(sc.run_as_group, Some(cri::Int64Value { value: 1000 }));

@@ -12,6 +12,7 @@ pub mod sandbox;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_cri::v1 as cri_api;
@@ -22,6 +23,7 @@ use crate::actions::{
 };
 use crate::labels;
 pub use cri::{ContainerEvents, CriError, RemoteRuntimeService, RuntimeService};
+use volume_drivers::{PodVolumes, VolumeManager};
 
 /// Identity of a pod, known from its spec or from the labels of its CRI objects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,6 +158,44 @@ pub enum RuntimeError {
         container_name: String,
         /// Image reference.
         image: String,
+    },
+    /// The pod's volumes could not be set up (upstream `FailedMount`).
+    #[error("setting up the volumes of pod {pod_uid}")]
+    Volumes {
+        /// Pod UID.
+        pod_uid: String,
+        /// What failed, naming the volume.
+        #[source]
+        source: volume_drivers::VolumeError,
+    },
+    /// A container's volume mounts (subPath) could not be made.
+    #[error("mounting the volumes of container {container_name} of pod {pod_uid}")]
+    ContainerMounts {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// What failed, naming the volume mount.
+        #[source]
+        source: volume_drivers::ContainerMountError,
+    },
+    /// The pod's volumes could not be torn down.
+    #[error("tearing down the volumes of pod {pod_uid}")]
+    VolumeTeardown {
+        /// Pod UID.
+        pod_uid: String,
+        /// Everything that failed.
+        #[source]
+        source: volume_drivers::TeardownError,
+    },
+    /// A blocking volume task panicked.
+    #[error("volume task of pod {pod_uid} ended abnormally")]
+    VolumeTask {
+        /// Pod UID.
+        pod_uid: String,
+        /// Join error.
+        #[source]
+        source: tokio::task::JoinError,
     },
     /// The container's config could not be built from its spec.
     #[error("building the config of container {container_name} of pod {pod_uid}")]
@@ -343,6 +383,8 @@ pub struct RuntimeManager<R> {
     resolv_conf: PathBuf,
     /// Node facts container environments may refer to (pod IPs are filled per container).
     node: container::EnvContext,
+    /// Sets up pod volumes; without it volume mounts are ignored with a warning.
+    volumes: Option<Arc<VolumeManager>>,
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -354,7 +396,121 @@ impl<R: RuntimeService> RuntimeManager<R> {
             pod_logs_dir,
             resolv_conf,
             node: container::EnvContext::default(),
+            volumes: None,
         }
+    }
+
+    /// Mounts pod volumes through `volumes`.
+    pub fn with_volumes(mut self, volumes: Arc<VolumeManager>) -> Self {
+        self.volumes = Some(volumes);
+        self
+    }
+
+    /// The volume manager, if volumes are handled.
+    pub fn volumes(&self) -> Option<&Arc<VolumeManager>> {
+        self.volumes.as_ref()
+    }
+
+    /// Sets up every volume of `pod` (idempotent). Static pods may not use
+    /// API objects, so no object store is given.
+    async fn setup_volumes(&self, pod: &Pod) -> Result<Option<Arc<PodVolumes>>, RuntimeError> {
+        let Some(manager) = self.volumes.clone() else {
+            return Ok(None);
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let pod = pod.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            volume_drivers::check_static_pod_volumes(&pod)?;
+            manager.setup_pod_volumes(&pod, &volume_drivers::NoApiObjects)
+        })
+        .await
+        .map_err(|source| RuntimeError::VolumeTask {
+            pod_uid: uid.clone(),
+            source,
+        })?;
+        match result {
+            Ok(volumes) => Ok(Some(Arc::new(volumes))),
+            Err(source) => {
+                tracing::warn!(
+                    pod.uid = uid,
+                    reason = "FailedMount",
+                    "{}",
+                    source.event_message()
+                );
+                Err(RuntimeError::Volumes {
+                    pod_uid: uid,
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Unmounts and removes everything of pod `uid` under the root dir;
+    /// works without the pod's spec.
+    pub async fn teardown_volumes(&self, uid: &str) -> Result<(), RuntimeError> {
+        let Some(manager) = self.volumes.clone() else {
+            return Ok(());
+        };
+        let owned = uid.to_owned();
+        tokio::task::spawn_blocking(move || manager.teardown_pod(&owned))
+            .await
+            .map_err(|source| RuntimeError::VolumeTask {
+                pod_uid: uid.to_owned(),
+                source,
+            })?
+            .map_err(|source| RuntimeError::VolumeTeardown {
+                pod_uid: uid.to_owned(),
+                source,
+            })
+    }
+
+    /// The CRI mounts of one container (subPath binds are made here).
+    async fn container_mounts(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        volumes: &Arc<PodVolumes>,
+        envs: &[cri_api::KeyValue],
+    ) -> Result<Vec<cri_api::Mount>, RuntimeError> {
+        let Some(manager) = self.volumes.clone() else {
+            return Ok(Vec::new());
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let env: HashMap<String, String> = envs
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let privileged = container
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.privileged)
+            .unwrap_or(false);
+        let (pod, container, volumes) = (pod.clone(), container.clone(), volumes.clone());
+        let name = container.name.clone();
+        let mounts = tokio::task::spawn_blocking(move || {
+            manager.container_mounts(&pod, &container, &volumes, &env, privileged)
+        })
+        .await
+        .map_err(|source| RuntimeError::VolumeTask {
+            pod_uid: uid.clone(),
+            source,
+        })?
+        .map_err(|source| RuntimeError::ContainerMounts {
+            pod_uid: uid,
+            container_name: name,
+            source,
+        })?;
+        Ok(mounts
+            .into_iter()
+            .map(|m| cri_api::Mount {
+                container_path: m.container_path,
+                host_path: m.host_path.display().to_string(),
+                readonly: m.read_only,
+                selinux_relabel: m.selinux_relabel,
+                propagation: m.propagation.cri_value(),
+                ..Default::default()
+            })
+            .collect())
     }
 
     /// Sets the node's IPs and allocatable cpu (cores) and memory (bytes),
@@ -524,6 +680,9 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let uid = pod_ref.uid.as_str();
         let mut errors = Vec::new();
         let mut new_sandbox: Option<(String, u32)> = None;
+        // Set up once per execution, before the first container starts;
+        // `Err(())` once that failed (reported), so no container starts.
+        let mut pod_volumes: Option<Result<Option<Arc<PodVolumes>>, ()>> = None;
         for action in actions {
             let result = match action {
                 Action::StopContainer {
@@ -601,8 +760,33 @@ impl<R: RuntimeService> RuntimeManager<R> {
                         // The sandbox could not be created; that error is already reported.
                         (_, None) => Ok(()),
                         (Some(pod), Some((sandbox_id, attempt))) => {
-                            self.start_container(pod, name, *restart_count, &sandbox_id, attempt)
-                                .await
+                            let volumes = match &pod_volumes {
+                                Some(done) => done.clone(),
+                                None => {
+                                    let result = self.setup_volumes(pod).await;
+                                    let done = result.as_ref().map(Clone::clone).map_err(|_| ());
+                                    pod_volumes = Some(done.clone());
+                                    if let Err(error) = result {
+                                        errors.push(error);
+                                    }
+                                    done
+                                }
+                            };
+                            match volumes {
+                                Ok(volumes) => {
+                                    self.start_container(
+                                        pod,
+                                        name,
+                                        *restart_count,
+                                        &sandbox_id,
+                                        attempt,
+                                        volumes.as_ref(),
+                                    )
+                                    .await
+                                }
+                                // Reported when the set-up failed.
+                                Err(()) => Ok(()),
+                            }
                         }
                         (None, Some(_)) => Err(RuntimeError::MissingSpec {
                             pod_uid: uid.to_owned(),
@@ -760,6 +944,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         restart_count: u32,
         sandbox_id: &str,
         attempt: u32,
+        volumes: Option<&Arc<PodVolumes>>,
     ) -> Result<(), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
         let uid = pod_ref.uid.as_str();
@@ -774,21 +959,29 @@ impl<R: RuntimeService> RuntimeManager<R> {
             pod_ips,
             ..self.node.clone()
         };
-        let (config, unsupported) =
-            container::container_config(pod, container, restart_count, &context).map_err(
-                |source| RuntimeError::ContainerConfig {
-                    pod_uid: uid.to_owned(),
-                    container_name: name.to_owned(),
-                    source,
-                },
-            )?;
-        for field in unsupported {
-            tracing::warn!(
+        let mut config = container::container_config(pod, container, restart_count, &context)
+            .map_err(|source| RuntimeError::ContainerConfig {
+                pod_uid: uid.to_owned(),
+                container_name: name.to_owned(),
+                source,
+            })?;
+        let has_mounts = container
+            .volume_mounts
+            .as_ref()
+            .is_some_and(|m| !m.is_empty());
+        match volumes {
+            Some(volumes) => {
+                config.mounts = self
+                    .container_mounts(pod, container, volumes, &config.envs)
+                    .await?;
+            }
+            None if has_mounts => tracing::warn!(
                 pod.uid = uid,
                 pod.name = pod_ref.name,
                 container.name = name,
-                "{field}; ignored"
-            );
+                "volume mounts are ignored: no volume manager"
+            ),
+            None => {}
         }
         let log_dir = Path::new(&sandbox_config.log_directory).join(name);
         self.create_dir(uid, &log_dir).await?;
