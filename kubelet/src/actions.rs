@@ -202,6 +202,10 @@ pub struct ObservedContainer {
     pub termination_grace_period: Option<i64>,
     /// Host path of its log file, if the runtime reports one.
     pub log_path: Option<String>,
+    /// A sidecar (stopped after the app containers).
+    pub sidecar: bool,
+    /// JSON of its preStop handler, if it has one.
+    pub pre_stop: Option<String>,
 }
 
 /// Everything the runtime has for one pod UID.
@@ -392,11 +396,15 @@ fn clamp_grace(seconds: i64) -> i64 {
 /// Stop everything (containers first, with their grace), then remove everything.
 fn compute_termination(grace_period: Option<i64>, observed: &ObservedPod) -> PodActions {
     let mut actions = Vec::new();
-    for c in observed
+    // App containers first, sidecars after them (the executor stops each
+    // group in parallel, one group after the other).
+    let mut live: Vec<&ObservedContainer> = observed
         .containers
         .iter()
         .filter(|c| c.state != ContainerState::Exited)
-    {
+        .collect();
+    live.sort_by_key(|c| c.sidecar);
+    for c in live {
         let grace = grace_period
             .or(c.termination_grace_period)
             .unwrap_or(DEFAULT_TERMINATION_GRACE_PERIOD);
@@ -473,11 +481,13 @@ impl RunPlan<'_> {
     /// Kills the whole pod: every live container, every ready sandbox.
     fn kill_pod(&mut self) {
         let observed = self.observed;
-        for c in observed
+        let mut live: Vec<&ObservedContainer> = observed
             .containers
             .iter()
             .filter(|c| c.state != ContainerState::Exited)
-        {
+            .collect();
+        live.sort_by_key(|c| c.sidecar);
+        for c in live {
             self.stop(c, StopReason::SandboxChanged);
         }
         for s in observed.sandboxes.iter().filter(|s| s.ready) {
@@ -701,11 +711,13 @@ fn compute_run(
     // Every container has finished for good (or an init container failed
     // for good): stop what still runs and release the sandbox (and its IP).
     if !pod_active {
-        for c in observed
+        let mut running: Vec<&ObservedContainer> = observed
             .containers
             .iter()
             .filter(|c| c.state == ContainerState::Running && desired.in_spec(&c.name))
-        {
+            .collect();
+        running.sort_by_key(|c| c.sidecar);
+        for c in running {
             plan.stop(c, StopReason::PodFinished);
         }
         for s in observed.sandboxes.iter().filter(|s| s.ready) {

@@ -33,3 +33,11 @@ pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
 pub const CONFIG_SEEN: &str = "kubernetes.io/config.seen";
 /// Pod annotation: where the pod came from (`file`, `http`, `api`).
 pub const CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+/// Container annotation: the JSON of the container's `lifecycle.preStop`
+/// handler (named ports resolved), so the hook runs even when the container
+/// is stopped without its spec (an orphan).
+pub const CONTAINER_PRE_STOP_HANDLER: &str = "io.kubernetes.container.preStopHandler";
+/// Container annotation (ours, not upstream): `"true"` on sidecars (init
+/// containers with `restartPolicy: Always`), which are stopped after the
+/// app containers even when the pod's spec is gone.
+pub const CONTAINER_SIDECAR: &str = "kubelet-rs.io/sidecar";

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod config;
+pub mod hooks;
 pub mod labels;
 pub mod pleg;
 pub mod pod_workers;

@@ -121,11 +121,14 @@ fn waiting_after(error: &RuntimeError) -> Option<(&str, Waiting)> {
         RuntimeError::StartContainer { container_name, .. } => {
             (container_name, "RunContainerError")
         }
+        RuntimeError::PostStartHook { container_name, .. } => {
+            (container_name, "PostStartHookError")
+        }
         _ => return None,
     };
-    let message = match error.source_chain() {
-        Some(message) => message,
-        None => error.to_string(),
+    let message = match error {
+        RuntimeError::PostStartHook { message, .. } => message.clone(),
+        _ => error.source_chain().unwrap_or_else(|| error.to_string()),
     };
     Some((
         name.as_str(),

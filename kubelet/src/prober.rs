@@ -418,22 +418,7 @@ async fn run_probe<R: RuntimeService>(
 ) -> Result<(), String> {
     if let Some(exec) = &probe.exec {
         let command = exec.command.clone().unwrap_or_default();
-        let response = runtime
-            .service()
-            .exec_sync(&target.container_id, command, timeout)
-            .await
-            .map_err(|e| crate::ErrorChain(&e).to_string())?;
-        return if response.exit_code == 0 {
-            Ok(())
-        } else {
-            let mut output = String::from_utf8_lossy(&response.stdout).into_owned();
-            output.push_str(&String::from_utf8_lossy(&response.stderr));
-            Err(format!(
-                "command exited with {}: {}",
-                response.exit_code,
-                output.trim()
-            ))
-        };
+        return exec_command(runtime.service(), &target.container_id, command, timeout).await;
     }
     let address = |host: Option<&String>, port: &IntOrString| -> Result<(String, u16), String> {
         let port = resolve_port(container, port)?;
@@ -479,8 +464,31 @@ async fn run_probe<R: RuntimeService>(
     }
 }
 
+/// Runs `command` in the container through `ExecSync`; success is exit code 0.
+pub(crate) async fn exec_command<R: RuntimeService>(
+    service: &R,
+    container_id: &str,
+    command: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let response = service
+        .exec_sync(container_id, command, timeout)
+        .await
+        .map_err(|e| crate::ErrorChain(&e).to_string())?;
+    if response.exit_code == 0 {
+        return Ok(());
+    }
+    let mut output = String::from_utf8_lossy(&response.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&response.stderr));
+    Err(format!(
+        "command exited with {}: {}",
+        response.exit_code,
+        output.trim()
+    ))
+}
+
 /// A port by number or by the name of one of the container's ports.
-fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, String> {
+pub(crate) fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, String> {
     let number = match port {
         IntOrString::Int(n) => *n,
         IntOrString::String(name) => match name.parse::<i32>() {
@@ -501,7 +509,7 @@ fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, String
 }
 
 /// `GET path` with the upstream user agent; 200-399 is success.
-async fn http_probe(
+pub(crate) async fn http_probe(
     host: &str,
     port: u16,
     path: &str,

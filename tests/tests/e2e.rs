@@ -58,6 +58,7 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "bad_volume_fails_only_its_pod",
         bad_volume_fails_only_its_pod,
     ),
+    ("hooks_and_termination_order", hooks_and_termination_order),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -1080,6 +1081,79 @@ spec:
                 "{name} has containers: {containers:?}"
             );
         }
+        Ok(())
+    })
+}
+
+/// postStart runs before the container goes on; on removal the app's
+/// preStop hook runs first, the sidecar's after the app has stopped.
+fn hooks_and_termination_order(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let host_dir = node
+            .kubelet
+            .root_dir
+            .parent()
+            .context("no scratch dir")?
+            .join("hooks");
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hooked
+spec:
+  terminationGracePeriodSeconds: 3
+  initContainers:
+    - name: side
+      image: {BUSYBOX_IMAGE}
+      restartPolicy: Always
+      command: ["sleep", "3600"]
+      volumeMounts: [{{name: out, mountPath: /out}}]
+      lifecycle:
+        preStop: {{exec: {{command: ["sh", "-c", "echo side-prestop >> /out/order"]}}}}
+  containers:
+    - name: app
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "while [ ! -f /tmp/started ]; do sleep 0.1; done; echo poststart-seen; sleep 3600"]
+      volumeMounts: [{{name: out, mountPath: /out}}]
+      lifecycle:
+        postStart: {{exec: {{command: ["sh", "-c", "touch /tmp/started"]}}}}
+        preStop: {{exec: {{command: ["sh", "-c", "echo app-prestop >> /out/order; sleep 1"]}}}}
+  volumes:
+    - {{name: out, hostPath: {{path: {host}, type: DirectoryOrCreate}}}}
+"#,
+            host = host_dir.display()
+        );
+        node.kubelet.write_manifest("hooked.yaml", &manifest)?;
+        let pod = wait_for_reported(node, "hooked", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let uid = text(&pod, &["metadata", "uid"]).to_owned();
+        let log = pod_log_path("default", &node.kubelet.pod_name("hooked"), &uid, "app", 0);
+        node.wait_until("the app saw its postStart hook's file", async || {
+            let seen = read_cri_log(&log)
+                .map(|lines| lines.iter().any(|l| l.content == "poststart-seen"))
+                .unwrap_or(false);
+            Ok(seen.then_some(()))
+        })
+        .await?;
+
+        node.kubelet.remove_manifest("hooked.yaml")?;
+        let mut cri = node.cri().await?;
+        let pod_name = node.kubelet.pod_name("hooked");
+        node.wait_until("the pod is gone", async || {
+            Ok(list_sandboxes(&mut cri, Some(&pod_name))
+                .await?
+                .is_empty()
+                .then_some(()))
+        })
+        .await?;
+        let order = std::fs::read_to_string(host_dir.join("order"))
+            .context("no preStop hook wrote its line")?;
+        ensure!(
+            order == "app-prestop\nside-prestop\n",
+            "preStop order: {order:?}"
+        );
         Ok(())
     })
 }

@@ -459,6 +459,13 @@ pub fn container_config(
             termination_grace_period(pod).to_string(),
         ),
     ]);
+    let mut annotations = annotations;
+    if let Some(handler) = crate::hooks::recorded_pre_stop(container) {
+        annotations.insert(labels::CONTAINER_PRE_STOP_HANDLER.to_owned(), handler);
+    }
+    if container.restart_policy.as_deref() == Some("Always") {
+        annotations.insert(labels::CONTAINER_SIDECAR.to_owned(), "true".to_owned());
+    }
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: container.name.clone(),

@@ -197,6 +197,16 @@ pub enum RuntimeError {
         #[source]
         source: tokio::task::JoinError,
     },
+    /// The container's postStart hook failed; the container was killed.
+    #[error("postStart hook of container {container_name} of pod {pod_uid} failed: {message}")]
+    PostStartHook {
+        /// Pod UID.
+        pod_uid: String,
+        /// Container name.
+        container_name: String,
+        /// What the hook reported.
+        message: String,
+    },
     /// The container's config could not be built from its spec.
     #[error("building the config of container {container_name} of pod {pod_uid}")]
     ContainerConfig {
@@ -350,6 +360,8 @@ fn observed_container(sandbox_id: String, status: cri_api::ContainerStatus) -> O
         image: status.image.map(|i| i.image).unwrap_or_default(),
         image_ref: status.image_ref,
         log_path: Some(status.log_path).filter(|p| !p.is_empty()),
+        sidecar: annotation(labels::CONTAINER_SIDECAR).is_some_and(|v| v == "true"),
+        pre_stop: annotation(labels::CONTAINER_PRE_STOP_HANDLER).cloned(),
         sandbox_id,
         id: status.id,
     }
@@ -683,36 +695,42 @@ impl<R: RuntimeService> RuntimeManager<R> {
         // Set up once per execution, before the first container starts;
         // `Err(())` once that failed (reported), so no container starts.
         let mut pod_volumes: Option<Result<Option<Arc<PodVolumes>>, ()>> = None;
-        for action in actions {
+        let mut index = 0;
+        while index < actions.len() {
+            let action = &actions[index];
+            index += 1;
             let result = match action {
-                Action::StopContainer {
-                    container_id,
-                    name,
-                    grace_period,
-                    reason,
-                } => {
-                    tracing::info!(
-                        pod.uid = uid,
-                        pod.name = pod_ref.name,
-                        container.id = container_id,
-                        container.name = name,
-                        grace_period,
-                        ?reason,
-                        "stopping container"
-                    );
-                    match self
-                        .service
-                        .stop_container(container_id, *grace_period)
-                        .await
+                Action::StopContainer { container_id, .. } => {
+                    // Consecutive stops of one group (app containers, or
+                    // sidecars) run in parallel, as upstream kills them.
+                    let sidecar = |id: &str| {
+                        observed
+                            .containers
+                            .iter()
+                            .find(|c| c.id == id)
+                            .is_some_and(|c| c.sidecar)
+                    };
+                    let group_sidecar = sidecar(container_id);
+                    let mut group = vec![action];
+                    while let Some(next @ Action::StopContainer { container_id, .. }) =
+                        actions.get(index)
                     {
-                        Err(e) if !e.is_not_found() => Err(RuntimeError::StopContainer {
-                            pod_uid: uid.to_owned(),
-                            container_name: name.clone(),
-                            container_id: container_id.clone(),
-                            source: e,
-                        }),
-                        _ => Ok(()),
+                        if sidecar(container_id) != group_sidecar {
+                            break;
+                        }
+                        group.push(next);
+                        index += 1;
                     }
+                    let stops = group
+                        .into_iter()
+                        .map(|action| self.stop_container(pod_ref, observed, action));
+                    errors.extend(
+                        futures::future::join_all(stops)
+                            .await
+                            .into_iter()
+                            .filter_map(Result::err),
+                    );
+                    Ok(())
                 }
                 Action::StopPodSandbox { sandbox_id } => {
                     tracing::info!(
@@ -847,6 +865,79 @@ impl<R: RuntimeService> RuntimeManager<R> {
             }
         }
         errors
+    }
+
+    /// Runs the container's preStop hook (if it has one and runs), then
+    /// stops it with what is left of the grace period.
+    async fn stop_container(
+        &self,
+        pod_ref: &PodRef,
+        observed: &ObservedPod,
+        action: &Action,
+    ) -> Result<(), RuntimeError> {
+        let Action::StopContainer {
+            container_id,
+            name,
+            grace_period,
+            reason,
+        } = action
+        else {
+            return Ok(());
+        };
+        let uid = pod_ref.uid.as_str();
+        tracing::info!(
+            pod.uid = uid,
+            pod.name = pod_ref.name,
+            container.id = container_id,
+            container.name = name,
+            grace_period,
+            ?reason,
+            "stopping container"
+        );
+        let grace = Duration::from_secs(grace_period.unsigned_abs());
+        let instance = observed.containers.iter().find(|c| &c.id == container_id);
+        let pre_stop = instance
+            .filter(|c| c.state == crate::actions::ContainerState::Running)
+            .and_then(|c| c.pre_stop.as_deref())
+            .and_then(|json| {
+                serde_json::from_str::<k8s_openapi::api::core::v1::LifecycleHandler>(json).ok()
+            });
+        let mut remaining = *grace_period;
+        if let Some(handler) = pre_stop {
+            let started = std::time::Instant::now();
+            let pod_ip = observed
+                .latest_sandbox()
+                .and_then(|s| s.ips.first())
+                .and_then(|ip| ip.parse().ok());
+            let outcome = crate::hooks::run_handler(
+                &self.service,
+                &handler,
+                container_id,
+                None,
+                pod_ip,
+                grace,
+            )
+            .await;
+            if let Err(message) = outcome {
+                tracing::warn!(
+                    pod.uid = uid,
+                    container.name = name,
+                    reason = "FailedPreStopHook",
+                    "PreStopHook failed: {message}"
+                );
+            }
+            let spent = started.elapsed().as_secs() as i64;
+            remaining = (grace_period - spent).max(crate::actions::MINIMUM_GRACE_PERIOD);
+        }
+        match self.service.stop_container(container_id, remaining).await {
+            Err(e) if !e.is_not_found() => Err(RuntimeError::StopContainer {
+                pod_uid: uid.to_owned(),
+                container_name: name.clone(),
+                container_id: container_id.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
     }
 
     async fn run_pod_sandbox(&self, pod: &Pod, attempt: u32) -> Result<String, RuntimeError> {
@@ -1004,6 +1095,45 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 container_id: container_id.clone(),
                 source,
             })?;
+        if let Some(handler) = container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.as_ref())
+        {
+            let pod_ip = context.pod_ips.first().and_then(|ip| ip.parse().ok());
+            let grace = crate::actions::termination_grace_period(pod);
+            let outcome = crate::hooks::run_handler(
+                &self.service,
+                handler,
+                &container_id,
+                Some(container),
+                pod_ip,
+                Duration::from_secs(
+                    grace
+                        .max(crate::actions::MINIMUM_GRACE_PERIOD)
+                        .unsigned_abs(),
+                ),
+            )
+            .await;
+            if let Err(message) = outcome {
+                tracing::warn!(
+                    pod.uid = uid,
+                    container.name = name,
+                    reason = "FailedPostStartHook",
+                    "PostStartHook failed: {message}"
+                );
+                // Upstream kills a container whose postStart hook failed.
+                let _ = self
+                    .service
+                    .stop_container(&container_id, crate::actions::MINIMUM_GRACE_PERIOD)
+                    .await;
+                return Err(RuntimeError::PostStartHook {
+                    pod_uid: uid.to_owned(),
+                    container_name: name.to_owned(),
+                    message,
+                });
+            }
+        }
         tracing::info!(
             pod.uid = uid,
             pod.name = pod_ref.name,
