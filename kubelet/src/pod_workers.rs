@@ -206,6 +206,9 @@ impl<R: RuntimeService> PodWorker<R> {
             .map_err(|e| vec![e])?;
         match intent {
             WorkerIntent::Run(pod) => {
+                self.runtime
+                    .read_termination_messages(pod, &mut observed)
+                    .await;
                 self.prober
                     .sync_pod(pod, &observed, self.pod_ip(pod, &observed));
                 observed.unhealthy = self.prober.unhealthy(&observed);

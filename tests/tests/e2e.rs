@@ -59,6 +59,7 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         bad_volume_fails_only_its_pod,
     ),
     ("hooks_and_termination_order", hooks_and_termination_order),
+    ("termination_messages", termination_messages),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -1154,6 +1155,55 @@ spec:
             order == "app-prestop\nside-prestop\n",
             "preStop order: {order:?}"
         );
+        Ok(())
+    })
+}
+
+/// A container's termination message file and, with
+/// `FallbackToLogsOnError`, the tail of its log become the terminated state's
+/// message.
+fn termination_messages(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let manifest = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: messages
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: file
+      image: {BUSYBOX_IMAGE}
+      command: ["sh", "-c", "echo -n all done > /dev/termination-log"]
+    - name: custom
+      image: {BUSYBOX_IMAGE}
+      terminationMessagePath: /tmp/why
+      command: ["sh", "-c", "echo -n custom path > /tmp/why; exit 4"]
+    - name: logs
+      image: {BUSYBOX_IMAGE}
+      terminationMessagePolicy: FallbackToLogsOnError
+      command: ["sh", "-c", "echo first; echo last words; exit 2"]
+"#
+        );
+        node.kubelet.write_manifest("messages.yaml", &manifest)?;
+        let pod = wait_for_reported(node, "messages", "Failed", |p| {
+            text(p, &["status", "phase"]) == "Failed"
+        })
+        .await?;
+        let statuses = &pod["status"]["containerStatuses"];
+        for (name, want) in [
+            ("file", "all done"),
+            ("custom", "custom path"),
+            ("logs", "first\nlast words"),
+        ] {
+            let entry = container_entry(statuses, name)?;
+            let message = text(entry, &["state", "terminated", "message"]);
+            ensure!(
+                message == want,
+                "{name}: message {message:?}, want {want:?}"
+            );
+        }
         Ok(())
     })
 }

@@ -141,6 +141,15 @@ impl PodDirs {
         self.plugin_dir(uid, plugin).join(volume)
     }
 
+    /// `<root>/pods/<uid>/containers/<container>/<instance>`: the host file
+    /// mounted at a container instance's `terminationMessagePath`.
+    pub fn container_termination_log(&self, uid: &str, container: &str, instance: &str) -> PathBuf {
+        self.pod_dir(uid)
+            .join("containers")
+            .join(container)
+            .join(instance)
+    }
+
     /// `<root>/pods/<uid>/volume-subpaths`
     pub fn subpaths_dir(&self, uid: &str) -> PathBuf {
         self.pod_dir(uid).join("volume-subpaths")

@@ -188,6 +188,17 @@ pub enum RuntimeError {
         #[source]
         source: volume_drivers::TeardownError,
     },
+    /// The termination message file could not be made.
+    #[error("creating the termination message file {path} of pod {pod_uid}")]
+    TerminationLog {
+        /// Pod UID.
+        pod_uid: String,
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A blocking volume task panicked.
     #[error("volume task of pod {pod_uid} ended abnormally")]
     VolumeTask {
@@ -474,6 +485,82 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 pod_uid: uid.to_owned(),
                 source,
             })
+    }
+
+    /// An empty host file for the instance's termination message, mounted at
+    /// its `terminationMessagePath` (upstream does the same).
+    async fn termination_log_mount(
+        &self,
+        uid: &str,
+        container: &Container,
+        restart_count: u32,
+    ) -> Result<Option<cri_api::Mount>, RuntimeError> {
+        let Some(manager) = self.volumes.as_ref() else {
+            return Ok(None);
+        };
+        let container_path = container
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| container::DEFAULT_TERMINATION_MESSAGE_PATH.to_owned());
+        if container_path.is_empty() {
+            return Ok(None);
+        }
+        let host_path = manager.dirs().container_termination_log(
+            uid,
+            &container.name,
+            &restart_count.to_string(),
+        );
+        let io_error = |source| RuntimeError::TerminationLog {
+            pod_uid: uid.to_owned(),
+            path: host_path.clone(),
+            source,
+        };
+        if let Some(dir) = host_path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+        }
+        // Truncated: a retried creation of the same instance starts afresh.
+        tokio::fs::write(&host_path, b"").await.map_err(io_error)?;
+        Ok(Some(cri_api::Mount {
+            container_path,
+            host_path: host_path.display().to_string(),
+            ..Default::default()
+        }))
+    }
+
+    /// Replaces the message of exited containers with their termination
+    /// message: the file at `terminationMessagePath` (at most 4096 bytes),
+    /// or with `FallbackToLogsOnError` after a failure, the last 80 lines of
+    /// the log (at most 2048 bytes), as upstream.
+    pub async fn read_termination_messages(&self, pod: &Pod, observed: &mut ObservedPod) {
+        let Some(manager) = self.volumes.as_ref() else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for c in observed
+            .containers
+            .iter_mut()
+            .filter(|c| c.state == crate::actions::ContainerState::Exited)
+        {
+            let file = manager.dirs().container_termination_log(
+                &uid,
+                &c.name,
+                &c.restart_count.to_string(),
+            );
+            let mut message = read_prefix(&file, MAX_TERMINATION_MESSAGE).await;
+            let fallback = find_container(pod, &c.name)
+                .and_then(|spec| spec.termination_message_policy.as_deref())
+                == Some("FallbackToLogsOnError");
+            if message.is_empty()
+                && fallback
+                && c.exit_code != 0
+                && let Some(log) = c.log_path.as_deref()
+            {
+                message = log_tail(Path::new(log), 80, MAX_FALLBACK_MESSAGE).await;
+            }
+            if !message.is_empty() {
+                c.message = message;
+            }
+        }
     }
 
     /// The CRI mounts of one container (subPath binds are made here).
@@ -1065,6 +1152,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 config.mounts = self
                     .container_mounts(pod, container, volumes, &config.envs)
                     .await?;
+                if let Some(mount) = self
+                    .termination_log_mount(uid, container, restart_count)
+                    .await?
+                {
+                    config.mounts.push(mount);
+                }
             }
             None if has_mounts => tracing::warn!(
                 pod.uid = uid,
@@ -1146,6 +1239,45 @@ impl<R: RuntimeService> RuntimeManager<R> {
         );
         Ok(())
     }
+}
+
+/// Upstream `maxMsgSize` of a termination message file.
+const MAX_TERMINATION_MESSAGE: usize = 4096;
+/// Upstream `kubecontainer.MaxContainerTerminationMessageLogLength`.
+const MAX_FALLBACK_MESSAGE: usize = 2048;
+
+/// Up to `limit` bytes of a file as text; empty if it cannot be read.
+async fn read_prefix(path: &Path, limit: usize) -> String {
+    match tokio::fs::read(path).await {
+        Ok(mut bytes) => {
+            bytes.truncate(limit);
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Err(_) => String::new(),
+    }
+}
+
+/// The content of the last `lines` lines of a CRI log, at most `limit`
+/// bytes (the end is kept).
+async fn log_tail(path: &Path, lines: usize, limit: usize) -> String {
+    let Ok(text) = tokio::fs::read_to_string(path).await else {
+        return String::new();
+    };
+    // `<time> <stream> <P|F> <content>`
+    let contents: Vec<&str> = text
+        .lines()
+        .map(|line| line.splitn(4, ' ').nth(3).unwrap_or_default())
+        .collect();
+    let start = contents.len().saturating_sub(lines);
+    let mut tail = contents[start..].join("\n");
+    if tail.len() > limit {
+        let mut cut = tail.len() - limit;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    tail
 }
 
 /// Deletes the log of a garbage-collected container instance; failure only
