@@ -34,6 +34,20 @@ pub enum ConfigError {
         /// Value as given.
         value: String,
     },
+    /// The config file could not be used.
+    #[error(transparent)]
+    File(#[from] crate::config_file::ConfigFileError),
+    /// Neither `--pod-manifest-path` nor `staticPodPath` is given.
+    #[error("no static pod directory: pass --pod-manifest-path or set staticPodPath in --config")]
+    NoStaticPodPath,
+    /// A reserved resource quantity does not parse.
+    #[error("invalid quantity {value:?} for {field}")]
+    Quantity {
+        /// e.g. `kubeReserved.memory`.
+        field: String,
+        /// Value as given.
+        value: String,
+    },
     /// No `--hostname-override` and the system hostname could not be read.
     #[error("reading the system hostname (pass --hostname-override)")]
     Hostname(#[source] nix::Error),
@@ -46,9 +60,14 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "kubelet", version, about = "Kubernetes node agent")]
 pub struct KubeletFlags {
-    /// Directory with static pod manifests (`*.yaml`, `*.yml`, `*.json`).
+    /// Kubelet config file (`KubeletConfiguration`, kubelet.config.k8s.io/v1beta1);
+    /// flags given on the command line override its fields.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory with static pod manifests (`*.yaml`, `*.yml`, `*.json`)
+    /// (`staticPodPath`).
     #[arg(long, value_name = "DIR")]
-    pub pod_manifest_path: PathBuf,
+    pub pod_manifest_path: Option<PathBuf>,
     /// CRI endpoint, e.g. unix:///run/containerd/containerd.sock. Without it the
     /// embedded cri-shim runtime is started on a private socket.
     #[arg(long, value_name = "ENDPOINT")]
@@ -59,9 +78,9 @@ pub struct KubeletFlags {
     /// Node name to use instead of the system hostname.
     #[arg(long, value_name = "NAME")]
     pub hostname_override: Option<String>,
-    /// How often the manifest directory is re-listed besides inotify.
-    #[arg(long, value_name = "DURATION", default_value = "20s")]
-    pub file_check_frequency: String,
+    /// How often the manifest directory is re-listed besides inotify [default: 20s].
+    #[arg(long, value_name = "DURATION")]
+    pub file_check_frequency: Option<String>,
     /// CNI network configuration directory (embedded runtime only).
     #[arg(long, value_name = "DIR", default_value = cri_shim::config::DEFAULT_CNI_CONF_DIR)]
     pub cni_conf_dir: PathBuf,
@@ -76,18 +95,29 @@ pub struct KubeletFlags {
     /// State root of the embedded runtime.
     #[arg(long, value_name = "DIR", default_value = cri_shim::config::DEFAULT_ROOT)]
     pub cri_shim_root: PathBuf,
-    /// Timeout of every CRI request except image pulls.
-    #[arg(long, value_name = "DURATION", default_value = "2m")]
-    pub runtime_request_timeout: String,
-    /// Directory of FlexVolume drivers (`<vendor>~<driver>/<driver>`).
-    #[arg(long, value_name = "DIR", default_value = volume_drivers::flexvolume::DEFAULT_PLUGIN_DIR)]
-    pub volume_plugin_dir: PathBuf,
+    /// Timeout of every CRI request except image pulls [default: 2m].
+    #[arg(long, value_name = "DURATION")]
+    pub runtime_request_timeout: Option<String>,
+    /// Directory of FlexVolume drivers (`<vendor>~<driver>/<driver>`)
+    /// [default: /usr/libexec/kubernetes/kubelet-plugins/volume/exec/].
+    #[arg(long, value_name = "DIR")]
+    pub volume_plugin_dir: Option<PathBuf>,
+    /// Cluster DNS server IPs, comma-separated (pods with `dnsPolicy: ClusterFirst`).
+    #[arg(long, value_name = "IPS", value_delimiter = ',')]
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain; pods search `<ns>.svc.<domain>`, `svc.<domain>`, `<domain>`.
+    #[arg(long, value_name = "DOMAIN")]
+    pub cluster_domain: Option<String>,
+    /// Resolver configuration for pods with `dnsPolicy: Default` [default: /etc/resolv.conf].
+    #[arg(long, value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
     /// IP address the kubelet's servers listen on (standalone default: 127.0.0.1).
     #[arg(long, value_name = "IP")]
     pub address: Option<IpAddr>,
-    /// Port of the unauthenticated read-only server (`/healthz`, `/pods`); 0 disables it.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_READ_ONLY_PORT)]
-    pub read_only_port: u16,
+    /// Port of the unauthenticated read-only server (`/healthz`, `/pods`); 0
+    /// disables it [default: 10255].
+    #[arg(long, value_name = "PORT")]
+    pub read_only_port: Option<u16>,
     /// IP address of the node (reported as the pods' hostIP); default: the
     /// address of the interface with the default route.
     #[arg(long, value_name = "IP")]
@@ -144,6 +174,14 @@ pub struct KubeletConfig {
     pub read_only_address: Option<SocketAddr>,
     /// The node IP given by `--node-ip`, if any.
     pub node_ip: Option<IpAddr>,
+    /// Cluster DNS servers; empty: pods resolve like the host.
+    pub cluster_dns: Vec<IpAddr>,
+    /// Cluster DNS domain.
+    pub cluster_domain: Option<String>,
+    /// Cpu cores held back from pods (`kubeReserved` + `systemReserved`).
+    pub reserved_cpu: f64,
+    /// Memory bytes held back from pods (`kubeReserved` + `systemReserved`).
+    pub reserved_memory: f64,
     /// FlexVolume driver directory.
     pub volume_plugin_dir: PathBuf,
 }
@@ -151,6 +189,20 @@ pub struct KubeletConfig {
 impl KubeletFlags {
     /// Resolves the flags; reads the system hostname when not overridden.
     pub fn into_config(self) -> Result<KubeletConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let loaded = crate::config_file::load(path)?;
+                for field in &loaded.unsupported {
+                    tracing::warn!(
+                        file = %path.display(),
+                        field,
+                        "kubelet config field is not supported by this kubelet; ignored"
+                    );
+                }
+                loaded.config
+            }
+            None => crate::config_file::KubeletConfiguration::default(),
+        };
         let hostname = match self.hostname_override {
             Some(name) => name,
             None => nix::unistd::gethostname()
@@ -159,7 +211,10 @@ impl KubeletFlags {
                 .into_owned(),
         };
         let node_name = node_name(&hostname).ok_or(ConfigError::EmptyNodeName)?;
-        let runtime = match self.container_runtime_endpoint {
+        let endpoint = self
+            .container_runtime_endpoint
+            .or(file.container_runtime_endpoint.clone());
+        let runtime = match endpoint {
             Some(endpoint) => RuntimeEndpoint::Remote(endpoint),
             None => RuntimeEndpoint::Embedded(EmbeddedRuntimeConfig {
                 socket: self.root_dir.join(EMBEDDED_RUNTIME_SOCKET),
@@ -168,32 +223,84 @@ impl KubeletFlags {
                 cni_bin_dirs: self.cni_bin_dir,
             }),
         };
+        let pod_manifest_path = self
+            .pod_manifest_path
+            .or(file.static_pod_path.clone())
+            .ok_or(ConfigError::NoStaticPodPath)?;
+        let file_check_frequency = self
+            .file_check_frequency
+            .or(file.file_check_frequency.clone())
+            .unwrap_or_else(|| "20s".to_owned());
+        let runtime_request_timeout = self
+            .runtime_request_timeout
+            .or(file.runtime_request_timeout.clone())
+            .unwrap_or_else(|| "2m".to_owned());
+        let read_only_port = self
+            .read_only_port
+            .or(file.read_only_port)
+            .unwrap_or(DEFAULT_READ_ONLY_PORT);
+        let address = self.address.or(file.address).unwrap_or(STANDALONE_ADDRESS);
+        let (reserved_cpu, reserved_memory) = reserved(&file)?;
         Ok(KubeletConfig {
             node_name,
-            pod_manifest_path: self.pod_manifest_path,
-            file_check_frequency: duration_flag(
-                "file-check-frequency",
-                &self.file_check_frequency,
-            )?,
+            pod_manifest_path,
+            file_check_frequency: duration_flag("file-check-frequency", &file_check_frequency)?,
             root_dir: self.root_dir,
             runtime,
             runtime_request_timeout: duration_flag(
                 "runtime-request-timeout",
-                &self.runtime_request_timeout,
+                &runtime_request_timeout,
             )?,
-            pod_logs_dir: PathBuf::from(DEFAULT_POD_LOGS_DIR),
-            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            pod_logs_dir: file
+                .pod_logs_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_POD_LOGS_DIR)),
+            resolv_conf: self
+                .resolv_conf
+                .or(file.resolv_conf.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_RESOLV_CONF)),
             pleg_relist_period: Duration::from_secs(1),
-            read_only_address: (self.read_only_port != 0).then(|| {
-                SocketAddr::new(
-                    self.address.unwrap_or(STANDALONE_ADDRESS),
-                    self.read_only_port,
-                )
-            }),
+            read_only_address: (read_only_port != 0)
+                .then(|| SocketAddr::new(address, read_only_port)),
             node_ip: self.node_ip,
-            volume_plugin_dir: self.volume_plugin_dir,
+            volume_plugin_dir: self
+                .volume_plugin_dir
+                .or(file.volume_plugin_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(volume_drivers::flexvolume::DEFAULT_PLUGIN_DIR)),
+            cluster_dns: if self.cluster_dns.is_empty() {
+                file.cluster_dns.clone().unwrap_or_default()
+            } else {
+                self.cluster_dns
+            },
+            cluster_domain: self.cluster_domain.or(file.cluster_domain.clone()),
+            reserved_cpu,
+            reserved_memory,
         })
     }
+}
+
+/// `kubeReserved` + `systemReserved` cpu (cores) and memory (bytes).
+fn reserved(file: &crate::config_file::KubeletConfiguration) -> Result<(f64, f64), ConfigError> {
+    let mut cpu = 0.0;
+    let mut memory = 0.0;
+    for (name, list) in [
+        ("kubeReserved", &file.kube_reserved),
+        ("systemReserved", &file.system_reserved),
+    ] {
+        for (resource, value) in list.iter().flatten() {
+            let parsed =
+                crate::resources::parse_quantity(value).ok_or_else(|| ConfigError::Quantity {
+                    field: format!("{name}.{resource}"),
+                    value: value.clone(),
+                })?;
+            match resource.as_str() {
+                "cpu" => cpu += parsed,
+                "memory" => memory += parsed,
+                _ => {}
+            }
+        }
+    }
+    Ok((cpu, memory))
 }
 
 /// The node's IP: `--node-ip`, else the local address the kernel picks for

@@ -10,6 +10,7 @@
 pub mod actions;
 pub mod backoff;
 pub mod config;
+pub mod config_file;
 pub mod hooks;
 pub mod labels;
 pub mod pleg;
@@ -289,13 +290,23 @@ async fn run_with_runtime(
         path: config.root_dir.clone(),
         source,
     })?;
-    let node_allocatable =
+    let capacity =
         volume_drivers::NodeAllocatable::from_host(&config.root_dir).map_err(|source| {
             KubeletError::NodeResources {
                 path: config.root_dir.clone(),
                 source,
             }
         })?;
+    // Allocatable: capacity minus kubeReserved and systemReserved.
+    let node_allocatable = volume_drivers::NodeAllocatable {
+        cpu_millicores: capacity
+            .cpu_millicores
+            .saturating_sub((config.reserved_cpu * 1000.0) as u64),
+        memory_bytes: capacity
+            .memory_bytes
+            .saturating_sub(config.reserved_memory as u64),
+        ..capacity
+    };
     let status = StatusReporter {
         store,
         runtime_name: version.runtime_name.clone(),
@@ -312,7 +323,11 @@ async fn run_with_runtime(
             node_allocatable.cpu_millicores as f64 / 1000.0,
             node_allocatable.memory_bytes as f64,
         )
-        .with_volumes(Arc::new(volume_manager(config, node_allocatable))),
+        .with_volumes(Arc::new(volume_manager(config, node_allocatable)))
+        .with_cluster_dns(runtime::sandbox::ClusterDns {
+            servers: config.cluster_dns.iter().map(ToString::to_string).collect(),
+            domain: config.cluster_domain.clone(),
+        }),
     );
     let (desired_tx, desired_rx) = watch::channel(None);
     let source = StaticPodSource::new(

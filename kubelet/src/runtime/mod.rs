@@ -408,6 +408,8 @@ pub struct RuntimeManager<R> {
     node: container::EnvContext,
     /// Sets up pod volumes; without it volume mounts are ignored with a warning.
     volumes: Option<Arc<VolumeManager>>,
+    /// The cluster's DNS for `ClusterFirst` pods.
+    cluster_dns: sandbox::ClusterDns,
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -420,7 +422,14 @@ impl<R: RuntimeService> RuntimeManager<R> {
             resolv_conf,
             node: container::EnvContext::default(),
             volumes: None,
+            cluster_dns: sandbox::ClusterDns::default(),
         }
+    }
+
+    /// Resolves `ClusterFirst` pods through `cluster_dns`.
+    pub fn with_cluster_dns(mut self, cluster_dns: sandbox::ClusterDns) -> Self {
+        self.cluster_dns = cluster_dns;
+        self
     }
 
     /// Mounts pod volumes through `volumes`.
@@ -746,7 +755,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         attempt: u32,
     ) -> Result<cri_api::PodSandboxConfig, RuntimeError> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let dns = self.host_dns(uid).await?;
+        let host_dns = self.host_dns(uid).await?;
+        let dns = sandbox::pod_dns_config(pod, &host_dns, &self.cluster_dns);
         Ok(sandbox::pod_sandbox_config(
             pod,
             attempt,

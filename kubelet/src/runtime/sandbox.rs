@@ -135,13 +135,53 @@ fn push_unique(list: &mut Vec<String>, items: impl IntoIterator<Item = String>) 
     }
 }
 
-/// DNS for the sandbox. Without cluster DNS (standalone), every policy but
-/// `None` resolves like the host (upstream falls back from `ClusterFirst` to
-/// `Default` when no cluster DNS is configured); `spec.dnsConfig` is appended.
-pub fn pod_dns_config(pod: &Pod, host: &cri::DnsConfig) -> cri::DnsConfig {
+/// The cluster's DNS (`--cluster-dns`, `--cluster-domain`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterDns {
+    /// DNS server IPs; empty when the cluster has none (standalone).
+    pub servers: Vec<String>,
+    /// The cluster domain, e.g. `cluster.local`.
+    pub domain: Option<String>,
+}
+
+/// Upstream `ndots` for pods resolving through cluster DNS.
+const CLUSTER_NDOTS: &str = "ndots:5";
+
+/// DNS for the sandbox (upstream `GetPodDNS`): `ClusterFirst` (the default;
+/// `ClusterFirstWithHostNet` for host-network pods) uses the cluster DNS
+/// servers, the namespace/svc/domain searches before the host's, and
+/// `ndots:5`; without cluster DNS, and for `Default`, the pod resolves like
+/// the host; `None` uses only `spec.dnsConfig`, which is appended in every case.
+pub fn pod_dns_config(pod: &Pod, host: &cri::DnsConfig, cluster: &ClusterDns) -> cri::DnsConfig {
     let spec = pod.spec.as_ref();
-    let mut config = match spec.and_then(|s| s.dns_policy.as_deref()) {
-        Some("None") => cri::DnsConfig::default(),
+    let host_network = spec.and_then(|s| s.host_network) == Some(true);
+    let policy = spec
+        .and_then(|s| s.dns_policy.as_deref())
+        .unwrap_or("ClusterFirst");
+    let cluster_first = match policy {
+        "ClusterFirst" => !host_network,
+        "ClusterFirstWithHostNet" => true,
+        _ => false,
+    } && !cluster.servers.is_empty();
+    let mut config = match policy {
+        "None" => cri::DnsConfig::default(),
+        _ if cluster_first => {
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let mut searches = Vec::new();
+            if let Some(domain) = cluster.domain.as_deref().filter(|d| !d.is_empty()) {
+                searches = vec![
+                    format!("{namespace}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.to_owned(),
+                ];
+            }
+            push_unique(&mut searches, host.searches.clone());
+            cri::DnsConfig {
+                servers: cluster.servers.clone(),
+                searches,
+                options: vec![CLUSTER_NDOTS.to_owned()],
+            }
+        }
         _ => host.clone(),
     };
     if let Some(extra) = spec.and_then(|s| s.dns_config.as_ref()) {
@@ -199,7 +239,7 @@ pub fn pod_sandbox_config(
     pod: &Pod,
     attempt: u32,
     pod_logs_dir: &Path,
-    host_dns: &cri::DnsConfig,
+    dns: &cri::DnsConfig,
 ) -> cri::PodSandboxConfig {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
@@ -251,7 +291,7 @@ pub fn pod_sandbox_config(
         log_directory: pod_log_directory(pod_logs_dir, pod)
             .to_string_lossy()
             .into_owned(),
-        dns_config: Some(pod_dns_config(pod, host_dns)),
+        dns_config: Some(dns.clone()),
         port_mappings: port_mappings(pod),
         labels: pod_labels(pod),
         annotations: meta
@@ -398,19 +438,58 @@ spec:
     }
 
     #[test]
+    fn cluster_first_uses_the_cluster_dns() {
+        let cluster = ClusterDns {
+            servers: vec!["10.96.0.10".into()],
+            domain: Some("cluster.local".into()),
+        };
+        let p = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: []}\n",
+        );
+        let dns = pod_dns_config(&p, &host_dns(), &cluster);
+        assert_eq!(dns.servers, ["10.96.0.10"]);
+        assert_eq!(
+            dns.searches[..3],
+            [
+                "shop.svc.cluster.local",
+                "svc.cluster.local",
+                "cluster.local"
+            ]
+        );
+        assert_eq!(&dns.searches[3..], &host_dns().searches[..]);
+        assert_eq!(dns.options, ["ndots:5"]);
+
+        let host_net = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, containers: []}\n",
+        );
+        assert_eq!(pod_dns_config(&host_net, &host_dns(), &cluster), host_dns());
+        let with_host_net = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {hostNetwork: true, dnsPolicy: ClusterFirstWithHostNet, containers: []}\n",
+        );
+        assert_eq!(
+            pod_dns_config(&with_host_net, &host_dns(), &cluster).servers,
+            ["10.96.0.10"]
+        );
+        let default = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {dnsPolicy: Default, containers: []}\n",
+        );
+        assert_eq!(pod_dns_config(&default, &host_dns(), &cluster), host_dns());
+    }
+
+    #[test]
     fn dns_policy_none_uses_only_the_pod_dns_config() {
         let mut p = pod(WEB);
         let spec = p.spec.as_mut().unwrap();
         spec.dns_policy = Some("None".into());
         spec.dns_config = Some(serde_yaml::from_str("{nameservers: [9.9.9.9], searches: [s.example], options: [{name: ndots, value: '1'}, {name: rotate}]}").unwrap());
-        let dns = pod_dns_config(&p, &host_dns());
+        let dns = pod_dns_config(&p, &host_dns(), &ClusterDns::default());
         assert_eq!(dns.servers, ["9.9.9.9"]);
         assert_eq!(dns.searches, ["s.example"]);
         assert_eq!(dns.options, ["ndots:1", "rotate"]);
 
         // Other policies merge the pod's config into the host's.
         p.spec.as_mut().unwrap().dns_policy = None;
-        let dns = pod_dns_config(&p, &host_dns());
+        let dns = pod_dns_config(&p, &host_dns(), &ClusterDns::default());
         assert_eq!(dns.servers, ["10.0.0.2", "9.9.9.9"]);
     }
 
