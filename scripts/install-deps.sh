@@ -9,6 +9,9 @@
 # containerd                   second CRI runtime, for the end-to-end tests
 # protobuf-compiler            protoc, needed to build the k8s-cri crate
 # curl jq ca-certificates      used by the demo
+# docker-registry              a local OCI/Docker registry for the image pull tests
+# apache2-utils                htpasswd, for the registry with basic auth
+# openssl                      a self-signed certificate for the HTTPS registry test
 set -euo pipefail
 
 packages=(
@@ -22,6 +25,9 @@ packages=(
     curl
     jq
     ca-certificates
+    docker-registry
+    apache2-utils
+    openssl
 )
 
 missing=()

@@ -25,6 +25,18 @@ pub struct Config {
     pub cni_conf_dir: PathBuf,
     /// CNI plugin binary directories, searched in order (`--cni-bin-dir`).
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// Registries (`host[:port]`) pulled from in plain HTTP
+    /// (`--insecure-registry`); loopback registries always are.
+    pub insecure_registries: Vec<String>,
+}
+
+impl Config {
+    /// How pulls reach registries.
+    pub fn registry_config(&self) -> crate::image::RegistryConfig {
+        crate::image::RegistryConfig {
+            insecure_registries: self.insecure_registries.clone(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -35,6 +47,7 @@ impl Default for Config {
             oci_runtime: PathBuf::from("runc"),
             cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
             cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+            insecure_registries: Vec::new(),
         }
     }
 }

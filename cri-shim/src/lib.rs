@@ -47,6 +47,9 @@ pub enum ServeError {
     /// The runtime state could not be opened.
     #[error("opening runtime state: {0}")]
     Runtime(#[from] runtime::RuntimeError),
+    /// The registry client could not be set up.
+    #[error("setting up image pulls: {0}")]
+    Registry(#[from] image::registry::RegistryError),
     /// The gRPC transport failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -74,7 +77,11 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
     let runtime = runtime::Runtime::open(config.clone()).await?;
     let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
     tracing::info!(socket = %path.display(), root = %config.root.display(), "cri-shim serving CRI v1");
-    let images = image::ImageService::new(runtime.images().clone(), config.root.clone());
+    let images = image::ImageService::new(
+        runtime.images().clone(),
+        config.root.clone(),
+        config.registry_config(),
+    )?;
     let runtime_server = server::RuntimeServer::new(runtime);
     let server = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(runtime_server.clone()))

@@ -27,6 +27,10 @@ struct Cli {
     /// CNI plugin directories, comma-separated, searched in order.
     #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_CNI_BIN_DIRS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
     cni_bin_dir: Vec<String>,
+    /// A registry (host[:port]) to pull from in plain HTTP; repeatable.
+    /// Loopback registries (localhost, 127.0.0.1, [::1]) always are.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
     /// Log filter (tracing env-filter syntax), also read from RUST_LOG.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
@@ -82,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                 oci_runtime: cli.runtime,
                 cni_conf_dir: cli.cni_conf_dir,
                 cni_bin_dirs: cli.cni_bin_dir.into_iter().map(PathBuf::from).collect(),
+                insecure_registries: cli.insecure_registries,
             };
             rt.block_on(async {
                 let cancel = CancellationToken::new();

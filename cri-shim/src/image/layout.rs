@@ -181,7 +181,7 @@ fn is_index(media_type: &MediaType) -> bool {
 
 /// A descriptor without a platform is taken to fit, as containerd does for
 /// single-image layouts; a platform must name linux and this architecture.
-fn platform_matches(descriptor: &Descriptor) -> bool {
+pub(crate) fn platform_matches(descriptor: &Descriptor) -> bool {
     descriptor
         .platform()
         .as_ref()

@@ -8,6 +8,11 @@
 //! - `images.json`: the image records, replaced atomically (write tmp + rename);
 //! - `tmp/`: work in progress, emptied by [`ImageStore::open`].
 //!
+//! Images come in by [`ImageStore::import`] (OCI layouts) or by a registry
+//! pull ([`pull::Puller`]). A pull downloads without holding the store's
+//! mutation lock; it first *pins* the blobs and layers it needs, so that a
+//! concurrent removal of another image sharing them keeps them.
+//!
 //! Invariants: a blob or layer directory appears under its final name only
 //! when complete and verified against its digest; a record is written only
 //! after all its files are in place, and before the files it no longer needs
@@ -15,7 +20,9 @@
 //! removes. Hence there must be one `ImageStore` per root directory.
 
 mod layout;
+pub mod pull;
 mod reference;
+pub mod registry;
 pub mod service;
 mod unpack;
 
@@ -33,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use layout::{HashingReader, Layout, io_err, sha256_hex, verify};
 use reference::{Reference, is_lower_hex};
 
+pub use pull::{PullError, Puller};
 pub use reference::normalize_reference;
+pub use registry::RegistryConfig;
 pub use service::ImageService;
 pub use unpack::{HostLayerFs, LayerFs, NodeKind, UnpackError};
 
@@ -66,15 +75,6 @@ pub enum ImageError {
     #[error("image {reference:?} not found")]
     NotFound {
         /// The reference or ID looked up.
-        reference: String,
-    },
-    /// A pull asked for an image that is not in the local store.
-    #[error(
-        "image {reference:?} is not in the local image store, and pulling from registries is \
-         not implemented yet: import it as an OCI image layout first"
-    )]
-    NotInStore {
-        /// The normalised reference.
         reference: String,
     },
     /// The path has no `index.json`.
@@ -180,7 +180,7 @@ pub enum ImageError {
         /// The digest.
         digest: String,
     },
-    /// A layer or manifest in a format this store does not read (e.g. zstd).
+    /// A layer or manifest in a format this store does not read.
     #[error("blob {digest} has unsupported media type {media_type}")]
     UnsupportedMediaType {
         /// The blob's digest.
@@ -340,7 +340,17 @@ struct Inner {
     /// which files to write or delete; lookups only take `records`.
     mutation: Mutex<()>,
     records: RwLock<Vec<ImageRecord>>,
+    /// Blobs and layers in-flight pulls need; removals keep them. Changed
+    /// only under `mutation`, except that dropping a pin never needs it.
+    pins: Mutex<Pins>,
     tmp_counter: AtomicU64,
+}
+
+/// Pin counts by blob hex and by diff ID hex.
+#[derive(Debug, Default)]
+struct Pins {
+    blobs: HashMap<String, usize>,
+    layers: HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for ImageStore {
@@ -376,6 +386,7 @@ impl ImageStore {
                 layer_fs,
                 mutation: Mutex::new(()),
                 records: RwLock::new(Vec::new()),
+                pins: Mutex::new(Pins::default()),
                 tmp_counter: AtomicU64::new(0),
             }),
         };
@@ -447,7 +458,13 @@ impl ImageStore {
                 .inner
                 .import_manifest(&layout, &entry.descriptor, &records)?;
             imported.push(record.id.clone());
-            add_record(&mut records, record, tag.as_ref(), &manifest_digest);
+            let repo_digest = tag.as_ref().map(|t| t.with_digest(&manifest_digest));
+            add_record(
+                &mut records,
+                record,
+                tag.map(|t| t.to_string()),
+                repo_digest,
+            );
         }
         self.inner.commit(records)?;
         Ok(imported.iter().filter_map(|id| self.get(id)).collect())
@@ -589,20 +606,14 @@ fn name_from_annotations(
     }
 }
 
-/// Adds (or merges) `record` into `records`, moving `tag` to it.
+/// Adds (or merges) `record` into `records`, moving `tag` to it and adding
+/// `repo_digest` (`repo@sha256:...`) to its digests.
 fn add_record(
     records: &mut Vec<ImageRecord>,
     mut record: ImageRecord,
-    tag: Option<&Reference>,
-    manifest_digest: &str,
+    tag: Option<String>,
+    repo_digest: Option<String>,
 ) {
-    let (tag, repo_digest) = match tag {
-        Some(tag) => (
-            Some(tag.to_string()),
-            Some(tag.with_digest(manifest_digest)),
-        ),
-        None => (None, None),
-    };
     if let Some(tag) = &tag {
         for other in records.iter_mut().filter(|r| r.id != record.id) {
             other.repo_tags.retain(|t| t != tag);
@@ -635,6 +646,7 @@ fn add_record(
 enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 fn layer_compression(descriptor: &Descriptor) -> Result<Compression, ImageError> {
@@ -645,6 +657,9 @@ fn layer_compression(descriptor: &Descriptor) -> Result<Compression, ImageError>
         }
         MediaType::Other(t) if t == DOCKER_LAYER_GZIP || t == DOCKER_FOREIGN_LAYER_GZIP => {
             Ok(Compression::Gzip)
+        }
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => {
+            Ok(Compression::Zstd)
         }
         other => Err(ImageError::UnsupportedMediaType {
             digest: descriptor.digest().to_string(),
@@ -856,14 +871,33 @@ impl Inner {
         if layer_dir.is_dir() {
             return Ok(());
         }
+        self.unpack_blob(&blob, layer.digest().as_ref(), compression, diff_id)
+    }
 
-        let layer_digest = layer.digest().to_string();
+    /// Unpacks the layer blob at `blob` into `layers/<diff id hex>`, checking
+    /// the uncompressed tar against `diff_id`. Another pull or import that
+    /// put the same layer there first wins; ours is dropped.
+    fn unpack_blob(
+        &self,
+        blob: &Path,
+        layer_digest: &str,
+        compression: Compression,
+        diff_id: &str,
+    ) -> Result<(), ImageError> {
+        let layer_dir = self.layer_dir(diff_id)?;
+        let layer_digest = layer_digest.to_owned();
         let work = TmpPath::new(self.tmp_path("layer"));
         fs::create_dir(work.path()).map_err(io_err("creating", work.path()))?;
-        let file = BufReader::new(File::open(&blob).map_err(io_err("opening", &blob))?);
+        let file = BufReader::new(File::open(blob).map_err(io_err("opening", blob))?);
         let tar: Box<dyn Read> = match compression {
             Compression::None => Box::new(file),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(
+                |source| ImageError::Unpack {
+                    layer: layer_digest.clone(),
+                    source: UnpackError::Read(source),
+                },
+            )?),
         };
         let mut tar = HashingReader::new(tar);
         unpack::unpack_layer(&mut tar, work.path(), self.layer_fs.as_ref()).map_err(|source| {
@@ -884,7 +918,12 @@ impl Inner {
                 actual,
             });
         }
-        fs::rename(work.path(), &layer_dir).map_err(io_err("renaming into place", &layer_dir))
+        match fs::rename(work.path(), &layer_dir) {
+            Ok(()) => Ok(()),
+            // ENOTEMPTY/EEXIST: someone else unpacked the same layer meanwhile.
+            Err(_) if layer_dir.is_dir() => Ok(()),
+            Err(e) => Err(io_err("renaming into place", &layer_dir)(e)),
+        }
     }
 
     /// Brings a blob from the layout into the store, verified. Staged blobs
@@ -937,16 +976,20 @@ impl Inner {
         fs::rename(tmp.path(), &dest).map_err(io_err("moving into place", &dest))
     }
 
-    /// Referenced blob hexes and diff ID hexes of the current records.
+    /// Blob hexes and diff ID hexes the current records need or a pull has
+    /// pinned.
     fn referenced(&self) -> (HashSet<String>, HashSet<String>) {
         let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
+        let pins = lock(&self.pins);
         let blobs = records
             .iter()
             .flat_map(|r| r.blob_hexes().map(str::to_owned))
+            .chain(pins.blobs.keys().cloned())
             .collect();
         let layers = records
             .iter()
             .flat_map(|r| r.diff_id_hexes().map(str::to_owned))
+            .chain(pins.layers.keys().cloned())
             .collect();
         (blobs, layers)
     }

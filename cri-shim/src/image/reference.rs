@@ -164,6 +164,18 @@ fn validate_tag(tag: &str) -> Result<(), &'static str> {
 /// Host name components (letters, digits, inner '-') joined by '.', and an
 /// optional numeric port.
 fn validate_domain(domain: &str) -> Result<(), &'static str> {
+    // `[v6 address]` with an optional port, as distribution/reference allows.
+    if let Some(rest) = domain.strip_prefix('[') {
+        let (address, port) = rest.split_once(']').ok_or("unterminated IPv6 address")?;
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err("invalid IPv6 address");
+        }
+        return match port.strip_prefix(':') {
+            None if port.is_empty() => Ok(()),
+            Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
+            _ => Err("registry port must be numeric"),
+        };
+    }
     let (host, port) = match domain.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (domain, None),
@@ -236,6 +248,8 @@ mod tests {
             ),
             ("localhost/pause", "localhost/pause:latest"),
             ("localhost:5000/a/b:v1", "localhost:5000/a/b:v1"),
+            ("[::1]:5000/busybox", "[::1]:5000/busybox:latest"),
+            ("[fe80::1]/x:y", "[fe80::1]/x:y"),
             ("registry.k8s.io/pause:3.9", "registry.k8s.io/pause:3.9"),
             ("quay.io/a__b/c-d.e_f---g:x", "quay.io/a__b/c-d.e_f---g:x"),
         ] {
@@ -274,6 +288,9 @@ mod tests {
             "a/-b",
             "a..b",
             "localhost:port/x",
+            "[::1/x",
+            "[not:v6]:5000/x",
+            "[::1]:/x",
             &DIGEST["sha256:".len()..],
         ] {
             let err = normalize_reference(input).unwrap_err();

@@ -1,8 +1,8 @@
 //! The CRI v1 ImageService over the local [`ImageStore`].
 //!
-//! Pulls are served only from images already in the store (imported OCI
-//! layouts); registry pulls are not implemented yet and say so by name.
-//! Every store call that touches the disk runs on the blocking pool.
+//! PullImage always asks the registry (as containerd does: a tag may have
+//! moved), fetching only what the store lacks. Every store call that touches
+//! the disk runs on the blocking pool.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,7 +17,8 @@ use k8s_cri::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Image, ImageError, ImageStore, normalize_reference};
+use super::registry::RegistryError;
+use super::{Image, ImageError, ImageStore, PullError, Puller, RegistryConfig};
 
 /// The one mapping of store errors to gRPC status codes.
 impl From<ImageError> for Status {
@@ -27,9 +28,7 @@ impl From<ImageError> for Status {
             ImageError::InvalidReference { .. } | ImageError::AmbiguousReference { .. } => {
                 Status::invalid_argument(message)
             }
-            ImageError::NotFound { .. } | ImageError::NotInStore { .. } => {
-                Status::not_found(message)
-            }
+            ImageError::NotFound { .. } => Status::not_found(message),
             // What an imported layout can get wrong: the caller's input.
             ImageError::NotALayout { .. }
             | ImageError::NoImages { .. }
@@ -51,21 +50,43 @@ impl From<ImageError> for Status {
     }
 }
 
+/// The one mapping of pull errors to gRPC status codes: what containerd's
+/// `errdefs.ToGRPC` gives (not found, invalid argument, else unknown).
+impl From<&PullError> for Status {
+    fn from(err: &PullError) -> Self {
+        let message = err.to_string();
+        if err.is_not_found() {
+            Status::not_found(message)
+        } else if err.is_invalid_argument() {
+            Status::invalid_argument(message)
+        } else {
+            Status::unknown(message)
+        }
+    }
+}
+
 /// CRI ImageService backed by the store under `root`.
 #[derive(Debug, Clone)]
 pub struct ImageService {
     store: ImageStore,
+    puller: Puller,
     root: PathBuf,
 }
 
 impl ImageService {
     /// `root` is the runtime root the store was opened on (`<root>/images`
-    /// is reported as the image filesystem).
-    pub fn new(store: ImageStore, root: impl Into<PathBuf>) -> Self {
-        Self {
+    /// is reported as the image filesystem); `registries` says how to reach
+    /// registries for pulls.
+    pub fn new(
+        store: ImageStore,
+        root: impl Into<PathBuf>,
+        registries: RegistryConfig,
+    ) -> Result<Self, RegistryError> {
+        Ok(Self {
+            puller: Puller::new(store.clone(), registries)?,
             store,
             root: root.into(),
-        }
+        })
     }
 
     /// Runs a blocking store call off the async workers.
@@ -163,16 +184,16 @@ impl CriImageService for ImageService {
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        let reference = requested_image(request.into_inner().image)?;
-        match self.store.get(&reference) {
-            Some(image) => Ok(Response::new(PullImageResponse {
-                image_ref: image.id,
-            })),
-            None => {
-                let reference = normalize_reference(&reference)?;
-                Err(ImageError::NotInStore { reference }.into())
-            }
-        }
+        let request = request.into_inner();
+        let reference = requested_image(request.image)?;
+        let image = self
+            .puller
+            .pull(&reference, request.auth.as_ref())
+            .await
+            .map_err(|e| Status::from(e.as_ref()))?;
+        Ok(Response::new(PullImageResponse {
+            image_ref: image.id,
+        }))
     }
 
     #[tracing::instrument(skip_all)]

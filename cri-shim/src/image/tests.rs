@@ -1,7 +1,7 @@
 //! Store and service tests against OCI layouts written by hand, with the
 //! privileged unpack operations recorded instead of performed.
 
-use std::io::Write;
+use std::io::{Read as _, Write};
 
 use flate2::write::GzEncoder;
 use k8s_cri::v1::image_service_server::ImageService as _;
@@ -21,12 +21,32 @@ fn sha256(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
-struct TestLayer {
-    diff_id: String,
-    gz: Vec<u8>,
+pub(super) struct TestLayer {
+    pub(super) diff_id: String,
+    /// The blob: the compressed tar.
+    pub(super) gz: Vec<u8>,
+    pub(super) media_type: &'static str,
 }
 
-fn layer(entries: &[TestEntry<'_>]) -> TestLayer {
+pub(super) const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(super) const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+impl TestLayer {
+    /// The same layer compressed with zstd instead.
+    pub(super) fn to_zstd(&self) -> TestLayer {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(self.gz.as_slice())
+            .read_to_end(&mut tar)
+            .unwrap();
+        TestLayer {
+            diff_id: self.diff_id.clone(),
+            gz: zstd::encode_all(tar.as_slice(), 3).unwrap(),
+            media_type: LAYER_ZSTD,
+        }
+    }
+}
+
+pub(super) fn layer(entries: &[TestEntry<'_>]) -> TestLayer {
     let mut tar = tar::Builder::new(Vec::new());
     for (kind, path, mode, data, link) in entries {
         raw_entry(&mut tar, *kind, path, *mode, data, *link);
@@ -37,10 +57,11 @@ fn layer(entries: &[TestEntry<'_>]) -> TestLayer {
     TestLayer {
         diff_id: sha256(&tar),
         gz: gz.finish().unwrap(),
+        media_type: LAYER_GZIP,
     }
 }
 
-fn base_layer() -> TestLayer {
+pub(super) fn base_layer() -> TestLayer {
     layer(&[
         (T::Directory, "bin/", 0o755, b"", None),
         (T::Regular, "bin/busybox", 0o755, b"ELF busybox", None),
@@ -52,7 +73,7 @@ fn base_layer() -> TestLayer {
     ])
 }
 
-fn www_layer() -> TestLayer {
+pub(super) fn www_layer() -> TestLayer {
     layer(&[
         (T::Regular, "var/www/index.html", 0o644, b"hello", None),
         (T::Regular, "etc/.wh.motd", 0o644, b"", None),
@@ -61,24 +82,24 @@ fn www_layer() -> TestLayer {
 }
 
 /// A single-image layout in memory.
-struct TestImage {
-    index: Vec<u8>,
-    blobs: Vec<(String, Vec<u8>)>,
-    id: String,
-    manifest_digest: String,
+pub(super) struct TestImage {
+    pub(super) index: Vec<u8>,
+    pub(super) blobs: Vec<(String, Vec<u8>)>,
+    pub(super) id: String,
+    pub(super) manifest_digest: String,
 }
 
 #[derive(Default)]
-struct Options<'a> {
+pub(super) struct Options<'a> {
     /// `io.containerd.image.name`.
-    name: Option<&'a str>,
+    pub(super) name: Option<&'a str>,
     /// `org.opencontainers.image.ref.name`.
-    ref_name: Option<&'a str>,
-    cmd: &'a [&'a str],
-    user: &'a str,
+    pub(super) ref_name: Option<&'a str>,
+    pub(super) cmd: &'a [&'a str],
+    pub(super) user: &'a str,
 }
 
-fn image(layers: &[&TestLayer], options: Options<'_>) -> TestImage {
+pub(super) fn image(layers: &[&TestLayer], options: Options<'_>) -> TestImage {
     let config = serde_json::to_vec(&json!({
         "architecture": oci_spec::image::Arch::default().to_string(),
         "os": "linux",
@@ -101,7 +122,7 @@ fn image(layers: &[&TestLayer], options: Options<'_>) -> TestImage {
             "size": config.len(),
         },
         "layers": layers.iter().map(|l| json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "mediaType": l.media_type,
             "digest": sha256(&l.gz),
             "size": l.gz.len(),
         })).collect::<Vec<_>>(),
@@ -137,6 +158,16 @@ fn image(layers: &[&TestLayer], options: Options<'_>) -> TestImage {
 }
 
 impl TestImage {
+    /// The manifest's bytes.
+    pub(super) fn manifest(&self) -> &[u8] {
+        &self
+            .blobs
+            .iter()
+            .find(|(d, _)| *d == self.manifest_digest)
+            .unwrap()
+            .1
+    }
+
     fn write_dir(&self, dir: &Path) {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -172,14 +203,14 @@ impl TestImage {
     }
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    store: ImageStore,
+pub(super) struct Fixture {
+    pub(super) dir: tempfile::TempDir,
+    pub(super) store: ImageStore,
     layer_fs: Arc<RecordingLayerFs>,
 }
 
 impl Fixture {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let layer_fs = Arc::new(RecordingLayerFs::default());
         let store = ImageStore::open_with(&dir.path().join("root"), layer_fs.clone()).unwrap();
@@ -190,25 +221,29 @@ impl Fixture {
         }
     }
 
-    fn root(&self) -> PathBuf {
+    pub(super) fn root(&self) -> PathBuf {
         self.dir.path().join("root")
     }
 
     /// Writes `image` as a tar archive and imports it.
-    fn import(&self, image: &TestImage, name: Option<&str>) -> Result<Vec<Image>, ImageError> {
+    pub(super) fn import(
+        &self,
+        image: &TestImage,
+        name: Option<&str>,
+    ) -> Result<Vec<Image>, ImageError> {
         let path = self.dir.path().join(format!("{}.tar", &image.id[7..19]));
         image.write_tar(&path);
         self.store.import(&path, name)
     }
 
-    fn count(&self, sub: &str) -> usize {
+    pub(super) fn count(&self, sub: &str) -> usize {
         fs::read_dir(self.root().join("images").join(sub))
             .unwrap()
             .count()
     }
 }
 
-fn busybox() -> TestImage {
+pub(super) fn busybox() -> TestImage {
     image(
         &[&base_layer()],
         Options {
@@ -219,7 +254,7 @@ fn busybox() -> TestImage {
     )
 }
 
-fn httpd() -> TestImage {
+pub(super) fn httpd() -> TestImage {
     image(
         &[&base_layer(), &www_layer()],
         Options {
@@ -570,7 +605,7 @@ fn open_removes_half_made_and_unreferenced_data() {
     assert!(usage.used_bytes > 0 && usage.inodes_used > 5, "{usage:?}");
 }
 
-fn spec(image: &str) -> Option<ImageSpec> {
+pub(super) fn spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {
         image: image.to_owned(),
         ..ImageSpec::default()
@@ -579,10 +614,12 @@ fn spec(image: &str) -> Option<ImageSpec> {
 
 #[tokio::test]
 async fn image_service_answers_from_the_store() {
+    // Pulls always go to the registry; see `pull_tests` for them.
     let fx = Fixture::new();
     let busybox_image = fx.import(&busybox(), None).unwrap().remove(0);
     let httpd_image = fx.import(&httpd(), None).unwrap().remove(0);
-    let service = ImageService::new(fx.store.clone(), fx.root());
+    let service =
+        ImageService::new(fx.store.clone(), fx.root(), RegistryConfig::default()).unwrap();
 
     let all = service
         .list_images(Request::new(ListImagesRequest::default()))
@@ -631,32 +668,6 @@ async fn image_service_answers_from_the_store() {
         "absent image: empty response, not an error"
     );
 
-    let pulled = service
-        .pull_image(Request::new(PullImageRequest {
-            image: spec("busybox:latest"),
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
-    assert_eq!(pulled.into_inner().image_ref, busybox_image.id);
-    let err = service
-        .pull_image(Request::new(PullImageRequest {
-            image: spec("nginx:1.25"),
-            ..Default::default()
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound);
-    assert!(
-        err.message().contains("docker.io/library/nginx:1.25"),
-        "{}",
-        err.message()
-    );
-    assert!(
-        err.message().contains("not implemented"),
-        "{}",
-        err.message()
-    );
     let err = service
         .pull_image(Request::new(PullImageRequest {
             image: spec("Bad Ref"),
