@@ -1,3 +1,4 @@
 //! End-to-end test fixtures.
 pub mod harness;
 pub mod image;
+pub mod registry;

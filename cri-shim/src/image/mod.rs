@@ -226,7 +226,8 @@ pub struct Image {
     pub repo_tags: Vec<String>,
     /// `docker.io/library/busybox@sha256:<manifest digest>`.
     pub repo_digests: Vec<String>,
-    /// Sum of the compressed layer sizes.
+    /// Bytes of what the image's name resolves to, as containerd counts
+    /// them: the index (if any), manifest, config and compressed layers.
     pub size: u64,
     /// Runtime defaults from the image config.
     pub config: ImageConfig,
@@ -283,6 +284,10 @@ struct ImageRecord {
     repo_tags: Vec<String>,
     repo_digests: Vec<String>,
     config: ImageConfig,
+    /// See [`Image::size`]; records written before it was kept count the
+    /// layers only.
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -306,7 +311,9 @@ impl ImageRecord {
             id: self.id.clone(),
             repo_tags: self.repo_tags.clone(),
             repo_digests: self.repo_digests.clone(),
-            size: self.layers.iter().map(|l| l.size).sum(),
+            size: self
+                .size
+                .unwrap_or_else(|| self.layers.iter().map(|l| l.size).sum()),
             config: self.config.clone(),
         }
     }
@@ -845,6 +852,9 @@ impl Inner {
         }
         self.store_blob(sha256_hex(config_descriptor)?, &config_bytes)?;
         self.store_blob(sha256_hex(descriptor)?, &manifest_bytes)?;
+        let size = descriptor.size()
+            + config_descriptor.size()
+            + layers.iter().map(|l| l.size).sum::<u64>();
         Ok(ImageRecord {
             id,
             manifest_digest,
@@ -852,6 +862,7 @@ impl Inner {
             repo_tags: Vec::new(),
             repo_digests: Vec::new(),
             config: ImageConfig::from(&config),
+            size: Some(size),
         })
     }
 

@@ -347,6 +347,12 @@ async fn pull_image(
                 repo_tags: Vec::new(),
                 repo_digests: Vec::new(),
                 config: ImageConfig::from(&config),
+                size: Some(
+                    resolved.index_size.unwrap_or_default()
+                        + resolved.manifest_bytes.len() as u64
+                        + config_descriptor.size()
+                        + layers.iter().map(|l| l.descriptor.size()).sum::<u64>(),
+                ),
             },
             documents: [
                 (manifest_hex, resolved.manifest_bytes),

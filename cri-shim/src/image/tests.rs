@@ -158,6 +158,11 @@ pub(super) fn image(layers: &[&TestLayer], options: Options<'_>) -> TestImage {
 }
 
 impl TestImage {
+    /// Bytes of manifest, config and layers.
+    pub(super) fn total_size(&self) -> u64 {
+        self.blobs.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
     /// The manifest's bytes.
     pub(super) fn manifest(&self) -> &[u8] {
         &self
@@ -282,7 +287,11 @@ fn import_of_an_archive_names_unpacks_and_persists() {
             source.manifest_digest
         )]
     );
-    assert_eq!(image.size, base_layer().gz.len() as u64);
+    assert_eq!(
+        image.size,
+        source.total_size(),
+        "manifest, config and layer"
+    );
     assert_eq!(
         image.config,
         ImageConfig {

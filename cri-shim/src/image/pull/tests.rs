@@ -101,9 +101,13 @@ async fn pull_by_tag_and_by_digest_records_names_as_containerd() {
     assert_eq!(cri.repo_tags, [format!("{repo}:2.4")]);
     assert_eq!(cri.repo_digests, [format!("{repo}@{index_digest}")]);
     assert_eq!((cri.uid, cri.username.as_str()), (None, "www"), "User kept");
+    let index_len = registry
+        .manifest_len("web/httpd", "2.4")
+        .expect("the tag is published");
     assert_eq!(
         cri.size,
-        (base_layer().gz.len() + www_layer().gz.len()) as u64
+        index_len + source.total_size(),
+        "index, manifest, config and layers, as containerd counts"
     );
     let image = fx.store.get(&id).unwrap();
     let layers = fx.store.rootfs_layers(&image).unwrap();
@@ -382,7 +386,11 @@ async fn zstd_layers_are_pulled() {
         .await
         .unwrap();
     let image = fx.store.get(&id).unwrap();
-    assert_eq!(image.size, zstd.gz.len() as u64);
+    assert_eq!(
+        image.size,
+        registry.manifest_len("zbox", "latest").unwrap() + source.total_size()
+    );
+    assert!(source.blobs.iter().any(|(_, b)| *b == zstd.gz));
     let layers = fx.store.rootfs_layers(&image).unwrap();
     assert_eq!(
         layers,

@@ -126,6 +126,15 @@ impl FakeRegistry {
         self.state.lock().unwrap().blob_delay_ms = ms;
     }
 
+    /// Length of the manifest (or index) a tag names.
+    pub fn manifest_len(&self, path: &str, tag: &str) -> Option<u64> {
+        let state = self.state.lock().unwrap();
+        state
+            .manifests
+            .get(&(path.to_owned(), tag.to_owned()))
+            .map(|(_, bytes)| bytes.len() as u64)
+    }
+
     /// Every request so far.
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()

@@ -409,6 +409,8 @@ pub struct Resolved {
     pub manifest_bytes: Vec<u8>,
     /// The parsed manifest.
     pub manifest: ImageManifest,
+    /// Bytes of the index, when the reference named one.
+    pub index_size: Option<u64>,
 }
 
 /// The HTTP client shared by all pulls.
@@ -515,6 +517,8 @@ impl Session {
         }
         let (mut media_type, mut document) =
             parse_manifest(content_type.as_deref(), &body, &digest)?;
+        let index_size =
+            matches!(document, ManifestDocument::Index(_)).then_some(body.len() as u64);
         let mut current = (digest.clone(), body);
         for depth in 0.. {
             match document {
@@ -534,6 +538,7 @@ impl Session {
                         manifest_descriptor,
                         manifest_bytes,
                         manifest,
+                        index_size,
                     });
                 }
                 ManifestDocument::Index(index) => {
