@@ -162,22 +162,33 @@ impl Puller {
         let credentials = Credentials::from_auth_config(auth, domain)
             .map_err(|e| Arc::new(PullError::from(e)))?;
         let key = format!("{reference}\n{}", fingerprint(&credentials));
-        let (id, pull) = {
+        let pull = {
             let mut in_flight = lock(&self.in_flight);
             match in_flight.get(&key) {
-                Some((id, pull)) => {
+                Some((_, pull)) => {
                     tracing::debug!(image = %reference, "joining a pull under way");
-                    (*id, pull.clone())
+                    pull.clone()
                 }
                 None => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let name = reference.to_string();
-                    let task = tokio::spawn(pull_image(
-                        self.store.clone(),
-                        self.client.clone(),
-                        reference,
-                        credentials,
-                    ));
+                    // The task forgets its entry when it ends, however it
+                    // ends, so no later caller joins a finished pull, even
+                    // when every caller of this one has gone away.
+                    let forget = ForgetOnDrop {
+                        in_flight: Arc::clone(&self.in_flight),
+                        key: key.clone(),
+                        id,
+                    };
+                    let task = tokio::spawn(
+                        pull_image(
+                            self.store.clone(),
+                            self.client.clone(),
+                            reference,
+                            credentials,
+                        )
+                        .inspect(move |_| drop(forget)),
+                    );
                     let pull = async move {
                         match task.await {
                             Ok(result) => result.map_err(Arc::new),
@@ -189,20 +200,32 @@ impl Puller {
                     }
                     .boxed()
                     .shared();
-                    in_flight.insert(key.clone(), (id, pull.clone()));
-                    (id, pull)
+                    in_flight.insert(key, (id, pull.clone()));
+                    pull
                 }
             }
         };
-        let result = pull.await;
+        pull.await
+    }
+}
+
+/// Removes a pull's entry from the in-flight map when dropped, if the entry
+/// is still that pull's.
+struct ForgetOnDrop {
+    in_flight: Arc<Mutex<HashMap<String, (u64, SharedPull)>>>,
+    key: String,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
         let mut in_flight = lock(&self.in_flight);
         if in_flight
-            .get(&key)
-            .is_some_and(|(current, _)| *current == id)
+            .get(&self.key)
+            .is_some_and(|(current, _)| *current == self.id)
         {
-            in_flight.remove(&key);
+            in_flight.remove(&self.key);
         }
-        result
     }
 }
 

@@ -2,6 +2,7 @@
 //! into a store whose privileged unpack operations are recorded.
 
 use std::fs;
+use std::time::Duration;
 
 use base64::Engine as _;
 use k8s_cri::v1::image_service_server::ImageService as _;
@@ -226,6 +227,40 @@ async fn concurrent_pulls_of_one_image_download_once() {
         .filter(|r| r.target.ends_with("/manifests/v1"))
         .count();
     assert_eq!(tag_gets, 2);
+}
+
+#[tokio::test]
+async fn a_pull_whose_callers_went_away_completes_and_is_forgotten() {
+    let fx = Fixture::new();
+    let registry = FakeRegistry::start(FakeAuth::None).await;
+    let source = busybox();
+    publish(&registry, "app", "v1", &source, false);
+    registry.set_blob_delay_ms(300);
+    let service = service(&fx);
+    let reference = format!("{}/app:v1", registry.host);
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(50), pull(&service, &reference, None)).await;
+    assert!(abandoned.is_err(), "the caller gave up before the pull ended");
+    // The pull goes on without its caller and records the image.
+    for _ in 0..100 {
+        if fx.store.get(&source.id).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(fx.store.get(&source.id).is_some(), "the pull finished");
+    // Give the task a moment to forget its entry after recording.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tag_gets = || {
+        registry
+            .log()
+            .iter()
+            .filter(|r| r.target.ends_with("/manifests/v1"))
+            .count()
+    };
+    assert_eq!(tag_gets(), 1);
+    pull(&service, &reference, None).await.unwrap();
+    assert_eq!(tag_gets(), 2, "a new pull, not the finished one's result");
 }
 
 #[tokio::test]
