@@ -240,7 +240,10 @@ async fn a_pull_whose_callers_went_away_completes_and_is_forgotten() {
     let reference = format!("{}/app:v1", registry.host);
     let abandoned =
         tokio::time::timeout(Duration::from_millis(50), pull(&service, &reference, None)).await;
-    assert!(abandoned.is_err(), "the caller gave up before the pull ended");
+    assert!(
+        abandoned.is_err(),
+        "the caller gave up before the pull ended"
+    );
     // The pull goes on without its caller and records the image.
     for _ in 0..100 {
         if fx.store.get(&source.id).is_some() {
