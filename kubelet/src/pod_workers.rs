@@ -713,7 +713,7 @@ mod tests {
         let yaml = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, uid: {uid}}}\n\
              spec:\n  restartPolicy: {restart_policy}\n  terminationGracePeriodSeconds: {grace}\n  \
-             containers:\n  - {{name: app, image: busybox}}\n"
+             containers:\n  - {{name: app, image: busybox, imagePullPolicy: IfNotPresent}}\n"
         );
         Arc::new(serde_yaml::from_str(&yaml).unwrap())
     }

@@ -60,6 +60,10 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
     ),
     ("hooks_and_termination_order", hooks_and_termination_order),
     ("termination_messages", termination_messages),
+    (
+        "image_pull_policies_with_a_registry",
+        image_pull_policies_with_a_registry,
+    ),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -497,17 +501,21 @@ spec:
   initContainers:
     - name: first
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "echo first"]
     - name: proxy
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       restartPolicy: Always
       command: ["sleep", "3600"]
     - name: second
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "echo second"]
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
 "#
         );
@@ -600,10 +608,12 @@ spec:
   initContainers:
     - name: setup
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "exit 3"]
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
 "#
         );
@@ -742,6 +752,7 @@ spec:
   containers:
     - name: main
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "env | sort; echo limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null); sleep 3600"]
       env:
         - {{name: MY_POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
@@ -765,6 +776,7 @@ spec:
   containers:
     - name: main
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
       env:
         - {{name: PASSWORD, valueFrom: {{secretKeyRef: {{name: db, key: password}}}}}}
@@ -836,6 +848,7 @@ spec:
   containers:
     - name: web
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "mkdir -p /www; (sleep 4; echo ok > /www/ready) & exec httpd -f -p 8080 -h /www"]
       ports: [{{name: http, containerPort: 8080}}]
       readinessProbe:
@@ -843,6 +856,7 @@ spec:
         periodSeconds: 1
     - name: gated
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
       startupProbe:
         tcpSocket: {{port: 8080}}
@@ -850,6 +864,7 @@ spec:
         failureThreshold: 30
     - name: live
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 3600"]
       livenessProbe:
         exec: {{command: ["test", "-f", "/tmp/healthy"]}}
@@ -932,11 +947,13 @@ spec:
   initContainers:
     - name: prepare
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "mkdir -p /work/sub && echo from-init > /work/sub/note"]
       volumeMounts: [{{name: work, mountPath: /work}}]
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "cat /note; cat /info/labels; echo; cat /flex/pod; echo; grep ' /fast ' /proc/mounts | cut -d' ' -f3; echo written > /host/out; sleep 3600"]
       volumeMounts:
         - {{name: work, mountPath: /note, subPath: sub/note}}
@@ -1019,6 +1036,7 @@ spec:
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
       volumeMounts: [{{name: scratch, mountPath: /scratch}}, {{name: etc, mountPath: /etc-host}}]
   volumes:
@@ -1037,6 +1055,7 @@ spec:
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sleep", "3600"]
   volumes:
     - {{name: data, flexVolume: {{driver: nobody/nothing}}}}
@@ -1106,6 +1125,7 @@ spec:
   initContainers:
     - name: side
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       restartPolicy: Always
       command: ["sleep", "3600"]
       volumeMounts: [{{name: out, mountPath: /out}}]
@@ -1114,6 +1134,7 @@ spec:
   containers:
     - name: app
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "while [ ! -f /tmp/started ]; do sleep 0.1; done; echo poststart-seen; sleep 3600"]
       volumeMounts: [{{name: out, mountPath: /out}}]
       lifecycle:
@@ -1175,13 +1196,16 @@ spec:
   containers:
     - name: file
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       command: ["sh", "-c", "echo -n all done > /dev/termination-log"]
     - name: custom
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       terminationMessagePath: /tmp/why
       command: ["sh", "-c", "echo -n custom path > /tmp/why; exit 4"]
     - name: logs
       image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
       terminationMessagePolicy: FallbackToLogsOnError
       command: ["sh", "-c", "echo first; echo last words; exit 2"]
 "#
@@ -1204,6 +1228,78 @@ spec:
                 "{name}: message {message:?}, want {want:?}"
             );
         }
+        Ok(())
+    })
+}
+
+/// Images come from a registry: an `IfNotPresent` image (the default for a
+/// versioned tag) is pulled once for two pods; a `latest` image (default
+/// `Always`) is pulled for every container start.
+fn image_pull_policies_with_a_registry(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        use e2e::registry::{Registry, RegistryOptions, read_layout_tar};
+        let dir = node
+            .kubelet
+            .root_dir
+            .parent()
+            .context("no scratch dir")?
+            .join("registry");
+        let registry = Registry::start(&dir, RegistryOptions::default()).await?;
+        let image = read_layout_tar(&harness::TestImages::get()?.busybox())?;
+        let versioned = registry.push(&image, "e2e/pulled", "v1", false).await?;
+        let latest = registry.push(&image, "e2e/pulled", "latest", false).await?;
+        let pod = |name: &str, image: &str, containers: usize| {
+            let mut text = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  \
+                 terminationGracePeriodSeconds: {GRACE_SECONDS}\n  containers:\n"
+            );
+            for i in 0..containers {
+                text.push_str(&format!(
+                    "  - {{name: c{i}, image: \"{image}\", command: [sleep, \"3600\"]}}\n"
+                ));
+            }
+            text
+        };
+        node.kubelet
+            .write_manifest("one.yaml", &pod("one", &versioned.reference, 1))?;
+        wait_for_reported(node, "one", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        node.kubelet
+            .write_manifest("two.yaml", &pod("two", &versioned.reference, 1))?;
+        node.kubelet
+            .write_manifest("fresh.yaml", &pod("fresh", &latest.reference, 2))?;
+        for name in ["two", "fresh"] {
+            wait_for_reported(node, name, "Running", |p| {
+                text(p, &["status", "phase"]) == "Running"
+            })
+            .await?;
+        }
+        let tag_requests = |tag: &str| -> anyhow::Result<usize> {
+            let path = format!("/v2/e2e/pulled/manifests/{tag}");
+            Ok(registry
+                .access_log()?
+                .iter()
+                .filter(|l| l.path == path && l.method != "PUT" && l.status < 400)
+                .count())
+        };
+        let v1 = tag_requests("v1")?;
+        ensure!(
+            v1 == 1,
+            "the IfNotPresent image was resolved {v1} times, want 1"
+        );
+        let fresh = tag_requests("latest")?;
+        ensure!(
+            fresh == 2,
+            "the Always image was resolved {fresh} times, want 2 (one per container)"
+        );
+        let reported = node
+            .kubelet
+            .reported_pod("one")?
+            .context("pod one not reported")?;
+        let image_id = text(&reported["status"]["containerStatuses"][0], &["imageID"]);
+        ensure!(!image_id.is_empty(), "no imageID: {reported}");
         Ok(())
     })
 }

@@ -1087,17 +1087,18 @@ impl<R: RuntimeService> RuntimeManager<R> {
             image: image.clone(),
             source,
         };
-        if self
-            .service
-            .image_status(spec.clone())
-            .await
-            .map_err(image_error)?
-            .is_some()
+        let policy = image_pull_policy(container);
+        if policy != PullPolicy::Always
+            && self
+                .service
+                .image_status(spec.clone())
+                .await
+                .map_err(image_error)?
+                .is_some()
         {
             return Ok(());
         }
-        // For now every policy but Never pulls only when the image is absent.
-        if container.image_pull_policy.as_deref() == Some("Never") {
+        if policy == PullPolicy::Never {
             return Err(RuntimeError::ImageNeverPull {
                 pod_uid: pod_uid.to_owned(),
                 container_name: container.name.clone(),
@@ -1251,6 +1252,38 @@ impl<R: RuntimeService> RuntimeManager<R> {
     }
 }
 
+/// `imagePullPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PullPolicy {
+    /// Pull on every container start.
+    Always,
+    /// Pull when absent.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// The container's pull policy with the API default: `Always` for an image
+/// without a tag or tagged `latest` (and no digest), else `IfNotPresent`.
+fn image_pull_policy(container: &Container) -> PullPolicy {
+    match container.image_pull_policy.as_deref() {
+        Some("Always") => PullPolicy::Always,
+        Some("IfNotPresent") => PullPolicy::IfNotPresent,
+        Some("Never") => PullPolicy::Never,
+        _ => {
+            let image = container.image.as_deref().unwrap_or_default();
+            let name = image.rsplit('/').next().unwrap_or(image);
+            let latest =
+                !name.contains('@') && name.split_once(':').is_none_or(|(_, tag)| tag == "latest");
+            if latest {
+                PullPolicy::Always
+            } else {
+                PullPolicy::IfNotPresent
+            }
+        }
+    }
+}
+
 /// Upstream `maxMsgSize` of a termination message file.
 const MAX_TERMINATION_MESSAGE: usize = 4096;
 /// Upstream `kubecontainer.MaxContainerTerminationMessageLogLength`.
@@ -1298,5 +1331,37 @@ async fn remove_log_file(pod_uid: &str, container_id: &str, path: &Path) {
             tracing::warn!(pod.uid = pod_uid, container.id = container_id, path = %path.display(), error = %e, "removing container log");
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(image: &str, explicit: Option<&str>) -> PullPolicy {
+        let container = Container {
+            name: "c".into(),
+            image: Some(image.into()),
+            image_pull_policy: explicit.map(str::to_owned),
+            ..Default::default()
+        };
+        image_pull_policy(&container)
+    }
+
+    #[test]
+    fn the_default_policy_follows_the_tag() {
+        assert_eq!(policy("busybox", None), PullPolicy::Always);
+        assert_eq!(policy("busybox:latest", None), PullPolicy::Always);
+        assert_eq!(policy("localhost:5000/busybox", None), PullPolicy::Always);
+        assert_eq!(
+            policy("localhost:5000/busybox:1.36", None),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!(
+            policy("busybox@sha256:abcd", None),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!(policy("busybox:latest", Some("Never")), PullPolicy::Never);
+        assert_eq!(policy("busybox:1", Some("Always")), PullPolicy::Always);
     }
 }
