@@ -112,6 +112,28 @@ pub enum ManifestError {
         /// The offending container name.
         container: String,
     },
+    /// A field holds a value the API does not allow.
+    #[error("{path}: pod {name:?}: {field}: unsupported value {value:?}: supported values: {supported}")]
+    UnsupportedValue {
+        /// Manifest file.
+        path: PathBuf,
+        /// Pod name from the manifest.
+        name: String,
+        /// Field path, e.g. `spec.restartPolicy`.
+        field: String,
+        /// The value found.
+        value: String,
+        /// The values allowed, quoted and comma-separated.
+        supported: &'static str,
+    },
+    /// A field that the Pod type does not have (a misspelling, usually).
+    #[error("{path}: unknown field {field:?}")]
+    UnknownField {
+        /// Manifest file.
+        path: PathBuf,
+        /// Field path, e.g. `spec.containers[0].imagePullPolcy`.
+        field: String,
+    },
     /// A container has no image.
     #[error("{path}: container {container:?} of pod {name:?} has no image")]
     MissingImage {
@@ -253,11 +275,24 @@ pub fn static_pod_from_manifest(
             kind: type_meta.kind,
         });
     }
+    let raw: serde_json::Value = if is_json {
+        serde_json::from_slice(data).map_err(parse_error_json)?
+    } else {
+        serde_yaml::from_slice(data).map_err(parse_error_yaml)?
+    };
     let pod: Pod = if is_json {
         serde_json::from_slice(data).map_err(parse_error_json)?
     } else {
         serde_yaml::from_slice(data).map_err(parse_error_yaml)?
     };
+    // Fields serde skipped are the ones the Pod type does not have.
+    let typed = serde_json::to_value(&pod).unwrap_or_default();
+    if let Some(field) = first_unknown_field(&raw, &typed, "") {
+        return Err(ManifestError::UnknownField {
+            path: path.to_owned(),
+            field,
+        });
+    }
     validate(path, &pod)?;
     Ok(apply_static_pod_defaults(pod, path, node_name))
 }
@@ -282,7 +317,66 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
             name: name.to_owned(),
         });
     }
+    let spec = pod.spec.as_ref();
+    let unsupported = |field: String, value: &str, supported: &'static str| {
+        ManifestError::UnsupportedValue {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            field,
+            value: value.to_owned(),
+            supported,
+        }
+    };
+    if let Some(policy) = spec.and_then(|s| s.restart_policy.as_deref())
+        && !["Always", "OnFailure", "Never"].contains(&policy)
+    {
+        return Err(unsupported(
+            "spec.restartPolicy".to_owned(),
+            policy,
+            "\"Always\", \"OnFailure\", \"Never\"",
+        ));
+    }
+    let init_containers = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    for (list, entries) in [("initContainers", init_containers), ("containers", containers)] {
+        for (index, container) in entries.iter().enumerate() {
+            if let Some(policy) = container.image_pull_policy.as_deref()
+                && !["Always", "IfNotPresent", "Never"].contains(&policy)
+            {
+                return Err(unsupported(
+                    format!("spec.{list}[{index}].imagePullPolicy"),
+                    policy,
+                    "\"Always\", \"IfNotPresent\", \"Never\"",
+                ));
+            }
+            if let Some(policy) = container.restart_policy.as_deref() {
+                let allowed = list == "initContainers" && policy == "Always";
+                if !allowed {
+                    return Err(unsupported(
+                        format!("spec.{list}[{index}].restartPolicy"),
+                        policy,
+                        if list == "initContainers" {
+                            "\"Always\""
+                        } else {
+                            "none (only init containers may set it)"
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    // Names are unique across init and app containers.
     let mut seen = HashSet::new();
+    for container in init_containers {
+        if container.name.is_empty() || !seen.insert(container.name.as_str()) {
+            return Err(ManifestError::ContainerName {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                container: container.name.clone(),
+            });
+        }
+    }
     for container in containers {
         if container.name.is_empty() || !seen.insert(container.name.as_str()) {
             return Err(ManifestError::ContainerName {
@@ -300,6 +394,34 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
         }
     }
     Ok(())
+}
+
+/// The first key of `raw` (as read) that is missing in `typed` (the same
+/// object after a trip through the Pod type), as a field path.
+fn first_unknown_field(raw: &serde_json::Value, typed: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match (raw, typed) {
+        (Value::Object(raw), Value::Object(typed)) => raw.iter().find_map(|(key, value)| {
+            let field = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            match typed.get(key) {
+                Some(typed_value) => first_unknown_field(value, typed_value, &field),
+                // An explicit null or empty value may be dropped on the way.
+                None if value.is_null() || value == &Value::Object(Default::default()) => None,
+                None if value.as_array().is_some_and(Vec::is_empty) => None,
+                None => Some(field),
+            }
+        }),
+        (Value::Array(raw), Value::Array(typed)) => raw
+            .iter()
+            .zip(typed)
+            .enumerate()
+            .find_map(|(index, (r, t))| first_unknown_field(r, t, &format!("{at}[{index}]"))),
+        _ => None,
+    }
 }
 
 /// Upstream `applyDefaults` for file sources. The UID is an md5 over the pod
@@ -691,6 +813,36 @@ spec:
                 "field.yaml",
                 "apiVersion: v1\nkind: Pod\nmetadata: {name: f}\nspec: {containers: [{name: c, image: i, ports: [{containerPort: eighty}]}]}\n",
                 "could not parse /etc/kubernetes/manifests/field.yaml: ",
+            ),
+            (
+                "typo.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: t}\nspec: {containers: [{name: c, image: i, imagePullPolcy: Always}]}\n",
+                "unknown field \"spec.containers[0].imagePullPolcy\"",
+            ),
+            (
+                "top.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: t, labelz: {}}\nspec: {containers: [{name: c, image: i}]}\nextra: 1\n",
+                "unknown field \"extra\"",
+            ),
+            (
+                "policy.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {restartPolicy: Sometimes, containers: [{name: c, image: i}]}\n",
+                "spec.restartPolicy: unsupported value \"Sometimes\"",
+            ),
+            (
+                "pull.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, imagePullPolicy: Maybe}]}\n",
+                "spec.containers[0].imagePullPolicy: unsupported value \"Maybe\"",
+            ),
+            (
+                "sidecar.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, restartPolicy: Always}]}\n",
+                "spec.containers[0].restartPolicy",
+            ),
+            (
+                "initdup.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: d}\nspec: {initContainers: [{name: c, image: i}], containers: [{name: c, image: i}]}\n",
+                "duplicate container name \"c\"",
             ),
         ];
         for (name, data, expected) in cases {
