@@ -1243,6 +1243,11 @@ impl Kubelet {
         self.process.check_alive()
     }
 
+    /// The kubelet's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// The kubelet's log so far.
     pub fn log(&self) -> anyhow::Result<String> {
         let bytes = fs::read(&self.log_path)

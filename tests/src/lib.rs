@@ -1,4 +1,5 @@
 //! End-to-end test fixtures.
+pub mod bench;
 pub mod harness;
 pub mod image;
 pub mod registry;

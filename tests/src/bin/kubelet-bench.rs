@@ -1,0 +1,313 @@
+//! The kubelet's own cost, for the kubelet on its embedded cri-shim and on
+//! containerd, side by side in one run:
+//!
+//! - static pod start latency, manifest written -> all containers running
+//!   *and* `/pods` reporting the pod Running: `--sequential` pods one at a
+//!   time (each left running) and `--concurrent` pods written at once;
+//!   p50/p99 next to the runtime's own RunPodSandbox + CreateContainer +
+//!   StartContainer time for the same pods (CRI calls from this process,
+//!   without the kubelet), so the difference is what the kubelet adds;
+//! - the kubelet process's RSS and CPU with the `--concurrent` pods running,
+//!   idle, over `--idle-seconds`. On the embedded runtime the kubelet process
+//!   also holds the cri-shim server (its per-container helpers are separate
+//!   processes and not counted).
+//!
+//! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
+//! [--runtime embedded|containerd|both]`; needs root.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::{Parser, ValueEnum};
+use e2e::bench::{memory_kib, percentile, start_pod, stop_pod};
+use e2e::harness::{self, CriClient, Node, RuntimeKind};
+
+#[derive(Parser)]
+struct Args {
+    /// Pods started one at a time.
+    #[arg(long, default_value_t = 50)]
+    sequential: usize,
+    /// Pods written at once (then measured idle).
+    #[arg(long, default_value_t = 110)]
+    concurrent: usize,
+    /// Idle period for the CPU figure.
+    #[arg(long, default_value_t = 30)]
+    idle_seconds: u64,
+    /// Which runtimes to measure.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    runtime: Which,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Which {
+    Embedded,
+    Containerd,
+    Both,
+}
+
+fn manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: main\n    image: docker.io/library/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [\"sleep\", \"3600\"]\n"
+    )
+}
+
+/// Names of the pods `/pods` reports Running.
+fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
+    Ok(node
+        .kubelet
+        .pods()?
+        .into_iter()
+        .filter(|p| p["status"]["phase"] == "Running")
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Writes the manifests of `names` at once and returns, per pod, the time
+/// until `/pods` reports it Running.
+async fn start_static_pods(node: &Node, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+    let t0 = Instant::now();
+    for name in names {
+        node.kubelet
+            .write_manifest(&format!("{name}.yaml"), &manifest(name))?;
+    }
+    let mut pending: Vec<String> = names.iter().map(|n| node.kubelet.pod_name(n)).collect();
+    let mut samples = Vec::with_capacity(names.len());
+    while !pending.is_empty() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(300),
+            "pods did not start: {pending:?}"
+        );
+        let running = running_pods(node)?;
+        let before = pending.len();
+        pending.retain(|p| !running.contains(p));
+        let elapsed = t0.elapsed();
+        samples.extend(std::iter::repeat_n(elapsed, before - pending.len()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(samples)
+}
+
+async fn remove_all(node: &Node, cri: &mut CriClient, names: &[String]) -> anyhow::Result<()> {
+    for name in names {
+        node.kubelet.remove_manifest(&format!("{name}.yaml"))?;
+    }
+    harness::wait_until(
+        "every pod is gone",
+        Duration::from_secs(300),
+        Duration::from_millis(100),
+        async || {
+            let left = harness::list_sandboxes(cri, None).await?;
+            Ok(left.is_empty().then_some(()))
+        },
+    )
+    .await
+}
+
+/// Direct CRI starts of `count` pods, `parallel` at a time: per-pod times.
+async fn direct_starts(
+    endpoint: &str,
+    log_dir: &std::path::Path,
+    prefix: &str,
+    count: usize,
+    concurrent: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(count);
+    let mut sandboxes = Vec::with_capacity(count);
+    if concurrent {
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..count {
+            let endpoint = endpoint.to_owned();
+            let log_dir = log_dir.to_owned();
+            let name = format!("{prefix}{i}");
+            tasks.spawn(async move {
+                let mut cri = harness::cri_client(&endpoint).await?;
+                let id = start_pod(&mut cri, &name, &log_dir).await?;
+                anyhow::Ok((id, t0.elapsed()))
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let (id, elapsed) = joined??;
+            sandboxes.push(id);
+            samples.push(elapsed);
+        }
+    } else {
+        let mut cri = harness::cri_client(endpoint).await?;
+        for i in 0..count {
+            let t0 = Instant::now();
+            sandboxes.push(start_pod(&mut cri, &format!("{prefix}{i}"), log_dir).await?);
+            samples.push(t0.elapsed());
+        }
+    }
+    let mut cri = harness::cri_client(endpoint).await?;
+    for id in &sandboxes {
+        stop_pod(&mut cri, id).await?;
+    }
+    Ok(samples)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .context("malformed stat")?
+        .1
+        .split(' ')
+        .collect();
+    // Fields 14 and 15 (utime, stime) are the 12th and 13th after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / hz)
+}
+
+struct Figures {
+    label: &'static str,
+    direct_sequential: Vec<Duration>,
+    kubelet_sequential: Vec<Duration>,
+    direct_concurrent: Vec<Duration>,
+    kubelet_concurrent: Vec<Duration>,
+    rss_mib: f64,
+    cpu_cores: f64,
+}
+
+async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow::Result<Figures> {
+    let node = Node::start(kind).await.context("starting the test node")?;
+    let mut cri = harness::cri_client(&node.kubelet.endpoint).await?;
+    let log_dir = node.kubelet.root_dir.join("bench-logs");
+
+    // Warm-up through both paths.
+    direct_starts(&node.kubelet.endpoint, &log_dir, "warm", 1, false).await?;
+    let warm = vec!["warm".to_owned()];
+    start_static_pods(&node, &warm).await?;
+    remove_all(&node, &mut cri, &warm).await?;
+
+    let direct_sequential = direct_starts(
+        &node.kubelet.endpoint,
+        &log_dir,
+        "seq",
+        args.sequential,
+        false,
+    )
+    .await?;
+    let mut kubelet_sequential = Vec::with_capacity(args.sequential);
+    let sequential: Vec<String> = (0..args.sequential).map(|i| format!("seq{i}")).collect();
+    for name in &sequential {
+        kubelet_sequential.extend(start_static_pods(&node, std::slice::from_ref(name)).await?);
+    }
+    remove_all(&node, &mut cri, &sequential).await?;
+
+    let direct_concurrent = direct_starts(
+        &node.kubelet.endpoint,
+        &log_dir,
+        "con",
+        args.concurrent,
+        true,
+    )
+    .await?;
+    let concurrent: Vec<String> = (0..args.concurrent).map(|i| format!("con{i}")).collect();
+    let kubelet_concurrent = start_static_pods(&node, &concurrent).await?;
+
+    // Idle with every pod running.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = node.kubelet.pid().context("the kubelet is not running")?;
+    let cpu_before = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let cpu_cores = (cpu_seconds(pid)? - cpu_before) / t0.elapsed().as_secs_f64();
+    let (rss_kib, _) = memory_kib(pid);
+    ensure!(
+        running_pods(&node)?.len() == args.concurrent,
+        "not every pod stayed running"
+    );
+    remove_all(&node, &mut cri, &concurrent).await?;
+    node.shutdown_with_logs().await.0?;
+    Ok(Figures {
+        label,
+        direct_sequential,
+        kubelet_sequential,
+        direct_concurrent,
+        kubelet_concurrent,
+        rss_mib: rss_kib as f64 / 1024.0,
+        cpu_cores,
+    })
+}
+
+fn quantiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(percentile(samples, 0.5)), ms(percentile(samples, 0.99)))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        harness::is_root(),
+        "kubelet-bench needs root (runc, network namespaces, CNI)"
+    );
+    let kinds: &[(RuntimeKind, &str)] = match args.runtime {
+        Which::Embedded => &[(RuntimeKind::Embedded, "embedded cri-shim")],
+        Which::Containerd => &[(RuntimeKind::Containerd, "containerd 1.6")],
+        Which::Both => &[
+            (RuntimeKind::Embedded, "embedded cri-shim"),
+            (RuntimeKind::Containerd, "containerd 1.6"),
+        ],
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut all = Vec::new();
+    for (kind, label) in kinds {
+        all.push(rt.block_on(measure(*kind, label, &args))?);
+    }
+    println!(
+        "pod start: CRI calls alone vs static pod through the kubelet (manifest -> /pods Running), ms"
+    );
+    println!(
+        "{:<18} {:<22} {:>8} {:>8} {:>14}",
+        "runtime", "", "p50", "p99", "kubelet adds p99"
+    );
+    for f in &mut all {
+        for (what, direct, kubelet, count) in [
+            (
+                "sequential",
+                &mut f.direct_sequential,
+                &mut f.kubelet_sequential,
+                args.sequential,
+            ),
+            (
+                "concurrent",
+                &mut f.direct_concurrent,
+                &mut f.kubelet_concurrent,
+                args.concurrent,
+            ),
+        ] {
+            let (d50, d99) = quantiles(direct);
+            let (k50, k99) = quantiles(kubelet);
+            println!(
+                "{:<18} {:<22} {:>8.1} {:>8.1}",
+                f.label,
+                format!("CRI {what} ({count})"),
+                d50,
+                d99
+            );
+            println!(
+                "{:<18} {:<22} {:>8.1} {:>8.1} {:>14.1}",
+                f.label,
+                format!("kubelet {what} ({count})"),
+                k50,
+                k99,
+                k99 - d99
+            );
+        }
+    }
+    println!(
+        "\nkubelet process, {} pods running, idle {} s",
+        args.concurrent, args.idle_seconds
+    );
+    for f in &all {
+        println!(
+            "{:<18} RSS {:>7.1} MiB  CPU {:.4} cores",
+            f.label, f.rss_mib, f.cpu_cores
+        );
+    }
+    Ok(())
+}
