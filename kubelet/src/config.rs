@@ -40,6 +40,12 @@ pub enum ConfigError {
     /// Neither `--pod-manifest-path` nor `staticPodPath` is given.
     #[error("no static pod directory: pass --pod-manifest-path or set staticPodPath in --config")]
     NoStaticPodPath,
+    /// A cgroup driver other than cgroupfs was asked for.
+    #[error("cgroup driver {driver:?} is not supported; use cgroupfs")]
+    CgroupDriver {
+        /// The driver asked for.
+        driver: String,
+    },
     /// A reserved resource quantity does not parse.
     #[error("invalid quantity {value:?} for {field}")]
     Quantity {
@@ -102,6 +108,16 @@ pub struct KubeletFlags {
     /// [default: /usr/libexec/kubernetes/kubelet-plugins/volume/exec/].
     #[arg(long, value_name = "DIR")]
     pub volume_plugin_dir: Option<PathBuf>,
+    /// Put pods in the upstream QoS cgroup hierarchy (`kubepods`,
+    /// `kubepods/burstable`, `kubepods/besteffort`, `pod<uid>`) [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub cgroups_per_qos: Option<bool>,
+    /// Root cgroup of the pod hierarchy [default: /].
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<String>,
+    /// Cgroup driver: only `cgroupfs` [default: cgroupfs].
+    #[arg(long, value_name = "DRIVER")]
+    pub cgroup_driver: Option<String>,
     /// Cluster DNS server IPs, comma-separated (pods with `dnsPolicy: ClusterFirst`).
     #[arg(long, value_name = "IPS", value_delimiter = ',')]
     pub cluster_dns: Vec<IpAddr>,
@@ -182,6 +198,8 @@ pub struct KubeletConfig {
     pub reserved_cpu: f64,
     /// Memory bytes held back from pods (`kubeReserved` + `systemReserved`).
     pub reserved_memory: f64,
+    /// The pod cgroup hierarchy's root (`None`: `cgroupsPerQOS` is off).
+    pub cgroup_root: Option<String>,
     /// FlexVolume driver directory.
     pub volume_plugin_dir: PathBuf,
 }
@@ -241,6 +259,22 @@ impl KubeletFlags {
             .unwrap_or(DEFAULT_READ_ONLY_PORT);
         let address = self.address.or(file.address).unwrap_or(STANDALONE_ADDRESS);
         let (reserved_cpu, reserved_memory) = reserved(&file)?;
+        let driver = self
+            .cgroup_driver
+            .or(file.cgroup_driver.clone())
+            .unwrap_or_else(|| "cgroupfs".to_owned());
+        if driver != "cgroupfs" {
+            return Err(ConfigError::CgroupDriver { driver });
+        }
+        let per_qos = self
+            .cgroups_per_qos
+            .or(file.cgroups_per_qos)
+            .unwrap_or(true);
+        let cgroup_root = per_qos.then(|| {
+            self.cgroup_root
+                .or(file.cgroup_root.clone())
+                .unwrap_or_else(|| "/".to_owned())
+        });
         Ok(KubeletConfig {
             node_name,
             pod_manifest_path,
@@ -275,6 +309,7 @@ impl KubeletFlags {
             cluster_domain: self.cluster_domain.or(file.cluster_domain.clone()),
             reserved_cpu,
             reserved_memory,
+            cgroup_root,
         })
     }
 }

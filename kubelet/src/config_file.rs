@@ -24,9 +24,6 @@ const UPSTREAM_UNSUPPORTED: &[&str] = &[
     "allowedUnsafeSysctls",
     "authentication",
     "authorization",
-    "cgroupDriver",
-    "cgroupRoot",
-    "cgroupsPerQOS",
     "clusterTrustBundleProjection",
     "configMapAndSecretChangeDetectionStrategy",
     "containerLogMaxFiles",
@@ -162,6 +159,13 @@ pub struct KubeletConfiguration {
     pub kube_reserved: Option<BTreeMap<String, String>>,
     /// `systemReserved`: resources held back for the system.
     pub system_reserved: Option<BTreeMap<String, String>>,
+    /// `cgroupDriver`: only `cgroupfs`.
+    pub cgroup_driver: Option<String>,
+    /// `cgroupRoot`: root of the pod cgroup hierarchy.
+    pub cgroup_root: Option<String>,
+    /// `cgroupsPerQOS`: the QoS cgroup hierarchy on or off.
+    #[serde(rename = "cgroupsPerQOS")]
+    pub cgroups_per_qos: Option<bool>,
 }
 
 /// Errors reading a config file.
@@ -230,6 +234,9 @@ const SUPPORTED: &[&str] = &[
     "clusterDomain",
     "kubeReserved",
     "systemReserved",
+    "cgroupDriver",
+    "cgroupRoot",
+    "cgroupsPerQOS",
 ];
 
 /// Parses config file text (YAML, of which JSON is a subset).

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod backoff;
+pub mod cgroups;
 pub mod config;
 pub mod config_file;
 pub mod hooks;
@@ -147,6 +148,9 @@ pub enum KubeletError {
         #[source]
         source: std::io::Error,
     },
+    /// The pod cgroup hierarchy could not be created.
+    #[error("creating the pod cgroup hierarchy")]
+    Cgroups(#[source] cgroups::CgroupError),
     /// The kubelet server could not start.
     #[error("starting the kubelet server")]
     Server(#[source] ServerError),
@@ -324,6 +328,7 @@ async fn run_with_runtime(
             node_allocatable.memory_bytes as f64,
         )
         .with_volumes(Arc::new(volume_manager(config, node_allocatable)))
+        .with_cgroups_from(config, &node_allocatable)?
         .with_cluster_dns(runtime::sandbox::ClusterDns {
             servers: config.cluster_dns.iter().map(ToString::to_string).collect(),
             domain: config.cluster_domain.clone(),
@@ -376,6 +381,33 @@ async fn run_with_runtime(
             }
         }
         None => Ok(()),
+    }
+}
+
+/// Cgroup root of every controller on this host.
+const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
+
+impl<R: RuntimeService> RuntimeManager<R> {
+    /// With `cgroupsPerQOS`: creates the QoS hierarchy and puts pods in it.
+    fn with_cgroups_from(
+        self,
+        config: &KubeletConfig,
+        allocatable: &volume_drivers::NodeAllocatable,
+    ) -> Result<Self, KubeletError> {
+        let Some(root) = &config.cgroup_root else {
+            return Ok(self);
+        };
+        let manager = Arc::new(cgroups::CgroupFs::new(CGROUP_MOUNT));
+        let layout = cgroups::PodCgroups::new(root);
+        layout
+            .ensure_hierarchy(
+                manager.as_ref(),
+                allocatable.cpu_millicores,
+                allocatable.memory_bytes,
+            )
+            .map_err(KubeletError::Cgroups)?;
+        tracing::info!(cgroup = layout.kubepods(), "pod cgroup hierarchy ready");
+        Ok(self.with_cgroups(manager, layout))
     }
 }
 

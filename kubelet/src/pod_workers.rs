@@ -236,6 +236,9 @@ impl<R: RuntimeService> PodWorker<R> {
                 .teardown_volumes(&self.pod.uid)
                 .await
                 .map_err(|e| vec![e])?;
+            self.runtime
+                .remove_pod_cgroup(&self.pod.uid)
+                .map_err(|e| vec![e])?;
             return Ok(SyncOutcome::Terminated);
         }
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
@@ -647,6 +650,9 @@ impl<R: RuntimeService> PodWorkers<R> {
     /// Removes, in the background, the dirs of pods that vanished while the
     /// kubelet was down (their volumes unmounted first).
     fn clean_orphaned_pod_dirs(&mut self, active: HashSet<String>) {
+        for error in self.runtime.remove_orphaned_pod_cgroups(&active) {
+            tracing::warn!(error = %ErrorChain(&error), "removing the cgroup of a vanished pod");
+        }
         let Some(manager) = self.runtime.volumes().cloned() else {
             return;
         };

@@ -113,7 +113,9 @@ pub enum ManifestError {
         container: String,
     },
     /// A field holds a value the API does not allow.
-    #[error("{path}: pod {name:?}: {field}: unsupported value {value:?}: supported values: {supported}")]
+    #[error(
+        "{path}: pod {name:?}: {field}: unsupported value {value:?}: supported values: {supported}"
+    )]
     UnsupportedValue {
         /// Manifest file.
         path: PathBuf,
@@ -318,15 +320,14 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
         });
     }
     let spec = pod.spec.as_ref();
-    let unsupported = |field: String, value: &str, supported: &'static str| {
-        ManifestError::UnsupportedValue {
+    let unsupported =
+        |field: String, value: &str, supported: &'static str| ManifestError::UnsupportedValue {
             path: path.to_owned(),
             name: name.to_owned(),
             field,
             value: value.to_owned(),
             supported,
-        }
-    };
+        };
     if let Some(policy) = spec.and_then(|s| s.restart_policy.as_deref())
         && !["Always", "OnFailure", "Never"].contains(&policy)
     {
@@ -339,7 +340,10 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
     let init_containers = spec
         .and_then(|s| s.init_containers.as_deref())
         .unwrap_or_default();
-    for (list, entries) in [("initContainers", init_containers), ("containers", containers)] {
+    for (list, entries) in [
+        ("initContainers", init_containers),
+        ("containers", containers),
+    ] {
         for (index, container) in entries.iter().enumerate() {
             if let Some(policy) = container.image_pull_policy.as_deref()
                 && !["Always", "IfNotPresent", "Never"].contains(&policy)
@@ -398,7 +402,11 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
 
 /// The first key of `raw` (as read) that is missing in `typed` (the same
 /// object after a trip through the Pod type), as a field path.
-fn first_unknown_field(raw: &serde_json::Value, typed: &serde_json::Value, at: &str) -> Option<String> {
+fn first_unknown_field(
+    raw: &serde_json::Value,
+    typed: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
     use serde_json::Value;
     match (raw, typed) {
         (Value::Object(raw), Value::Object(typed)) => raw.iter().find_map(|(key, value)| {

@@ -197,6 +197,53 @@ pub fn flex_plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flexvolume")
 }
 
+/// The `--cgroup-root` of a test kubelet: its own subtree, so parallel
+/// kubelets never share `kubepods`.
+pub fn test_cgroup_root(node_name: &str) -> String {
+    format!("/kubelet-rs-e2e/{node_name}")
+}
+
+/// Removes a test kubelet's cgroup subtree from every hierarchy (deepest
+/// first); returns what could not be removed.
+pub fn remove_cgroup_tree(relative: &str) -> Vec<String> {
+    let relative = relative.trim_start_matches('/');
+    let mut left = Vec::new();
+    let roots: Vec<PathBuf> = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        vec![PathBuf::from("/sys/fs/cgroup")]
+    } else {
+        fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect()
+    };
+    for root in roots {
+        let top = root.join(relative);
+        if !top.exists() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        let mut stack = vec![top];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+            dirs.push(dir);
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
+            if let Err(e) = fs::remove_dir(&dir) {
+                left.push(format!("cgroup {}: {e}", dir.display()));
+            }
+        }
+    }
+    left
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's pick).
 pub fn free_tcp_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -1109,6 +1156,7 @@ impl Kubelet {
             .arg(format!("--read-only-port={read_only_port}"))
             .arg("--volume-plugin-dir")
             .arg(flex_plugin_dir())
+            .arg(format!("--cgroup-root={}", test_cgroup_root(node_name)))
             .arg("--pod-manifest-path")
             .arg(&manifest_dir)
             .arg("--root-dir")
@@ -1335,6 +1383,20 @@ impl Kubelet {
             }
         }
         self.remove_pod_logs();
+        // The kubelet removes pod cgroups; the QoS levels stay, as upstream.
+        let cgroup_root = test_cgroup_root(&self.node_name);
+        for qos in ["", "/burstable", "/besteffort"] {
+            let dir = Path::new("/sys/fs/cgroup/memory")
+                .join(cgroup_root.trim_start_matches('/'))
+                .join(format!("kubepods{qos}"));
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("pod") && entry.path().is_dir() {
+                    problems.push(format!("pod cgroup left: {}", entry.path().display()));
+                }
+            }
+        }
+        problems.extend(remove_cgroup_tree(&cgroup_root));
         problems
     }
 

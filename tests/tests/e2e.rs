@@ -816,6 +816,27 @@ spec:
         .await
         .with_context(|| format!("want {want:?} in {}", log.display()))?;
 
+        // The pod has its own cgroup with the summed limits, in the
+        // Guaranteed level, and the container's cgroup is below it.
+        let pod_cgroup = std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(harness::test_cgroup_root(node.name()).trim_start_matches('/'))
+            .join(format!("kubepods/pod{uid}"));
+        let limit = std::fs::read_to_string(pod_cgroup.join("memory.limit_in_bytes"))
+            .with_context(|| format!("reading the pod cgroup {}", pod_cgroup.display()))?;
+        ensure!(
+            limit.trim() == (48 * 1024 * 1024).to_string(),
+            "pod cgroup memory limit {limit:?}"
+        );
+        let children = std::fs::read_dir(&pod_cgroup)?
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .count();
+        ensure!(
+            children >= 1,
+            "no container cgroup below {}",
+            pod_cgroup.display()
+        );
+
         let secretive = wait_for_reported(node, "secretive", "CreateContainerConfigError", |p| {
             p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
                 == "CreateContainerConfigError"

@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::actions::{
     Action, ContainerState, ObservedContainer, ObservedPod, ObservedSandbox, SandboxTarget,
 };
+use crate::cgroups::{CgroupManager, PodCgroups};
 use crate::labels;
 pub use cri::{ContainerEvents, CriError, RemoteRuntimeService, RuntimeService};
 use volume_drivers::{PodVolumes, VolumeManager};
@@ -198,6 +199,15 @@ pub enum RuntimeError {
         /// Underlying error.
         #[source]
         source: std::io::Error,
+    },
+    /// The pod's cgroup could not be created or removed.
+    #[error("managing the cgroup of pod {pod_uid}")]
+    PodCgroup {
+        /// Pod UID.
+        pod_uid: String,
+        /// What failed.
+        #[source]
+        source: crate::cgroups::CgroupError,
     },
     /// A blocking volume task panicked.
     #[error("volume task of pod {pod_uid} ended abnormally")]
@@ -410,6 +420,8 @@ pub struct RuntimeManager<R> {
     volumes: Option<Arc<VolumeManager>>,
     /// The cluster's DNS for `ClusterFirst` pods.
     cluster_dns: sandbox::ClusterDns,
+    /// Pod cgroups (`cgroupsPerQOS`); `None`: the runtime's default parent.
+    cgroups: Option<(Arc<dyn CgroupManager>, PodCgroups)>,
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -423,7 +435,59 @@ impl<R: RuntimeService> RuntimeManager<R> {
             node: container::EnvContext::default(),
             volumes: None,
             cluster_dns: sandbox::ClusterDns::default(),
+            cgroups: None,
         }
+    }
+
+    /// Puts every pod in its own cgroup below `layout` (created with the
+    /// pod's limits before its sandbox, removed after it is gone).
+    pub fn with_cgroups(mut self, manager: Arc<dyn CgroupManager>, layout: PodCgroups) -> Self {
+        self.cgroups = Some((manager, layout));
+        self
+    }
+
+    /// Removes the cgroup of pod `uid`, whatever its QoS class was.
+    pub fn remove_pod_cgroup(&self, uid: &str) -> Result<(), RuntimeError> {
+        let Some((manager, layout)) = &self.cgroups else {
+            return Ok(());
+        };
+        for (path, _) in layout
+            .existing_pods(manager.as_ref())
+            .into_iter()
+            .filter(|(_, owner)| owner == uid)
+        {
+            manager
+                .remove(&path)
+                .map_err(|source| RuntimeError::PodCgroup {
+                    pod_uid: uid.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroups of pods not in `active`; returns what failed.
+    pub fn remove_orphaned_pod_cgroups(
+        &self,
+        active: &std::collections::HashSet<String>,
+    ) -> Vec<RuntimeError> {
+        let Some((manager, layout)) = &self.cgroups else {
+            return Vec::new();
+        };
+        layout
+            .existing_pods(manager.as_ref())
+            .into_iter()
+            .filter(|(_, uid)| !active.contains(uid))
+            .filter_map(|(path, uid)| {
+                manager
+                    .remove(&path)
+                    .map_err(|source| RuntimeError::PodCgroup {
+                        pod_uid: uid,
+                        source,
+                    })
+                    .err()
+            })
+            .collect()
     }
 
     /// Resolves `ClusterFirst` pods through `cluster_dns`.
@@ -757,12 +821,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let uid = pod.metadata.uid.as_deref().unwrap_or_default();
         let host_dns = self.host_dns(uid).await?;
         let dns = sandbox::pod_dns_config(pod, &host_dns, &self.cluster_dns);
-        Ok(sandbox::pod_sandbox_config(
-            pod,
-            attempt,
-            &self.pod_logs_dir,
-            &dns,
-        ))
+        let mut config = sandbox::pod_sandbox_config(pod, attempt, &self.pod_logs_dir, &dns);
+        if let (Some((_, layout)), Some(linux)) = (&self.cgroups, config.linux.as_mut()) {
+            linux.cgroup_parent = layout.pod(pod);
+        }
+        Ok(config)
     }
 
     async fn create_dir(&self, pod_uid: &str, path: &Path) -> Result<(), RuntimeError> {
@@ -1042,6 +1105,14 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let config = self.sandbox_config(pod, attempt).await?;
         self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
             .await?;
+        if let Some((manager, layout)) = &self.cgroups {
+            manager
+                .ensure(&layout.pod(pod), &crate::cgroups::pod_limits(pod))
+                .map_err(|source| RuntimeError::PodCgroup {
+                    pod_uid: pod_ref.uid.clone(),
+                    source,
+                })?;
+        }
         let sandbox_id = self
             .service
             .run_pod_sandbox(config)
