@@ -49,6 +49,9 @@ pub(crate) struct CacheEntry {
     pub if_name: String,
     /// Network name.
     pub network_name: String,
+    /// The sandbox's netns path at ADD, for a DEL issued by GC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
     /// `CNI_ARGS` as key/value pairs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cni_args: Vec<(String, String)>,
@@ -197,6 +200,47 @@ impl ResultCache {
         Ok(found)
     }
 
+    /// Every readable entry of `network`, whatever the container: what GC
+    /// compares with the attachments that still exist. Unreadable files
+    /// are skipped, since nothing says which attachment they are.
+    pub async fn list(&self, network: &str) -> Result<Vec<FoundEntry>, (PathBuf, CacheError)> {
+        let prefix = format!("{network}-");
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
+        };
+        let mut found = Vec::new();
+        loop {
+            let entry = match entries.next_entry().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) => break,
+                Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
+            };
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let Ok(parsed) = serde_json::from_slice::<CacheEntry>(&bytes) else {
+                continue;
+            };
+            // The name prefix is only a hint ("a-b" is a prefix of "a-b-c"'s
+            // files too); the entry itself says whose it is.
+            if parsed.kind == CACHE_KIND && parsed.network_name == network {
+                found.push(FoundEntry {
+                    path,
+                    entry: Ok(parsed),
+                });
+            }
+        }
+        found.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(found)
+    }
+
     /// Removes an entry; one already gone is fine.
     pub async fn remove(&self, path: &Path) -> Result<(), CacheError> {
         match tokio::fs::remove_file(path).await {
@@ -220,6 +264,7 @@ mod tests {
             config: Some(br#"{"name":"n"}"#.to_vec()),
             if_name: "eth0".into(),
             network_name: network.into(),
+            netns: Some("/run/netns/x".into()),
             cni_args: vec![("K8S_POD_NAME".into(), "p".into())],
             capability_args: Map::new(),
             result: Some(json!({"cniVersion": "1.0.0"})),
@@ -240,6 +285,7 @@ mod tests {
         // base64 of {"name":"n"}, as Go marshals a []byte.
         assert_eq!(json["config"], "eyJuYW1lIjoibiJ9");
         assert_eq!(json["cniArgs"], json!([["K8S_POD_NAME", "p"]]));
+        assert_eq!(json["netns"], "/run/netns/x");
         assert!(json.get("capabilityArgs").is_none());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -295,6 +341,27 @@ mod tests {
         let entry = found[0].entry.as_ref().unwrap();
         assert_eq!(entry.config, None);
         assert_eq!(entry.result, None);
+    }
+
+    #[tokio::test]
+    async fn lists_the_entries_of_one_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path());
+        cache.write(&entry("net", "a")).await.unwrap();
+        cache.write(&entry("net", "b")).await.unwrap();
+        // Its file name starts with "net-" too.
+        cache.write(&entry("net-2", "c")).await.unwrap();
+        std::fs::write(cache.path("net", "broken", "eth0"), "garbage").unwrap();
+        let ids: Vec<String> = cache
+            .list("net")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.entry.unwrap().container_id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(cache.list("net-2").await.unwrap().len(), 1);
+        assert!(cache.list("other").await.unwrap().is_empty());
     }
 
     #[tokio::test]

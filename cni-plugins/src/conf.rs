@@ -127,6 +127,30 @@ impl NetworkConfigList {
         Ok(())
     }
 
+    /// The list's `disableCheck`: CHECK is skipped for this network.
+    pub fn disable_check(&self) -> bool {
+        self.list_flag("disableCheck")
+    }
+
+    /// The list's `disableGC` (spec 1.1): GC is skipped for this network,
+    /// e.g. when several runtimes share its state.
+    pub fn disable_gc(&self) -> bool {
+        self.list_flag("disableGC")
+    }
+
+    /// A boolean list-level field; libcni also takes the strings `"true"`
+    /// and `"false"` here.
+    fn list_flag(&self, field: &str) -> bool {
+        let Ok(value) = serde_json::from_slice::<Value>(&self.bytes) else {
+            return false;
+        };
+        match value.get(field) {
+            Some(Value::Bool(flag)) => *flag,
+            Some(Value::String(text)) => text.eq_ignore_ascii_case("true"),
+            _ => false,
+        }
+    }
+
     /// Parses a single-plugin `.conf` and wraps it into a one-plugin list,
     /// as libcni's `ConfListFromConf` does.
     pub fn from_conf(bytes: &[u8]) -> Result<Self, ConfError> {
@@ -220,6 +244,16 @@ mod tests {
         assert_eq!(list.plugins.len(), 2);
         assert_eq!(list.plugins[1]["type"], "portmap");
         assert_eq!(list.bytes, bytes);
+    }
+
+    #[test]
+    fn list_flags() {
+        let bytes = br#"{"cniVersion":"1.1.0","name":"n","disableCheck":true,
+            "disableGC":"true","plugins":[{"type":"x"}]}"#;
+        let list = NetworkConfigList::from_conflist(bytes).unwrap();
+        assert!(list.disable_check() && list.disable_gc());
+        let list = NetworkConfigList::new("n", "1.1.0", vec![json!({"type": "x"})]).unwrap();
+        assert!(!list.disable_check() && !list.disable_gc());
     }
 
     #[test]

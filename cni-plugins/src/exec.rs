@@ -2,6 +2,10 @@
 //! and the host. [`ProcessExec`] spawns the real binary; tests substitute a
 //! fake [`PluginExec`] so chaining and caching are checked without root.
 //!
+//! A plugin runs in a process group of its own, and a run that is cut short
+//! (the invoker's timeout drops it) kills that whole group: helpers the
+//! plugin started (an IPAM plugin, `iptables`) go with it.
+//!
 //! An implementation only runs the program and reports what it printed;
 //! interpreting exit codes and output is the invoker's job, so every
 //! implementation is held to the same protocol.
@@ -86,6 +90,25 @@ pub struct ProcessExec;
 const TEXT_BUSY_RETRIES: u32 = 5;
 const TEXT_BUSY_DELAY: Duration = Duration::from_millis(200);
 
+/// Kills a plugin's process group when dropped, unless disarmed after the
+/// plugin finished.
+struct GroupKill(Option<nix::unistd::Pid>);
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(group) = self.0 {
+            // ESRCH: the group is gone already, which is what we want.
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 impl ProcessExec {
     async fn run(request: PluginRequest) -> Result<PluginOutput, ExecError> {
         let mut attempt = 0;
@@ -96,6 +119,7 @@ impl ProcessExec {
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
+                .process_group(0)
                 .kill_on_drop(true);
             match command.spawn() {
                 Ok(child) => break child,
@@ -113,6 +137,12 @@ impl ProcessExec {
                 }
             }
         };
+        let mut group = GroupKill(
+            child
+                .id()
+                .and_then(|pid| i32::try_from(pid).ok())
+                .map(nix::unistd::Pid::from_raw),
+        );
         let mut stdin = child.stdin.take();
         let feed = async {
             if let Some(stdin) = stdin.as_mut() {
@@ -125,6 +155,9 @@ impl ProcessExec {
         // stdin is written while stdout is drained, so a plugin that answers
         // before reading all its input cannot deadlock us on a full pipe.
         let (fed, output) = tokio::join!(feed, child.wait_with_output());
+        // Finished (stdout closed and the plugin reaped): its group id may
+        // be reused from now on.
+        group.disarm();
         let output = output.map_err(|source| ExecError::Io {
             path: request.path.clone(),
             source,
@@ -208,6 +241,43 @@ mod tests {
             .unwrap();
         assert!(output.success());
         assert_eq!(output.stdout, b"{}\n");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_kills_the_plugin_and_its_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        // A helper in the background, then the plugin itself hangs.
+        let path = script(
+            dir.path(),
+            &format!(
+                "sleep 300 & echo $! > {p}.tmp; echo $$ >> {p}.tmp; mv {p}.tmp {p}; sleep 300",
+                p = pids.display()
+            ),
+        );
+        let run = ProcessExec.exec(PluginRequest {
+            path,
+            env: Vec::new(),
+            stdin: Vec::new(),
+        });
+        let outcome = tokio::time::timeout(Duration::from_secs(1), run).await;
+        assert!(outcome.is_err(), "the plugin should still be running");
+        let text = std::fs::read_to_string(&pids).unwrap();
+        for pid in text.split_whitespace() {
+            let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+            // Killed; a zombie until its parent reaps it at most.
+            let mut gone = false;
+            for _ in 0..100 {
+                let state =
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if state.is_empty() || state.split(' ').nth(2) == Some("Z") {
+                    gone = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(gone, "process {pid} outlived the dropped run");
+        }
     }
 
     #[tokio::test]

@@ -1,29 +1,43 @@
 //! The runtime side of CNI, what libcni does for containerd: load the
-//! network config, run the plugin chain for ADD and DEL, and keep the
-//! result cache that lets DEL work after a runtime restart.
+//! network config, run the plugin chain for ADD, DEL and CHECK, ask the
+//! plugins for STATUS and GC (spec 1.1), and keep the result cache that
+//! lets DEL work after a runtime restart.
 //!
 //! Invariants: a failed ADD leaves nothing behind (the whole chain gets a
 //! DEL before the error is returned); a cache entry exists for exactly the
 //! attachments whose ADD completed and whose DEL has not yet succeeded;
-//! DEL may be repeated. Callers serialise ADD and DEL for one sandbox.
+//! DEL may be repeated. Callers serialise ADD and DEL for one sandbox; GC
+//! of a network never overlaps an ADD, DEL or CHECK on it (a per-network
+//! lock, shared by ADD/DEL/CHECK, exclusive for GC). A plugin is asked for
+//! its VERSION before its first ADD, CHECK, STATUS or GC (again when the
+//! binary changes) and not run with a config version it does not support.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use tokio::sync::RwLock;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::cache::{CACHE_KIND, CacheEntry, CacheError, ResultCache};
 use crate::conf::{self, ConfError, NetworkConfigList};
 use crate::exec::{ExecError, PluginExec, PluginOutput, PluginRequest, ProcessExec};
 use crate::result::{CniResult, ResultError};
+use crate::version;
 
-/// How long one plugin may run before it is killed. Generous, because IPAM
-/// plugins may wait on a lock or a remote store, and a kill half-way
-/// through is worse than waiting.
+/// How long one plugin may run before it is killed (with its process
+/// group). libcni itself has no limit (only the caller's context), and the
+/// kubelet gives a RunPodSandbox 4 minutes; a minute per plugin is generous
+/// for IPAM plugins waiting on a lock or a remote store, yet a hung plugin
+/// fails the sandbox before the kubelet's deadline for the usual chains.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The key of `runtimeConfig`-like data GC hands plugins: the attachments
+/// that still exist.
+pub const VALID_ATTACHMENTS_KEY: &str = "cni.dev/valid-attachments";
 
 /// How much of a plugin's output goes into an error message.
 const OUTPUT_EXCERPT_BYTES: usize = 2048;
@@ -121,6 +135,46 @@ pub enum CniError {
         #[source]
         source: ResultError,
     },
+    /// The plugin does not speak the network config's spec version.
+    #[error(
+        "plugin {plugin} does not support config version {version:?} (it supports {supported:?})"
+    )]
+    IncompatibleVersion {
+        /// Plugin type.
+        plugin: String,
+        /// The config list's `cniVersion`.
+        version: String,
+        /// What the plugin's VERSION answered.
+        supported: Vec<String>,
+    },
+    /// The network's spec version predates the command.
+    #[error(
+        "configuration version {version:?} of network {network:?} does not support the {command} command"
+    )]
+    CommandUnsupported {
+        /// Network name.
+        network: String,
+        /// The config list's `cniVersion`.
+        version: String,
+        /// `CHECK`, `GC` or `STATUS`.
+        command: &'static str,
+    },
+    /// CHECK needs the ADD result, and there is none.
+    #[error("failed to get network {network:?} cached result for container {container_id}")]
+    NoCachedResult {
+        /// Network name.
+        network: String,
+        /// Container id.
+        container_id: String,
+    },
+    /// GC went through but some of its steps failed.
+    #[error("GC of network {network:?}: {}", join_errors(.errors))]
+    Gc {
+        /// Network name.
+        network: String,
+        /// Every failure, in order.
+        errors: Vec<CniError>,
+    },
     /// The result cache could not be read or written.
     #[error("CNI result cache {path}")]
     Cache {
@@ -130,6 +184,24 @@ pub enum CniError {
         #[source]
         source: CacheError,
     },
+}
+
+fn join_errors(errors: &[CniError]) -> String {
+    errors
+        .iter()
+        .map(|e| error_chain(e))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl CniError {
+    /// The CNI error code when a plugin reported one.
+    pub fn plugin_code(&self) -> Option<u32> {
+        match self {
+            Self::Plugin { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
 }
 
 fn details_suffix(details: &str) -> String {
@@ -157,11 +229,36 @@ pub struct RuntimeConf {
     pub capability_args: Map<String, Value>,
 }
 
+/// An attachment that still exists, as GC's `cni.dev/valid-attachments`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GcAttachment {
+    /// Sandbox id.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Interface name in the sandbox.
+    #[serde(rename = "ifname")]
+    pub ifname: String,
+}
+
+/// What a GC did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcOutcome {
+    /// Cached attachments of sandboxes that no longer exist, DELeted.
+    pub released: Vec<GcAttachment>,
+    /// Whether the plugins were sent GC (spec 1.1 networks only).
+    pub plugins_collected: bool,
+}
+
 /// The CNI operations the invoker performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
     Add,
     Del,
+    Check,
+    Gc,
+    Status,
+    Version,
 }
 
 impl Command {
@@ -169,9 +266,30 @@ impl Command {
         match self {
             Self::Add => "ADD",
             Self::Del => "DEL",
+            Self::Check => "CHECK",
+            Self::Gc => "GC",
+            Self::Status => "STATUS",
+            Self::Version => "VERSION",
         }
     }
+
+    /// Whether the plugin's VERSION answer is checked first. DEL is not:
+    /// a plugin upgraded since the ADD must still get the chance to undo it.
+    fn negotiates_version(self) -> bool {
+        matches!(self, Self::Add | Self::Check | Self::Gc | Self::Status)
+    }
 }
+
+/// What one binary answered to VERSION, and which file that was.
+#[derive(Debug, Clone)]
+struct KnownVersions {
+    modified: Option<SystemTime>,
+    len: u64,
+    supported: Vec<String>,
+}
+
+/// The per-network locks: shared by ADD, DEL and CHECK, exclusive for GC.
+type NetworkLocks = Arc<Mutex<HashMap<String, Arc<RwLock<()>>>>>;
 
 /// Runs CNI plugin chains for pod sandboxes.
 #[derive(Debug, Clone)]
@@ -182,6 +300,9 @@ pub struct Invoker {
     cache: ResultCache,
     exec: Arc<dyn PluginExec>,
     plugin_timeout: Duration,
+    /// VERSION answers by binary path, shared by clones.
+    versions: Arc<Mutex<HashMap<PathBuf, KnownVersions>>>,
+    locks: NetworkLocks,
 }
 
 impl Invoker {
@@ -195,6 +316,8 @@ impl Invoker {
             cache_dir,
             exec: Arc::new(ProcessExec),
             plugin_timeout: DEFAULT_PLUGIN_TIMEOUT,
+            versions: Arc::default(),
+            locks: Arc::default(),
         }
     }
 
@@ -218,6 +341,16 @@ impl Invoker {
     /// The cache dir results are kept in.
     pub fn cache_dir(&self) -> &std::path::Path {
         &self.cache_dir
+    }
+
+    /// The per-plugin timeout in force.
+    pub fn plugin_timeout(&self) -> Duration {
+        self.plugin_timeout
+    }
+
+    fn network_lock(&self, network: &str) -> Arc<RwLock<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(network.to_owned()).or_default())
     }
 
     /// Loads the network config as libcni does: `.conflist`, `.conf`,
@@ -275,7 +408,9 @@ impl Invoker {
             container.id = %rt.container_id,
             ifname = %rt.ifname
         );
+        let lock = self.network_lock(&net.name);
         async {
+            let _shared = lock.read().await;
             match self.add_chain(net, rt).await {
                 Ok(result) => Ok(result),
                 Err(err) => {
@@ -301,7 +436,14 @@ impl Invoker {
         for plugin in &net.plugins {
             let plugin_type = plugin_type(plugin);
             let stdout = self
-                .run_plugin(Command::Add, net, plugin, prev.as_ref().map(|(_, v)| v), rt)
+                .run_plugin(
+                    Command::Add,
+                    net,
+                    plugin,
+                    prev.as_ref().map(|(_, v)| v),
+                    rt,
+                    None,
+                )
                 .await?;
             let value = serde_json::from_slice(&stdout).map_err(|e| CniError::Decode {
                 plugin: plugin_type.to_owned(),
@@ -321,6 +463,7 @@ impl Invoker {
             config: Some(net.bytes.clone()),
             if_name: rt.ifname.clone(),
             network_name: net.name.clone(),
+            netns: Some(rt.netns.to_string_lossy().into_owned()).filter(|p| !p.is_empty()),
             cni_args: rt.args.clone(),
             capability_args: rt.capability_args.clone(),
             result: Some(raw),
@@ -367,12 +510,22 @@ impl Invoker {
             .map_err(|(path, source)| CniError::Cache { path, source })?;
         if found.is_empty() {
             return match net {
-                Some(net) => self.del_chain(net, None, rt).await,
+                Some(net) => {
+                    let lock = self.network_lock(&net.name);
+                    let _shared = lock.read().await;
+                    self.del_chain(net, None, rt).await
+                }
                 None => Ok(()),
             };
         }
         let mut first_error = None;
         for found in found {
+            let network = match &found.entry {
+                Ok(entry) => entry.network_name.clone(),
+                Err(_) => net.map(|n| n.name.clone()).unwrap_or_default(),
+            };
+            let lock = self.network_lock(&network);
+            let _shared = lock.read().await;
             let outcome = match found.entry {
                 Ok(entry) => self.del_cached(net, entry, rt).await,
                 Err(err) => match net {
@@ -436,6 +589,11 @@ impl Invoker {
             return Ok(false);
         };
         let mut rt = rt.clone();
+        if rt.netns.as_os_str().is_empty()
+            && let Some(netns) = entry.netns
+        {
+            rt.netns = netns.into();
+        }
         if rt.args.is_empty() {
             rt.args = entry.cni_args;
         }
@@ -451,6 +609,175 @@ impl Invoker {
         Ok(true)
     }
 
+    /// CHECK, as libcni's `CheckNetworkList`: every plugin in order, with
+    /// the cached ADD result as `prevResult`. Needs spec 0.4.0 or later and
+    /// a cached result; a list with `disableCheck` passes without running
+    /// anything. `CNI_ARGS` and capability args left empty in `rt` come
+    /// from the cache, as for DEL.
+    pub async fn check(&self, net: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), CniError> {
+        validate_network(net)?;
+        validate_runtime_conf(rt)?;
+        if version::at_least(&net.cni_version, "0.4.0") != Some(true) {
+            return Err(CniError::CommandUnsupported {
+                network: net.name.clone(),
+                version: net.cni_version.clone(),
+                command: "CHECK",
+            });
+        }
+        if net.disable_check() {
+            return Ok(());
+        }
+        let span = info_span!("cni_check", network = %net.name, container.id = %rt.container_id);
+        let lock = self.network_lock(&net.name);
+        async {
+            let _shared = lock.read().await;
+            let found = self
+                .cache
+                .find(&rt.container_id, &rt.ifname, Some(&net.name))
+                .await
+                .map_err(|(path, source)| CniError::Cache { path, source })?;
+            let entry = found
+                .into_iter()
+                .filter_map(|f| f.entry.ok())
+                .find(|e| e.network_name == net.name)
+                .ok_or_else(|| CniError::NoCachedResult {
+                    network: net.name.clone(),
+                    container_id: rt.container_id.clone(),
+                })?;
+            let Some(cached) = entry.result else {
+                return Err(CniError::NoCachedResult {
+                    network: net.name.clone(),
+                    container_id: rt.container_id.clone(),
+                });
+            };
+            let mut rt = rt.clone();
+            if rt.args.is_empty() {
+                rt.args = entry.cni_args;
+            }
+            if rt.capability_args.is_empty() {
+                rt.capability_args = entry.capability_args;
+            }
+            for plugin in &net.plugins {
+                self.run_plugin(Command::Check, net, plugin, Some(&cached), &rt, None)
+                    .await?;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// STATUS (spec 1.1), as libcni's `GetStatusNetworkList`: asks every
+    /// plugin whether it is ready for ADDs and returns the first error
+    /// (a plugin answers code 50 "not available" when it is not). Lists of
+    /// earlier versions have no STATUS and are taken to be ready.
+    pub async fn status(&self, net: &NetworkConfigList) -> Result<(), CniError> {
+        validate_network(net)?;
+        if version::at_least(&net.cni_version, "1.1.0") != Some(true) {
+            return Ok(());
+        }
+        let rt = RuntimeConf::default();
+        for plugin in &net.plugins {
+            self.run_plugin(Command::Status, net, plugin, None, &rt, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// GC, as libcni's `GCNetworkList`: every cached attachment of this
+    /// network that is not in `valid` gets a DEL (with the config, netns
+    /// and arguments of its ADD) and loses its cache entry; then, for spec
+    /// 1.1 lists without `disableGC`, every plugin gets GC with the valid
+    /// attachments (`cni.dev/valid-attachments`), so it can release what
+    /// the cache does not know about (say, host-local addresses of a
+    /// runtime that lost its state).
+    ///
+    /// `valid` is called once the network's lock is held exclusively, so an
+    /// ADD that finished before it is seen and none runs during GC: the
+    /// caller lists its sandboxes there, not before. Keeps going after an
+    /// error and reports them all in [`CniError::Gc`].
+    pub async fn gc<F>(&self, net: &NetworkConfigList, valid: F) -> Result<GcOutcome, CniError>
+    where
+        F: FnOnce() -> Vec<GcAttachment>,
+    {
+        validate_network(net)?;
+        let span = info_span!("cni_gc", network = %net.name);
+        let lock = self.network_lock(&net.name);
+        async {
+            let _exclusive = lock.write().await;
+            let valid = valid();
+            let mut outcome = GcOutcome::default();
+            let mut errors = Vec::new();
+            let cached = self
+                .cache
+                .list(&net.name)
+                .await
+                .map_err(|(path, source)| CniError::Cache { path, source })?;
+            for found in cached {
+                let Ok(entry) = found.entry else { continue };
+                let attachment = GcAttachment {
+                    container_id: entry.container_id.clone(),
+                    ifname: entry.if_name.clone(),
+                };
+                if valid.contains(&attachment) {
+                    continue;
+                }
+                let rt = RuntimeConf {
+                    container_id: entry.container_id.clone(),
+                    netns: PathBuf::new(),
+                    ifname: entry.if_name.clone(),
+                    args: Vec::new(),
+                    capability_args: Map::new(),
+                };
+                if let Err(err) = validate_runtime_conf(&rt) {
+                    errors.push(err);
+                    continue;
+                }
+                let deleted = match self.del_cached(Some(net), entry, &rt).await {
+                    Ok(_) => self
+                        .cache
+                        .remove(&found.path)
+                        .await
+                        .map_err(|source| CniError::Cache {
+                            path: found.path.clone(),
+                            source,
+                        }),
+                    Err(err) => Err(err),
+                };
+                match deleted {
+                    Ok(()) => {
+                        debug!(container.id = %attachment.container_id, "GC released a stale attachment");
+                        outcome.released.push(attachment);
+                    }
+                    Err(err) => errors.push(err),
+                }
+            }
+            if version::at_least(&net.cni_version, "1.1.0") == Some(true) && !net.disable_gc() {
+                let inject = (VALID_ATTACHMENTS_KEY, json!(valid));
+                let rt = RuntimeConf::default();
+                for plugin in &net.plugins {
+                    if let Err(err) = self
+                        .run_plugin(Command::Gc, net, plugin, None, &rt, Some(&inject))
+                        .await
+                    {
+                        errors.push(err);
+                    }
+                }
+                outcome.plugins_collected = true;
+            }
+            if errors.is_empty() {
+                Ok(outcome)
+            } else {
+                Err(CniError::Gc {
+                    network: net.name.clone(),
+                    errors,
+                })
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     /// DEL for every plugin in reverse order, not stopping at errors: each
     /// plugin owns different resources, and skipping one would leak them.
     async fn del_chain(
@@ -461,7 +788,10 @@ impl Invoker {
     ) -> Result<(), CniError> {
         let mut first_error = None;
         for plugin in net.plugins.iter().rev() {
-            if let Err(err) = self.run_plugin(Command::Del, net, plugin, prev, rt).await {
+            if let Err(err) = self
+                .run_plugin(Command::Del, net, plugin, prev, rt, None)
+                .await
+            {
                 if first_error.is_some() {
                     warn!(
                         plugin = plugin_type(plugin),
@@ -476,7 +806,8 @@ impl Invoker {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Runs one plugin and returns its stdout on success.
+    /// Runs one plugin and returns its stdout on success. `inject` adds one
+    /// top-level key to its config (GC's valid attachments).
     async fn run_plugin(
         &self,
         command: Command,
@@ -484,10 +815,18 @@ impl Invoker {
         plugin: &Value,
         prev: Option<&Value>,
         rt: &RuntimeConf,
+        inject: Option<&(&str, Value)>,
     ) -> Result<Vec<u8>, CniError> {
         let plugin_type = plugin_type(plugin);
-        let path = self.find_plugin(plugin_type).await?;
-        let stdin = plugin_stdin(net, plugin, prev, &rt.capability_args);
+        let (path, meta) = self.find_plugin(plugin_type).await?;
+        if command.negotiates_version() {
+            self.ensure_version(plugin_type, &path, &meta, &net.cni_version)
+                .await?;
+        }
+        let mut stdin = plugin_stdin(net, plugin, prev, &rt.capability_args);
+        if let (Some((key, value)), Some(conf)) = (inject, stdin.as_object_mut()) {
+            conf.insert((*key).to_owned(), value.clone());
+        }
         let request = PluginRequest {
             path,
             env: self.plugin_env(command, rt),
@@ -498,7 +837,16 @@ impl Invoker {
             command = command.as_str(),
             "running CNI plugin"
         );
-        let output = tokio::time::timeout(self.plugin_timeout, self.exec.exec(request))
+        let output = self.exec_with_timeout(plugin_type, request).await?;
+        interpret_output(plugin_type, command, output)
+    }
+
+    async fn exec_with_timeout(
+        &self,
+        plugin_type: &str,
+        request: PluginRequest,
+    ) -> Result<PluginOutput, CniError> {
+        tokio::time::timeout(self.plugin_timeout, self.exec.exec(request))
             .await
             .map_err(|_| CniError::Timeout {
                 plugin: plugin_type.to_owned(),
@@ -507,12 +855,106 @@ impl Invoker {
             .map_err(|source| CniError::Exec {
                 plugin: plugin_type.to_owned(),
                 source,
-            })?;
-        interpret_output(plugin_type, command, output)
+            })
+    }
+
+    /// Fails unless the plugin at `path` speaks `cni_version`, asking its
+    /// VERSION the first time and again whenever the file changed.
+    async fn ensure_version(
+        &self,
+        plugin_type: &str,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        cni_version: &str,
+    ) -> Result<(), CniError> {
+        let modified = meta.modified().ok();
+        let len = meta.len();
+        let known = self
+            .versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(path)
+            .filter(|k| k.modified == modified && k.len == len)
+            .map(|k| k.supported.clone());
+        let supported = match known {
+            Some(supported) => supported,
+            None => {
+                let supported = self.query_version(plugin_type, path, cni_version).await?;
+                self.versions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        path.to_owned(),
+                        KnownVersions {
+                            modified,
+                            len,
+                            supported: supported.clone(),
+                        },
+                    );
+                supported
+            }
+        };
+        if supported.iter().any(|v| v == cni_version) {
+            Ok(())
+        } else {
+            Err(CniError::IncompatibleVersion {
+                plugin: plugin_type.to_owned(),
+                version: cni_version.to_owned(),
+                supported,
+            })
+        }
+    }
+
+    /// The plugin's VERSION answer (`supportedVersions`). Like libcni, a
+    /// plugin too old to know VERSION is taken to speak only 0.1.0.
+    async fn query_version(
+        &self,
+        plugin_type: &str,
+        path: &Path,
+        cni_version: &str,
+    ) -> Result<Vec<String>, CniError> {
+        let request = PluginRequest {
+            path: path.to_owned(),
+            env: vec![
+                ("CNI_COMMAND".into(), Command::Version.as_str().into()),
+                ("CNI_PATH".into(), self.bin_path()),
+            ],
+            stdin: json!({ "cniVersion": cni_version })
+                .to_string()
+                .into_bytes(),
+        };
+        let output = self.exec_with_timeout(plugin_type, request).await?;
+        let stdout = match interpret_output(plugin_type, Command::Version, output) {
+            Ok(stdout) => stdout,
+            Err(CniError::Plugin { msg, .. }) if msg == "unknown CNI_COMMAND: VERSION" => {
+                return Ok(vec!["0.1.0".to_owned()]);
+            }
+            Err(err) => return Err(err),
+        };
+        #[derive(Deserialize)]
+        struct VersionInfo {
+            #[serde(rename = "supportedVersions", default)]
+            supported_versions: Vec<String>,
+            #[serde(rename = "cniVersion", default)]
+            cni_version: String,
+        }
+        let info: VersionInfo = serde_json::from_slice(&stdout).map_err(|e| CniError::Decode {
+            plugin: plugin_type.to_owned(),
+            source: ResultError::Json(e),
+        })?;
+        // Pre-0.3 answers carry only their own version.
+        if info.supported_versions.is_empty() && !info.cni_version.is_empty() {
+            return Ok(vec![info.cni_version]);
+        }
+        debug!(plugin = plugin_type, supported = ?info.supported_versions, "CNI plugin versions");
+        Ok(info.supported_versions)
     }
 
     /// First bin dir holding a regular file named `plugin_type`.
-    async fn find_plugin(&self, plugin_type: &str) -> Result<PathBuf, CniError> {
+    async fn find_plugin(
+        &self,
+        plugin_type: &str,
+    ) -> Result<(PathBuf, std::fs::Metadata), CniError> {
         if plugin_type.contains('/') || plugin_type == "." || plugin_type == ".." {
             return Err(CniError::InvalidArgument {
                 field: "plugin type",
@@ -522,17 +964,25 @@ impl Invoker {
         }
         for dir in &self.bin_dirs {
             let candidate = dir.join(plugin_type);
-            if tokio::fs::metadata(&candidate)
-                .await
-                .is_ok_and(|meta| meta.is_file())
+            if let Ok(meta) = tokio::fs::metadata(&candidate).await
+                && meta.is_file()
             {
-                return Ok(candidate);
+                return Ok((candidate, meta));
             }
         }
         Err(CniError::PluginNotFound {
             plugin: plugin_type.to_owned(),
             dirs: self.bin_dirs.clone(),
         })
+    }
+
+    /// `CNI_PATH`: the bin dirs, in order.
+    fn bin_path(&self) -> String {
+        self.bin_dirs
+            .iter()
+            .map(|dir| dir.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     fn plugin_env(&self, command: Command, rt: &RuntimeConf) -> Vec<(String, String)> {
@@ -542,12 +992,7 @@ impl Invoker {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(";");
-        let path = self
-            .bin_dirs
-            .iter()
-            .map(|dir| dir.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(":");
+        let path = self.bin_path();
         vec![
             ("CNI_COMMAND".into(), command.as_str().into()),
             ("CNI_CONTAINERID".into(), rt.container_id.clone()),

@@ -29,6 +29,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::result::IpPrefix;
 
+mod tc;
+
+pub use tc::{Qdisc, Tbf};
+
 /// A failed netlink operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {

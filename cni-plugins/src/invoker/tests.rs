@@ -40,10 +40,14 @@ enum Reply {
 
 /// Records calls; ADD without a configured reply passes `prevResult` on
 /// (as portmap does) or, first in a chain, returns [`default_result`].
+/// VERSION is answered from `versions` (every version by default) and
+/// recorded apart from the other calls, in `version_calls`.
 #[derive(Debug, Default)]
 struct FakeExec {
     calls: Mutex<Vec<Call>>,
     replies: Mutex<HashMap<(String, String), Reply>>,
+    versions: Mutex<HashMap<String, Vec<&'static str>>>,
+    version_calls: Mutex<Vec<String>>,
 }
 
 impl FakeExec {
@@ -61,6 +65,17 @@ impl FakeExec {
     fn take_calls(&self) -> Vec<Call> {
         std::mem::take(&mut *self.calls.lock().unwrap())
     }
+
+    fn supports(&self, plugin: &str, versions: &[&'static str]) {
+        self.versions
+            .lock()
+            .unwrap()
+            .insert(plugin.to_owned(), versions.to_vec());
+    }
+
+    fn take_version_calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.version_calls.lock().unwrap())
+    }
 }
 
 impl PluginExec for FakeExec {
@@ -73,6 +88,29 @@ impl PluginExec for FakeExec {
             .into_owned();
         let env: HashMap<String, String> = request.env.into_iter().collect();
         let command = env["CNI_COMMAND"].clone();
+        let version_reply = self
+            .replies
+            .lock()
+            .unwrap()
+            .contains_key(&(plugin.clone(), command.clone()));
+        if command == "VERSION" && !version_reply {
+            self.version_calls.lock().unwrap().push(plugin.clone());
+            let supported = self
+                .versions
+                .lock()
+                .unwrap()
+                .get(&plugin)
+                .cloned()
+                .unwrap_or_else(|| crate::version::SUPPORTED_VERSIONS.to_vec());
+            let answer = json!({"cniVersion": "1.1.0", "supportedVersions": supported});
+            return Box::pin(async move {
+                Ok(PluginOutput {
+                    exit_code: Some(0),
+                    stdout: answer.to_string().into_bytes(),
+                    stderr: Vec::new(),
+                })
+            });
+        }
         let stdin: Value = serde_json::from_slice(&request.stdin).unwrap();
         let reply = self
             .replies
@@ -822,6 +860,341 @@ async fn hand_built_invalid_network_is_refused() {
         ),
         "{err:?}"
     );
+}
+
+#[tokio::test]
+async fn version_is_asked_once_per_binary_and_again_when_it_changes() {
+    let fx = Fixture::new(&["bridge", "portmap", "tuning"]);
+    let net = pod_network();
+    let rt = runtime_conf();
+    fx.invoker.add(&net, &rt).await.unwrap();
+    assert_eq!(
+        fx.exec.take_version_calls(),
+        ["bridge", "portmap", "tuning"]
+    );
+    fx.invoker.del(Some(&net), &rt).await.unwrap();
+    // A clone shares what was learnt.
+    fx.invoker.clone().add(&net, &rt).await.unwrap();
+    assert!(fx.exec.take_version_calls().is_empty());
+    // An upgraded binary (another size) is asked again.
+    std::fs::write(fx.dir.path().join("bin2/portmap"), "new").unwrap();
+    fx.invoker.del(Some(&net), &rt).await.unwrap();
+    assert!(
+        fx.exec.take_version_calls().is_empty(),
+        "DEL does not negotiate"
+    );
+    fx.invoker.add(&net, &rt).await.unwrap();
+    assert_eq!(fx.exec.take_version_calls(), ["portmap"]);
+}
+
+#[tokio::test]
+async fn incompatible_plugin_is_refused_before_anything_runs() {
+    let fx = Fixture::new(&["bridge", "portmap", "tuning"]);
+    fx.exec.supports("portmap", &["0.3.1", "0.4.0"]);
+    let err = fx
+        .invoker
+        .add(&pod_network(), &runtime_conf())
+        .await
+        .unwrap_err();
+    match &err {
+        CniError::IncompatibleVersion {
+            plugin,
+            version,
+            supported,
+        } => {
+            assert_eq!(plugin, "portmap");
+            assert_eq!(version, "1.0.0");
+            assert_eq!(supported, &["0.3.1", "0.4.0"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("does not support config version"));
+    // bridge ran before portmap was reached; the rollback DELs the chain.
+    assert_eq!(
+        sequence(&fx.exec.take_calls()),
+        ["ADD bridge", "DEL tuning", "DEL portmap", "DEL bridge"]
+    );
+    assert!(!fx.cache_file("podnet").exists());
+}
+
+#[tokio::test]
+async fn plugin_without_version_command_speaks_only_010() {
+    let fx = Fixture::new(&["old"]);
+    fx.exec.reply(
+        "old",
+        "VERSION",
+        Reply::Fail {
+            exit_code: Some(1),
+            stdout: r#"{"code":4,"msg":"unknown CNI_COMMAND: VERSION"}"#,
+            stderr: "",
+        },
+    );
+    let net = conflist("n", "1.0.0", json!([{"type": "old"}]));
+    let err = fx.invoker.add(&net, &runtime_conf()).await.unwrap_err();
+    assert!(
+        matches!(&err, CniError::IncompatibleVersion { supported, .. } if supported == &["0.1.0"]),
+        "{err:?}"
+    );
+    assert!(fx.exec.take_calls().iter().all(|c| c.command != "ADD"));
+}
+
+#[tokio::test]
+async fn check_runs_in_order_with_the_cached_result() {
+    let fx = Fixture::new(&["bridge", "portmap", "tuning"]);
+    let net = pod_network();
+    let rt = runtime_conf();
+    let added = fx.invoker.add(&net, &rt).await.unwrap();
+    fx.exec.take_calls();
+    // A restarted runtime: no args, no capabilities; the cache has them.
+    let bare = RuntimeConf {
+        args: Vec::new(),
+        capability_args: Map::new(),
+        ..rt.clone()
+    };
+    fx.invoker.check(&net, &bare).await.unwrap();
+    let calls = fx.exec.take_calls();
+    assert_eq!(
+        sequence(&calls),
+        ["CHECK bridge", "CHECK portmap", "CHECK tuning"]
+    );
+    for call in &calls {
+        assert_eq!(call.stdin["prevResult"], added.raw);
+        assert_eq!(call.env["CNI_NETNS"], "/run/netns/test");
+        assert!(call.env["CNI_ARGS"].contains("K8S_POD_NAME=web"));
+    }
+    assert_eq!(
+        calls[1].stdin["runtimeConfig"],
+        json!({"portMappings": port_mappings()})
+    );
+
+    fx.exec.reply(
+        "portmap",
+        "CHECK",
+        Reply::Fail {
+            exit_code: Some(1),
+            stdout: r#"{"cniVersion":"1.0.0","code":999,"msg":"chain CNI-DN-x not found"}"#,
+            stderr: "",
+        },
+    );
+    let err = fx.invoker.check(&net, &rt).await.unwrap_err();
+    assert_eq!(err.plugin_code(), Some(999));
+    assert!(
+        err.to_string().contains("chain CNI-DN-x not found"),
+        "{err}"
+    );
+    // Stops at the first failure.
+    assert_eq!(
+        sequence(&fx.exec.take_calls()),
+        ["CHECK bridge", "CHECK portmap"]
+    );
+}
+
+#[tokio::test]
+async fn check_needs_a_cached_result_and_a_new_enough_list() {
+    let fx = Fixture::new(&["bridge"]);
+    let net = conflist("n", "1.0.0", json!([{"type": "bridge"}]));
+    let err = fx.invoker.check(&net, &runtime_conf()).await.unwrap_err();
+    assert!(matches!(err, CniError::NoCachedResult { .. }), "{err:?}");
+
+    let old = conflist("n", "0.3.1", json!([{"type": "bridge"}]));
+    let err = fx.invoker.check(&old, &runtime_conf()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CniError::CommandUnsupported {
+                command: "CHECK",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let disabled = NetworkConfigList::from_conflist(
+        br#"{"cniVersion":"1.0.0","name":"n","disableCheck":true,"plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    fx.invoker.check(&disabled, &runtime_conf()).await.unwrap();
+    assert!(fx.exec.take_calls().is_empty());
+}
+
+#[tokio::test]
+async fn status_asks_every_plugin_of_a_11_list() {
+    let fx = Fixture::new(&["bridge", "portmap"]);
+    let old = conflist(
+        "n",
+        "1.0.0",
+        json!([{"type": "bridge"}, {"type": "portmap"}]),
+    );
+    fx.invoker.status(&old).await.unwrap();
+    assert!(fx.exec.take_calls().is_empty());
+
+    let net = conflist(
+        "n",
+        "1.1.0",
+        json!([{"type": "bridge"}, {"type": "portmap"}]),
+    );
+    fx.invoker.status(&net).await.unwrap();
+    let calls = fx.exec.take_calls();
+    assert_eq!(sequence(&calls), ["STATUS bridge", "STATUS portmap"]);
+    assert_eq!(calls[0].env["CNI_CONTAINERID"], "");
+    assert_eq!(calls[0].stdin["name"], "n");
+    assert!(calls[0].stdin.get("prevResult").is_none());
+
+    fx.exec.reply(
+        "bridge",
+        "STATUS",
+        Reply::Fail {
+            exit_code: Some(1),
+            stdout: r#"{"cniVersion":"1.1.0","code":50,"msg":"no addresses left"}"#,
+            stderr: "",
+        },
+    );
+    let err = fx.invoker.status(&net).await.unwrap_err();
+    assert_eq!(err.plugin_code(), Some(50));
+    assert_eq!(sequence(&fx.exec.take_calls()), ["STATUS bridge"]);
+}
+
+fn attachment(id: &str) -> GcAttachment {
+    GcAttachment {
+        container_id: id.into(),
+        ifname: "eth0".into(),
+    }
+}
+
+#[tokio::test]
+async fn gc_deletes_stale_attachments_and_passes_the_valid_ones() {
+    let fx = Fixture::new(&["bridge", "portmap"]);
+    let net = conflist(
+        "gcnet",
+        "1.1.0",
+        json!([{"type": "bridge"}, {"type": "portmap", "capabilities": {"portMappings": true}}]),
+    );
+    for id in ["keep", "gone"] {
+        let rt = RuntimeConf {
+            container_id: id.into(),
+            netns: format!("/run/netns/{id}").into(),
+            ..runtime_conf()
+        };
+        fx.invoker.add(&net, &rt).await.unwrap();
+    }
+    // Another network's entry is not this GC's business.
+    let other = conflist("other", "1.1.0", json!([{"type": "bridge"}]));
+    let rt = RuntimeConf {
+        container_id: "gone".into(),
+        ..runtime_conf()
+    };
+    fx.invoker.add(&other, &rt).await.unwrap();
+    fx.exec.take_calls();
+
+    let outcome = fx
+        .invoker
+        .gc(&net, || vec![attachment("keep")])
+        .await
+        .unwrap();
+    assert_eq!(outcome.released, [attachment("gone")]);
+    assert!(outcome.plugins_collected);
+    let calls = fx.exec.take_calls();
+    assert_eq!(
+        sequence(&calls),
+        ["DEL portmap", "DEL bridge", "GC bridge", "GC portmap"]
+    );
+    // The stale attachment's DEL is its ADD's: netns, args, capabilities.
+    assert_eq!(calls[0].env["CNI_CONTAINERID"], "gone");
+    assert_eq!(calls[0].env["CNI_NETNS"], "/run/netns/gone");
+    assert!(calls[0].env["CNI_ARGS"].contains("K8S_POD_NAMESPACE=default"));
+    assert_eq!(
+        calls[0].stdin["runtimeConfig"],
+        json!({"portMappings": port_mappings()})
+    );
+    for gc in &calls[2..] {
+        assert_eq!(gc.env["CNI_COMMAND"], "GC");
+        assert_eq!(
+            gc.stdin[VALID_ATTACHMENTS_KEY],
+            json!([{"containerID": "keep", "ifname": "eth0"}])
+        );
+    }
+    let results = fx.dir.path().join("cache/results");
+    assert!(results.join("gcnet-keep-eth0").is_file());
+    assert!(!results.join("gcnet-gone-eth0").exists());
+    assert!(results.join("other-gone-eth0").is_file());
+}
+
+#[tokio::test]
+async fn gc_of_a_10_list_only_deletes_and_disable_gc_skips_plugins() {
+    let fx = Fixture::new(&["bridge"]);
+    let net = conflist("n", "1.0.0", json!([{"type": "bridge"}]));
+    fx.invoker.add(&net, &runtime_conf()).await.unwrap();
+    fx.exec.take_calls();
+    let outcome = fx.invoker.gc(&net, Vec::new).await.unwrap();
+    assert_eq!(outcome.released, [attachment("ctr1")]);
+    assert!(!outcome.plugins_collected);
+    assert_eq!(sequence(&fx.exec.take_calls()), ["DEL bridge"]);
+
+    let disabled = NetworkConfigList::from_conflist(
+        br#"{"cniVersion":"1.1.0","name":"n","disableGC":true,"plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let outcome = fx.invoker.gc(&disabled, Vec::new).await.unwrap();
+    assert!(!outcome.plugins_collected);
+    assert!(fx.exec.take_calls().is_empty());
+}
+
+#[tokio::test]
+async fn gc_reports_every_failure_and_keeps_failed_entries() {
+    let fx = Fixture::new(&["bridge"]);
+    let net = conflist("n", "1.1.0", json!([{"type": "bridge"}]));
+    for id in ["a", "b"] {
+        let rt = RuntimeConf {
+            container_id: id.into(),
+            ..runtime_conf()
+        };
+        fx.invoker.add(&net, &rt).await.unwrap();
+    }
+    let fail = Reply::Fail {
+        exit_code: Some(1),
+        stdout: r#"{"cniVersion":"1.1.0","code":11,"msg":"busy"}"#,
+        stderr: "",
+    };
+    fx.exec.reply("bridge", "DEL", fail.clone());
+    fx.exec.reply("bridge", "GC", fail);
+    let err = fx.invoker.gc(&net, Vec::new).await.unwrap_err();
+    match &err {
+        CniError::Gc { network, errors } => {
+            assert_eq!(network, "n");
+            assert_eq!(errors.len(), 3, "{errors:?}");
+            assert!(errors.iter().all(|e| e.plugin_code() == Some(11)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let results = fx.dir.path().join("cache/results");
+    assert!(results.join("n-a-eth0").is_file() && results.join("n-b-eth0").is_file());
+}
+
+#[tokio::test]
+async fn gc_waits_for_an_add_in_progress_and_sees_it() {
+    let fx = Fixture::new(&["bridge"]);
+    let net = conflist("n", "1.1.0", json!([{"type": "bridge"}]));
+    fx.exec.reply("bridge", "ADD", Reply::Hang);
+    let rt = runtime_conf();
+    let mut add = Box::pin(fx.invoker.add(&net, &rt));
+    let mut gc = Box::pin(fx.invoker.gc(&net, || vec![attachment("ctr1")]));
+    // The ADD takes the lock first and hangs in its plugin.
+    let first = tokio::select! {
+        biased;
+        _ = &mut add => "add",
+        _ = tokio::time::sleep(Duration::from_millis(20)) => "none",
+    };
+    assert_eq!(first, "none");
+    let gc_done = tokio::time::timeout(Duration::from_millis(100), &mut gc).await;
+    assert!(gc_done.is_err(), "GC ran during an ADD");
+    // The ADD goes away (its caller gave up); GC proceeds.
+    drop(add);
+    fx.exec.clear_replies();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), gc)
+        .await
+        .expect("GC still blocked")
+        .unwrap();
+    assert!(outcome.released.is_empty());
 }
 
 #[test]

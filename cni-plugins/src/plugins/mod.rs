@@ -5,6 +5,7 @@
 //! config fields, same host state (file formats, iptables chain names),
 //! so either can undo what the other did.
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod host_local;
 pub mod ipam;
