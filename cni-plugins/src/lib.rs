@@ -26,5 +26,8 @@ pub mod version;
 pub use cache::CacheError;
 pub use conf::{ConfError, NetworkConfigList};
 pub use exec::{ExecError, PluginExec, PluginOutput, PluginRequest, ProcessExec};
-pub use invoker::{CniError, DEFAULT_PLUGIN_TIMEOUT, Invoker, RuntimeConf};
+pub use invoker::{
+    CniError, DEFAULT_PLUGIN_TIMEOUT, GcAttachment, GcOutcome, Invoker, RuntimeConf,
+    VALID_ATTACHMENTS_KEY,
+};
 pub use result::{CniResult, Dns, Interface, IpConfig, IpPrefix, ResultError, Route};

@@ -1,6 +1,7 @@
 //! Runtime configuration shared by the `cri-shim` binary and the embedding kubelet.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default persistent root: images, container bundles, sandbox records.
 pub const DEFAULT_ROOT: &str = "/var/lib/cri-shim";
@@ -10,6 +11,8 @@ pub const DEFAULT_LISTEN: &str = "unix:///run/cri-shim/cri-shim.sock";
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
 /// Default CNI plugin search path: the upstream location, then Debian's.
 pub const DEFAULT_CNI_BIN_DIRS: &[&str] = &["/opt/cni/bin", "/usr/lib/cni"];
+/// How often CNI GC runs after the one at start.
+pub const DEFAULT_CNI_GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Everything the server needs to know; host paths are parameters so tests
 /// can run several independent runtimes on one machine.
@@ -28,6 +31,11 @@ pub struct Config {
     /// Registries (`host[:port]`) pulled from in plain HTTP
     /// (`--insecure-registry`); loopback registries always are.
     pub insecure_registries: Vec<String>,
+    /// How long one CNI plugin may run (`--cni-plugin-timeout`).
+    pub cni_plugin_timeout: Duration,
+    /// Period of CNI GC after the one at start; zero runs it only at start
+    /// (`--cni-gc-interval`).
+    pub cni_gc_interval: Duration,
 }
 
 impl Config {
@@ -48,6 +56,8 @@ impl Default for Config {
             cni_conf_dir: PathBuf::from(DEFAULT_CNI_CONF_DIR),
             cni_bin_dirs: DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
             insecure_registries: Vec::new(),
+            cni_plugin_timeout: cni_plugins::DEFAULT_PLUGIN_TIMEOUT,
+            cni_gc_interval: DEFAULT_CNI_GC_INTERVAL,
         }
     }
 }

@@ -55,6 +55,34 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// CNI GC once at start (after the runtime state was loaded, so half-made
+/// sandboxes are already torn down) and then every `interval` (never again
+/// when zero), until `cancel`.
+async fn cni_gc_loop(
+    runtime: runtime::Runtime,
+    interval: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        match runtime.cni_gc().await {
+            Ok(outcome) if !outcome.released.is_empty() => tracing::info!(
+                released = outcome.released.len(),
+                "CNI GC released the attachments of sandboxes that no longer exist"
+            ),
+            Ok(_) => tracing::debug!("CNI GC found nothing to release"),
+            // Retried at the next round; the network keeps working meanwhile.
+            Err(error) => tracing::warn!(%error, "CNI GC failed"),
+        }
+        if interval.is_zero() {
+            return;
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 /// How long shutdown waits for in-flight CRI calls.
 pub const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -75,6 +103,11 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         _ => {}
     }
     let runtime = runtime::Runtime::open(config.clone()).await?;
+    tokio::spawn(cni_gc_loop(
+        runtime.clone(),
+        config.cni_gc_interval,
+        cancel.clone(),
+    ));
     let listener = tokio::net::UnixListener::bind(&path).map_err(bind_err)?;
     tracing::info!(socket = %path.display(), root = %config.root.display(), "cri-shim serving CRI v1");
     let images = image::ImageService::new(

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use cri_shim::config::{DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_CONF_DIR, DEFAULT_LISTEN, DEFAULT_ROOT};
+use cri_shim::config::{
+    DEFAULT_CNI_BIN_DIRS, DEFAULT_CNI_CONF_DIR, DEFAULT_CNI_GC_INTERVAL, DEFAULT_LISTEN,
+    DEFAULT_ROOT,
+};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +34,12 @@ struct Cli {
     /// Loopback registries (localhost, 127.0.0.1, [::1]) always are.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// Seconds one CNI plugin may run before it is killed.
+    #[arg(long, default_value_t = cni_plugins::DEFAULT_PLUGIN_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    cni_plugin_timeout: u64,
+    /// Seconds between CNI GC runs (one always runs at start); 0: only at start.
+    #[arg(long, default_value_t = DEFAULT_CNI_GC_INTERVAL.as_secs())]
+    cni_gc_interval: u64,
     /// Log filter (tracing env-filter syntax), also read from RUST_LOG.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
@@ -87,6 +96,8 @@ fn main() -> anyhow::Result<()> {
                 cni_conf_dir: cli.cni_conf_dir,
                 cni_bin_dirs: cli.cni_bin_dir.into_iter().map(PathBuf::from).collect(),
                 insecure_registries: cli.insecure_registries,
+                cni_plugin_timeout: std::time::Duration::from_secs(cli.cni_plugin_timeout),
+                cni_gc_interval: std::time::Duration::from_secs(cli.cni_gc_interval),
             };
             rt.block_on(async {
                 let cancel = CancellationToken::new();

@@ -279,14 +279,25 @@ impl RuntimeService for RuntimeServer {
 
     async fn update_runtime_config(
         &self,
-        _: Request<cri::UpdateRuntimeConfigRequest>,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<cri::UpdateRuntimeConfigResponse> {
-        // The kubelet pushes the pod CIDR here; the CNI config carries it for us.
+        // The kubelet pushes the node's pod CIDR here; sandboxes pass it to
+        // plugins declaring the `ipRanges` capability.
+        let pod_cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        if !pod_cidr.is_empty() {
+            self.runtime
+                .set_pod_cidrs(crate::runtime::network::parse_pod_cidrs(&pod_cidr));
+        }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(&self, _: Request<cri::StatusRequest>) -> Result<cri::StatusResponse> {
-        let network = match self.runtime.network_ready() {
+        let network = match self.runtime.network_ready().await {
             Ok(()) => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: true,

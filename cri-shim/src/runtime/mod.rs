@@ -11,6 +11,7 @@
 //!   returning the error.
 
 mod container;
+pub mod network;
 mod ocirt;
 mod pidfd;
 mod sandbox;
@@ -221,6 +222,8 @@ struct Inner {
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
     /// Container lifecycle events for GetContainerEvents subscribers.
     events: tokio::sync::broadcast::Sender<cri::ContainerEventResponse>,
+    /// The pod CIDRs from the kubelet's UpdateRuntimeConfig, for `ipRanges`.
+    pod_cidrs: Mutex<Vec<String>>,
 }
 
 /// Events kept for a slow GetContainerEvents subscriber before it lags.
@@ -299,7 +302,8 @@ impl Runtime {
             config.cni_conf_dir.clone(),
             config.cni_bin_dirs.clone(),
             config.root.join("cni-cache"),
-        );
+        )
+        .with_plugin_timeout(config.cni_plugin_timeout);
         let oci = OciRuntime {
             binary: config.oci_runtime.clone(),
             root: config.root.join("runc"),
@@ -322,6 +326,7 @@ impl Runtime {
                 capabilities: crate::oci::current_bounding_set(),
                 cpu_samples: Mutex::default(),
                 events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+                pod_cidrs: Mutex::default(),
             }),
         };
         rt.load_sandboxes().await;
@@ -339,9 +344,65 @@ impl Runtime {
         &self.inner.config
     }
 
-    /// Whether a valid CNI network configuration exists; the error says why not.
-    pub fn network_ready(&self) -> Result<(), cni_plugins::CniError> {
-        self.inner.cni.load_network().map(|_| ())
+    /// Whether the pod network can take sandboxes: a valid network config
+    /// exists in the conf dir (read afresh, so one written later is picked
+    /// up) and, for a spec 1.1 network, every plugin answers STATUS. The
+    /// error says why not.
+    pub async fn network_ready(&self) -> Result<(), cni_plugins::CniError> {
+        let net = self.inner.cni.load_network()?;
+        self.inner.cni.status(&net).await
+    }
+
+    /// Records the pod CIDRs the kubelet pushed (UpdateRuntimeConfig); new
+    /// sandboxes get them as the `ipRanges` capability.
+    pub fn set_pod_cidrs(&self, cidrs: Vec<String>) {
+        let mut current = self
+            .inner
+            .pod_cidrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *current != cidrs {
+            tracing::info!(pod_cidrs = ?cidrs, "pod CIDRs updated");
+            *current = cidrs;
+        }
+    }
+
+    fn pod_cidrs(&self) -> Vec<String> {
+        self.inner
+            .pod_cidrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// CNI GC: releases the attachments of sandboxes that no longer exist
+    /// (a crash between ADD and the record's removal, a lost state dir) and,
+    /// for spec 1.1 networks, lets the plugins collect what is not in use.
+    /// The sandboxes that exist are every sandbox directory, listed under
+    /// the invoker's GC lock: a RunPodSandbox writes its directory before
+    /// its ADD, so one in flight is never collected. Without a network
+    /// config there is nothing to collect.
+    pub async fn cni_gc(&self) -> Result<cni_plugins::GcOutcome, cni_plugins::CniError> {
+        let net = match self.inner.cni.load_network() {
+            Ok(net) => net,
+            Err(cni_plugins::CniError::NoNetworkConfig { .. }) => {
+                return Ok(cni_plugins::GcOutcome::default());
+            }
+            Err(e) => return Err(e),
+        };
+        let sandboxes = self.inner.config.root.join("sandboxes");
+        self.inner
+            .cni
+            .gc(&net, || {
+                list_dirs(&sandboxes)
+                    .into_iter()
+                    .map(|id| cni_plugins::GcAttachment {
+                        container_id: id,
+                        ifname: network::POD_IFNAME.to_owned(),
+                    })
+                    .collect()
+            })
+            .await
     }
 
     /// A stream of container lifecycle events from now on.

@@ -125,6 +125,9 @@ impl Runtime {
             }
         }
         validate_namespace_options(&config)?;
+        // A pod whose limits cannot be applied must not start unlimited.
+        super::network::bandwidth_from_annotations(&config.annotations)
+            .map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
         let id = new_id();
         let name = reserved_name(&meta);
         self.reserve_name(&name, &id)?;
@@ -225,7 +228,7 @@ impl Runtime {
                 sandbox: id.clone(),
                 source,
             })?;
-        let rt = cni_runtime_conf(record, &netns);
+        let rt = self.cni_runtime_conf(record, &netns);
         // Mark before the call: a failed or interrupted ADD still owes a DEL.
         record.network_attached = true;
         write_json(&dir.join("sandbox.json"), record)?;
@@ -248,13 +251,18 @@ impl Runtime {
         Ok(())
     }
 
+    /// The CNI arguments of a sandbox.
+    fn cni_runtime_conf(&self, r: &SandboxRecord, netns: &Path) -> cni_plugins::RuntimeConf {
+        super::network::runtime_conf(&r.id, &r.config, netns, &self.pod_cidrs())
+    }
+
     /// Releases network, infra process and netns; returns what failed and
     /// keeps going after each failure.
     async fn tear_down_sandbox(&self, record: &mut SandboxRecord) -> Vec<RuntimeError> {
         let mut errors = Vec::new();
         if record.network_attached {
             let netns = record.netns.clone().unwrap_or_default();
-            let rt = cni_runtime_conf(record, &netns);
+            let rt = self.cni_runtime_conf(record, &netns);
             let net = self.inner.cni.load_network().ok();
             match self.inner.cni.del(net.as_ref(), &rt).await {
                 Ok(()) => record.network_attached = false,
@@ -505,46 +513,6 @@ fn ignore_not_found(e: std::io::Error) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(e)
-    }
-}
-
-fn cni_runtime_conf(r: &SandboxRecord, netns: &Path) -> cni_plugins::RuntimeConf {
-    let m = r.metadata();
-    let mut capability_args = serde_json::Map::new();
-    let port_mappings: Vec<serde_json::Value> = r
-        .config
-        .port_mappings
-        .iter()
-        .filter(|p| p.host_port > 0)
-        .map(|p| {
-            let protocol = match cri::Protocol::try_from(p.protocol) {
-                Ok(cri::Protocol::Udp) => "udp",
-                Ok(cri::Protocol::Sctp) => "sctp",
-                _ => "tcp",
-            };
-            serde_json::json!({
-                "hostPort": p.host_port,
-                "containerPort": p.container_port,
-                "protocol": protocol,
-                "hostIP": p.host_ip,
-            })
-        })
-        .collect();
-    if !port_mappings.is_empty() {
-        capability_args.insert("portMappings".into(), port_mappings.into());
-    }
-    cni_plugins::RuntimeConf {
-        container_id: r.id.clone(),
-        netns: netns.to_owned(),
-        ifname: "eth0".into(),
-        args: vec![
-            ("IgnoreUnknown".into(), "1".into()),
-            ("K8S_POD_NAMESPACE".into(), m.namespace),
-            ("K8S_POD_NAME".into(), m.name),
-            ("K8S_POD_INFRA_CONTAINER_ID".into(), r.id.clone()),
-            ("K8S_POD_UID".into(), m.uid),
-        ],
-        capability_args,
     }
 }
 
