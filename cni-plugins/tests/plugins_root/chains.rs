@@ -576,12 +576,28 @@ pub fn bad_input_codes_and_nothing_left() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the host holds for `network`: links on or named like its bridge,
+/// its host-local files, and iptables lines naming its pods, subnets or
+/// network. Only this test's own state: other tests (and other engineers'
+/// runs on a shared machine) add and remove links and rules meanwhile.
 fn host_state(network: &Network) -> anyhow::Result<(usize, Vec<String>, usize)> {
-    let links = std::fs::read_dir("/sys/class/net")?.count();
+    let bridge = &network.bridge.0;
+    let ports = run("ip", &["-o", "link", "show", "master", bridge])?;
+    let named = std::fs::read_dir("/sys/class/net")?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(bridge.as_str()))
+        .count();
+    let links = ports.lines().count() + named;
     let files = ipam_files(&network.ipam_dir());
     let rules = all_rules()?
         .lines()
-        .filter(|l| l.starts_with("-A") || l.starts_with(':'))
+        .filter(|l| l.starts_with("-A"))
+        .filter(|l| {
+            l.contains("cnitleak")
+                || l.contains(&network.name)
+                || l.contains("10.240.34.")
+                || l.contains("fd00:240:34:")
+        })
         .count();
     Ok((links, files, rules))
 }
