@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::harness::{CriClient, TestImages, binary, cri_client, list_containers, list_sandboxes, tail};
+use crate::harness::{
+    CriClient, TestImages, binary, cri_client, list_containers, list_sandboxes, tail,
+};
 
 /// A cri-shim process with a chosen CNI conf dir and bin dir.
 #[derive(Debug)]
@@ -43,7 +45,11 @@ impl CniShim {
                 .arg(&image)
                 .stdout(Stdio::null())
                 .status()?;
-            ensure!(status.success(), "cri-shim import {} failed", image.display());
+            ensure!(
+                status.success(),
+                "cri-shim import {} failed",
+                image.display()
+            );
         }
         let socket = dir.join("cri.sock");
         let mut shim = Self {

@@ -198,8 +198,14 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
         },
     ];
     config.annotations = HashMap::from([
-        ("kubernetes.io/ingress-bandwidth".to_owned(), "10M".to_owned()),
-        ("kubernetes.io/egress-bandwidth".to_owned(), "20M".to_owned()),
+        (
+            "kubernetes.io/ingress-bandwidth".to_owned(),
+            "10M".to_owned(),
+        ),
+        (
+            "kubernetes.io/egress-bandwidth".to_owned(),
+            "20M".to_owned(),
+        ),
     ]);
     let id = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -220,7 +226,11 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
         .context("no sandbox status")?;
     let ip = status.network.context("no network status")?.ip;
     let prefix = net.subnet.trim_end_matches("0/24");
-    ensure!(ip.starts_with(prefix), "pod IP {ip:?} not in {}", net.subnet);
+    ensure!(
+        ip.starts_with(prefix),
+        "pod IP {ip:?} not in {}",
+        net.subnet
+    );
     ensure!(
         reserved_ips(dir, &net.name) == [ip.clone()],
         "host-local files {:?}",
@@ -281,7 +291,11 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
     ensure!(net.veths()?.is_empty(), "veths left: {:?}", net.veths()?);
     ensure!(!link_exists(&ifb), "IFB {ifb} left");
     let rules = iptables_lines_with(&id)?;
-    ensure!(rules.is_empty(), "iptables rules left:\n{}", rules.join("\n"));
+    ensure!(
+        rules.is_empty(),
+        "iptables rules left:\n{}",
+        rules.join("\n")
+    );
     ensure!(
         reserved_ips(dir, &net.name).is_empty(),
         "addresses left: {:?}",
@@ -429,7 +443,11 @@ async fn gc_at_start_releases_leftovers() -> anyhow::Result<()> {
             "host-local holds {left:?} (ghost had {ghost_ip})"
         );
         ensure!(
-            sh("ip", &["netns", "exec", &ghost_ns, "ip", "link", "show", "eth0"]).is_err(),
+            sh(
+                "ip",
+                &["netns", "exec", &ghost_ns, "ip", "link", "show", "eth0"]
+            )
+            .is_err(),
             "the ghost kept its eth0"
         );
         ensure!(net.veths()?.len() == 1, "veths: {:?}", net.veths()?);
@@ -492,7 +510,10 @@ fn main() {
                 let ours = harness::bin_dir()?;
                 for plugin in ["bridge", "host-local", "portmap", "bandwidth"] {
                     if !ours.join(plugin).is_file() {
-                        bail!("our {plugin} plugin is not built in {}: cargo build --workspace", ours.display());
+                        bail!(
+                            "our {plugin} plugin is not built in {}: cargo build --workspace",
+                            ours.display()
+                        );
                     }
                 }
                 pod_network(240, ours).await
