@@ -1,6 +1,8 @@
 //! cni-bench: ADD + DEL of the chain bridge + host-local + portmap +
-//! loopback into a fresh network namespace, through our plugins and through
-//! the reference plugins, alternating, in one run; prints median and p95.
+//! loopback (+ bandwidth with `--bandwidth`, limits in both directions as
+//! the pod annotations give them) into a fresh network namespace, through
+//! our plugins and through the reference plugins, alternating, in one run;
+//! prints median and p95.
 //!
 //!   sudo target/release/cni-bench --runs 100 --ours target/release --reference /usr/lib/cni
 //!
@@ -32,6 +34,9 @@ struct Args {
     /// Directory with the reference plugins.
     #[arg(long, default_value = "/usr/lib/cni")]
     reference: PathBuf,
+    /// Append the bandwidth plugin (ingress and egress limits) to the chain.
+    #[arg(long)]
+    bandwidth: bool,
 }
 
 struct Side {
@@ -40,6 +45,7 @@ struct Side {
     bridge: String,
     samples: Vec<Duration>,
     dir: PathBuf,
+    bandwidth: bool,
 }
 
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -50,7 +56,12 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn side(label: &'static str, bin_dir: PathBuf, index: u32) -> anyhow::Result<Side> {
+fn side(
+    label: &'static str,
+    bin_dir: PathBuf,
+    index: u32,
+    bandwidth: bool,
+) -> anyhow::Result<Side> {
     let dir = std::env::temp_dir().join(format!("cnit-bench-{}-{label}", std::process::id()));
     let conf_dir = dir.join("net.d");
     std::fs::create_dir_all(&conf_dir)?;
@@ -59,7 +70,7 @@ fn side(label: &'static str, bin_dir: PathBuf, index: u32) -> anyhow::Result<Sid
         .args(["link", "del", &bridge])
         .stderr(std::process::Stdio::null())
         .status();
-    let list = json!({
+    let mut list = json!({
         "cniVersion": "1.0.0",
         "name": format!("cnit-bench-{label}"),
         "plugins": [
@@ -76,6 +87,9 @@ fn side(label: &'static str, bin_dir: PathBuf, index: u32) -> anyhow::Result<Sid
             {"type": "loopback"}
         ]
     });
+    if bandwidth && let Some(plugins) = list["plugins"].as_array_mut() {
+        plugins.push(json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    }
     std::fs::write(
         conf_dir.join("10-bench.conflist"),
         serde_json::to_vec(&list)?,
@@ -87,6 +101,7 @@ fn side(label: &'static str, bin_dir: PathBuf, index: u32) -> anyhow::Result<Sid
         bridge,
         samples: Vec::new(),
         dir,
+        bandwidth,
     })
 }
 
@@ -98,6 +113,14 @@ async fn cycle(side: &mut Side, n: usize) -> anyhow::Result<()> {
         "portMappings".into(),
         json!([{"hostPort": 18040, "containerPort": 80, "protocol": "tcp"}]),
     );
+    if side.bandwidth {
+        // What cri-shim sends for 10M/20M bandwidth annotations.
+        capability_args.insert(
+            "bandwidth".into(),
+            json!({"ingressRate": 10_000_000u64, "ingressBurst": u64::from(u32::MAX),
+                   "egressRate": 20_000_000u64, "egressBurst": u64::from(u32::MAX)}),
+        );
+    }
     let rt = RuntimeConf {
         container_id: format!("cnitbench{}{n}", side.label),
         netns: format!("/run/netns/{netns}").into(),
@@ -140,8 +163,8 @@ async fn main() -> anyhow::Result<()> {
             .to_owned(),
     };
     let mut sides = [
-        side("ours", ours, 0)?,
-        side("reference", args.reference, 1)?,
+        side("ours", ours, 0, args.bandwidth)?,
+        side("reference", args.reference, 1, args.bandwidth)?,
     ];
     // One warm-up each (bridge creation, first iptables chains).
     for side in &mut sides {
@@ -167,7 +190,8 @@ async fn main() -> anyhow::Result<()> {
         return Err(err);
     }
     println!(
-        "ADD+DEL of bridge+host-local+portmap+loopback, {} runs each",
+        "ADD+DEL of bridge+host-local+portmap+loopback{}, {} runs each",
+        if args.bandwidth { "+bandwidth" } else { "" },
         args.runs
     );
     println!(
