@@ -197,6 +197,19 @@ pub fn flex_plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flexvolume")
 }
 
+/// Starts the kubelet binary with plain (uncoloured) output into `log`.
+fn spawn_kubelet(binary: &Path, args: &[std::ffi::OsString], log: File) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .args(args)
+        // Plain log files: the tests search them.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
 /// The `--cgroup-root` of a test kubelet: its own subtree, so parallel
 /// kubelets never share `kubepods`.
 pub fn test_cgroup_root(node_name: &str) -> String {
@@ -1126,6 +1139,9 @@ pub struct Kubelet {
     runtime: Runtime,
     /// `--cri-shim-root` of the embedded runtime.
     shim_root: Option<PathBuf>,
+    /// The binary and its arguments, for [`Kubelet::restart`].
+    binary: PathBuf,
+    args: Vec<std::ffi::OsString>,
     cni_conf_dir: PathBuf,
     dir: PathBuf,
     process: Process,
@@ -1191,14 +1207,8 @@ impl Kubelet {
                 (endpoint.clone(), None)
             }
         };
-        let child = command
-            // Plain log files: the tests search them.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", kubelet_bin.display()))?;
+        let args: Vec<std::ffi::OsString> = command.get_args().map(ToOwned::to_owned).collect();
+        let child = spawn_kubelet(&kubelet_bin, &args, log)?;
         let kubelet = Kubelet {
             node_name: node_name.to_owned(),
             manifest_dir,
@@ -1211,6 +1221,8 @@ impl Kubelet {
             cni_conf_dir: network.conf_dir.clone(),
             dir: dir.to_owned(),
             process: Process::new("kubelet", child),
+            binary: kubelet_bin,
+            args,
         };
         kubelet.wait_runtime_ready().await.with_context(|| {
             format!(
@@ -1219,6 +1231,33 @@ impl Kubelet {
             )
         })?;
         Ok(kubelet)
+    }
+
+    /// Stops the kubelet with SIGTERM (its pods keep running, as upstream)
+    /// and starts it again with the same flags, logging to the same file;
+    /// `while_down` runs in between.
+    pub async fn restart(
+        &mut self,
+        while_down: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if let Some(mut child) = self.process.take() {
+            let (status, killed) = terminate(&mut child, Duration::from_secs(30));
+            ensure!(!killed, "the kubelet did not stop on SIGTERM");
+            ensure!(
+                status.is_some_and(|s| s.success()),
+                "the kubelet exited with {status:?} on SIGTERM"
+            );
+        }
+        while_down()?;
+        let log = fs::OpenOptions::new().append(true).open(&self.log_path)?;
+        let child = spawn_kubelet(&self.binary, &self.args, log)?;
+        self.process = Process::new("kubelet", child);
+        self.wait_runtime_ready().await.with_context(|| {
+            format!(
+                "the restarted kubelet did not come up; its log:\n{}",
+                tail(&self.log_path, 30)
+            )
+        })
     }
 
     async fn wait_runtime_ready(&self) -> anyhow::Result<()> {

@@ -64,6 +64,10 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "image_pull_policies_with_a_registry",
         image_pull_policies_with_a_registry,
     ),
+    (
+        "kubelet_restart_restarts_nothing",
+        kubelet_restart_restarts_nothing,
+    ),
 ];
 
 const TRIALS: &[(&str, TrialFn)] = &[
@@ -151,14 +155,22 @@ fn on_node(
     runtime: RuntimeKind,
     body: impl AsyncFnOnce(&Node) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    on_node_mut(runtime, async |node: &mut Node| body(node).await)
+}
+
+/// [`on_node`] for bodies that restart the kubelet.
+fn on_node_mut(
+    runtime: RuntimeKind,
+    body: impl AsyncFnOnce(&mut Node) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building the trial's tokio runtime")?;
     tokio.block_on(async {
-        let node = Node::start(runtime).await.context("bringing up the node")?;
-        let outcome = body(&node).await;
+        let mut node = Node::start(runtime).await.context("bringing up the node")?;
+        let outcome = body(&mut node).await;
         let (teardown, diagnostics) = node.shutdown_with_logs().await;
         if outcome.is_ok() && teardown.is_ok() {
             return Ok(());
@@ -1321,6 +1333,102 @@ fn image_pull_policies_with_a_registry(kind: RuntimeKind) -> anyhow::Result<()> 
             .context("pod one not reported")?;
         let image_id = text(&reported["status"]["containerStatuses"][0], &["imageID"]);
         ensure!(!image_id.is_empty(), "no imageID: {reported}");
+        Ok(())
+    })
+}
+
+/// A kubelet restart adopts what runs: no container is restarted (same ids,
+/// restart count 0); a pod whose manifest went away while the kubelet was
+/// down is torn down, its volume directory included.
+fn kubelet_restart_restarts_nothing(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node_mut(kind, async |node: &mut Node| {
+        let keep = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: keep
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  initContainers:
+    - name: init
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["true"]
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "3600"]
+      readinessProbe: {{exec: {{command: ["true"]}}, periodSeconds: 1}}
+"#
+        );
+        let gone = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: gone
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "3600"]
+      volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+"#
+        );
+        node.kubelet.write_manifest("keep.yaml", &keep)?;
+        node.kubelet.write_manifest("gone.yaml", &gone)?;
+        let ready = |p: &serde_json::Value| condition_status(p, "Ready") == "True";
+        wait_for_reported(node, "keep", "Ready", ready).await?;
+        let gone_pod = wait_for_reported(node, "gone", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let gone_dir = node
+            .kubelet
+            .root_dir
+            .join("pods")
+            .join(text(&gone_pod, &["metadata", "uid"]));
+        ensure!(gone_dir.exists(), "no pod dir {}", gone_dir.display());
+        let mut cri = node.cri().await?;
+        let keep_name = node.kubelet.pod_name("keep");
+        let before = list_containers(&mut cri, Some(&keep_name)).await?;
+
+        let manifests = node.kubelet.manifest_dir.clone();
+        node.kubelet
+            .restart(|| Ok(std::fs::remove_file(manifests.join("gone.yaml"))?))
+            .await?;
+
+        let mut cri = node.cri().await?;
+        let gone_name = node.kubelet.pod_name("gone");
+        node.wait_until(
+            "the pod removed while the kubelet was down is gone",
+            async || {
+                let left = list_sandboxes(&mut cri, Some(&gone_name)).await?;
+                Ok((left.is_empty() && !gone_dir.exists()).then_some(()))
+            },
+        )
+        .await?;
+        let pod = wait_for_reported(node, "keep", "Ready again", ready).await?;
+        let after = list_containers(&mut cri, Some(&keep_name)).await?;
+        let ids = |list: &[k8s_cri::v1::Container]| {
+            let mut ids: Vec<String> = list.iter().map(|c| c.id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        ensure!(
+            ids(&before) == ids(&after),
+            "containers changed: {before:?} -> {after:?}"
+        );
+        for status in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            ensure!(status["restartCount"] == 0, "restarted: {status}");
+        }
         Ok(())
     })
 }
