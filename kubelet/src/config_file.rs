@@ -341,6 +341,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubelet-config.yaml");
+        let loaded = load(&path).unwrap();
+        assert!(loaded.unsupported.is_empty(), "{:?}", loaded.unsupported);
+        assert_eq!(
+            loaded.config.cluster_domain.as_deref(),
+            Some("cluster.local")
+        );
+    }
+
+    #[test]
     fn json_works_too() {
         let loaded = parse_text(
             r#"{"apiVersion":"kubelet.config.k8s.io/v1beta1","kind":"KubeletConfiguration","address":"0.0.0.0"}"#,
