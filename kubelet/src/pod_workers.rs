@@ -159,11 +159,12 @@ impl<R: RuntimeService> PodWorker<R> {
                 }
                 Ok(SyncOutcome::Synced { next_wakeup, acted }) => {
                     retry.reset();
-                    // A terminating pod is checked again at once instead of
-                    // waiting for the PLEG to notice the removal; once per
-                    // wake-up, so a runtime that does not remove cannot spin us.
-                    let terminating = matches!(intent, WorkerIntent::Terminate { .. });
-                    if terminating && acted && !immediate_resync_used {
+                    // After acting, the pod is observed again at once instead
+                    // of waiting for the PLEG to notice: a started pod's
+                    // status shows it running, a terminating pod's removal
+                    // completes. Once per wake-up, so a runtime that does not
+                    // change cannot spin us.
+                    if acted && !immediate_resync_used {
                         immediate_resync_used = true;
                         continue;
                     }
