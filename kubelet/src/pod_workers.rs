@@ -270,6 +270,7 @@ impl<R: RuntimeService> PodWorker<R> {
                     container.name = wait.name,
                     backoff_s = self.crash_loop.current(&wait.name).map(|d| d.as_secs()),
                     remaining_ms = remaining.as_millis() as u64,
+                    event = "BackOff",
                     "back-off restarting failed container (CrashLoopBackOff)"
                 );
             }

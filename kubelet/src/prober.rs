@@ -386,7 +386,7 @@ impl<R: RuntimeService> ProbeWorker<R> {
                     pod.uid = self.pod_uid,
                     container.name = self.container.name,
                     container.id = self.target.container_id,
-                    reason = "Unhealthy",
+                    event = "Unhealthy",
                     "{} probe failed: {reason}",
                     self.kind.name()
                 );

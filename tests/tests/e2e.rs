@@ -1339,7 +1339,8 @@ fn image_pull_policies_with_a_registry(kind: RuntimeKind) -> anyhow::Result<()> 
 
 /// A kubelet restart adopts what runs: no container is restarted (same ids,
 /// restart count 0); a pod whose manifest went away while the kubelet was
-/// down is torn down, its volume directory included.
+/// down is torn down, its volume directory included; the directory of a pod
+/// that exists nowhere is removed at start.
 fn kubelet_restart_restarts_nothing(kind: RuntimeKind) -> anyhow::Result<()> {
     on_node_mut(kind, async |node: &mut Node| {
         let keep = format!(
@@ -1396,10 +1397,26 @@ spec:
         let keep_name = node.kubelet.pod_name("keep");
         let before = list_containers(&mut cri, Some(&keep_name)).await?;
 
+        // A directory of a pod that exists nowhere any more, as a crash
+        // mid-teardown leaves it.
+        let stale_dir = node
+            .kubelet
+            .root_dir
+            .join("pods/0123456789abcdef0123456789abcdef");
         let manifests = node.kubelet.manifest_dir.clone();
         node.kubelet
-            .restart(|| Ok(std::fs::remove_file(manifests.join("gone.yaml"))?))
+            .restart(|| {
+                std::fs::remove_file(manifests.join("gone.yaml"))?;
+                let volume = stale_dir.join("volumes/kubernetes.io~empty-dir/scratch");
+                std::fs::create_dir_all(&volume)?;
+                std::fs::write(volume.join("data"), "left over")?;
+                Ok(())
+            })
             .await?;
+        node.wait_until("the stale pod directory is removed at start", async || {
+            Ok((!stale_dir.exists()).then_some(()))
+        })
+        .await?;
 
         let mut cri = node.cri().await?;
         let gone_name = node.kubelet.pod_name("gone");

@@ -529,7 +529,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             Err(source) => {
                 tracing::warn!(
                     pod.uid = uid,
-                    reason = "FailedMount",
+                    event = "FailedMount",
                     "{}",
                     source.event_message()
                 );
@@ -1052,6 +1052,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             container.name = name,
             grace_period,
             ?reason,
+            event = "Killing",
             "stopping container"
         );
         let grace = Duration::from_secs(grace_period.unsigned_abs());
@@ -1082,7 +1083,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 tracing::warn!(
                     pod.uid = uid,
                     container.name = name,
-                    reason = "FailedPreStopHook",
+                    event = "FailedPreStopHook",
                     "PreStopHook failed: {message}"
                 );
             }
@@ -1180,6 +1181,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             pod.uid = pod_uid,
             container.name = container.name,
             image,
+            event = "Pulling",
             "pulling image"
         );
         let image_ref = self
@@ -1192,6 +1194,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             container.name = container.name,
             image,
             image_ref,
+            event = "Pulled",
             "pulled image"
         );
         Ok(())
@@ -1294,7 +1297,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 tracing::warn!(
                     pod.uid = uid,
                     container.name = name,
-                    reason = "FailedPostStartHook",
+                    event = "FailedPostStartHook",
                     "PostStartHook failed: {message}"
                 );
                 // Upstream kills a container whose postStart hook failed.
@@ -1317,6 +1320,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             container.name = name,
             restart_count,
             since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
+            event = "Started",
             "container started"
         );
         Ok(())
