@@ -216,6 +216,23 @@ pub fn test_cgroup_root(node_name: &str) -> String {
     format!("/kubelet-rs-e2e/{node_name}")
 }
 
+/// Pod cgroups (`pod<uid>`) under the QoS levels of a kubelet's cgroup root.
+fn pod_cgroups_left(cgroup_root: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for qos in ["", "/burstable", "/besteffort"] {
+        let dir = Path::new("/sys/fs/cgroup/memory")
+            .join(cgroup_root.trim_start_matches('/'))
+            .join(format!("kubepods{qos}"));
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pod") && entry.path().is_dir() {
+                left.push(entry.path());
+            }
+        }
+    }
+    left
+}
+
 /// Removes a test kubelet's cgroup subtree from every hierarchy (deepest
 /// first); returns what could not be removed.
 pub fn remove_cgroup_tree(relative: &str) -> Vec<String> {
@@ -1362,6 +1379,7 @@ impl Kubelet {
             problems.push(format!("kubelet exited before teardown: {status}"));
         } else {
             let endpoint = self.endpoint.clone();
+            let cgroup_root = test_cgroup_root(&self.node_name);
             let mut left = None;
             let outcome = wait_until(
                 "the kubelet removed every pod",
@@ -1379,7 +1397,12 @@ impl Kubelet {
                     let sandboxes = list_sandboxes(&mut cri, None).await?;
                     let containers = list_containers(&mut cri, None).await?;
                     left = Some((sandboxes.len(), containers.len()));
-                    Ok((sandboxes.is_empty() && containers.is_empty()).then_some(()))
+                    // A pod is gone once its cgroup is too: the kubelet
+                    // removes that last, after the runtime's objects.
+                    let done = sandboxes.is_empty()
+                        && containers.is_empty()
+                        && pod_cgroups_left(&cgroup_root).is_empty();
+                    Ok(done.then_some(()))
                 },
             )
             .await;
@@ -1424,16 +1447,8 @@ impl Kubelet {
         self.remove_pod_logs();
         // The kubelet removes pod cgroups; the QoS levels stay, as upstream.
         let cgroup_root = test_cgroup_root(&self.node_name);
-        for qos in ["", "/burstable", "/besteffort"] {
-            let dir = Path::new("/sys/fs/cgroup/memory")
-                .join(cgroup_root.trim_start_matches('/'))
-                .join(format!("kubepods{qos}"));
-            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("pod") && entry.path().is_dir() {
-                    problems.push(format!("pod cgroup left: {}", entry.path().display()));
-                }
-            }
+        for left in pod_cgroups_left(&cgroup_root) {
+            problems.push(format!("pod cgroup left: {}", left.display()));
         }
         problems.extend(remove_cgroup_tree(&cgroup_root));
         problems
