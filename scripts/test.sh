@@ -29,6 +29,18 @@ if [[ $(id -u) -ne 0 ]]; then
     warn "not running as root: the end-to-end trials will be reported as ignored (needs root)"
 fi
 
+# The upstream kubelet 1.20 (and its control plane) for the tests that run it
+# as a peer; built once from Debian's source package, cached outside the tree.
+step "Upstream Kubernetes 1.20 binaries"
+if upstream_dir=$(bash scripts/upstream-k8s.sh); then
+    export UPSTREAM_K8S_BIN_DIR="$upstream_dir"
+    echo "UPSTREAM_K8S_BIN_DIR=$UPSTREAM_K8S_BIN_DIR"
+elif [[ $(id -u) -ne 0 ]]; then
+    warn "no upstream Kubernetes binaries: the upstream trials will be reported as ignored"
+else
+    die "building the upstream Kubernetes binaries failed (scripts/upstream-k8s.sh)"
+fi
+
 step "Running the tests"
 log=$(mktemp "${TMPDIR:-/tmp}/kubelet-rs-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
