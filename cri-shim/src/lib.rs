@@ -7,6 +7,7 @@
 //! when it embeds the runtime) must call [`reexec::run_child_role_if_requested`]
 //! first thing in `main`, because the server re-executes `/proc/self/exe`.
 
+pub mod authority;
 pub mod client;
 pub mod config;
 pub mod image;
@@ -124,7 +125,12 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Serv
         )))
         .add_service(AlphaImageServiceServer::new(v1alpha2::AlphaImage(images)))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            // The repair lets kubelets before 1.26 in, whose grpc-go sends the
+            // socket path as :authority (see the authority module).
+            futures::TryStreamExt::map_ok(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                authority::AuthorityRepair::new,
+            ),
             cancel.cancelled(),
         );
     // Graceful shutdown waits for in-flight calls, and a StopContainer may be
