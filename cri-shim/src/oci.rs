@@ -312,6 +312,8 @@ pub struct SpecInputs<'a> {
     /// The runtime's own bounding set: "all capabilities" (privileged, or
     /// add ALL) means these, since a process cannot grant more than it has.
     pub runtime_capabilities: &'a HashSet<Capability>,
+    /// Whether the host has the hugetlb cgroup controller.
+    pub hugetlb_controller: bool,
 }
 
 /// Builds the OCI spec.
@@ -467,7 +469,8 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
         namespaces.push(ns(LinuxNamespaceType::Uts, &inp.sandbox.utsns).map_err(build)?);
     }
 
-    let mut resources = linux_resources(linux_cfg.resources.as_ref()).map_err(build)?;
+    let mut resources =
+        linux_resources(linux_cfg.resources.as_ref(), inp.hugetlb_controller).map_err(build)?;
     // Device access: all for privileged containers, else only what runc
     // allows every container (null, zero, tty, ...) plus the requested devices.
     let (mut devices, device_rules) = host_devices(&name, &config.devices)?;
@@ -548,9 +551,14 @@ pub fn build_spec(config: &cri::ContainerConfig, inp: &SpecInputs<'_>) -> Result
 
 /// CPU, memory and hugepage settings of a CRI container as OCI resources
 /// (used at create and by UpdateContainerResources). Unset CRI values (0)
-/// stay unset.
+/// stay unset. Hugepage limits need the hugetlb cgroup controller: without
+/// it (`hugetlb_controller` false) they are left out, as containerd does
+/// (`disable_hugetlb_controller`), since runc would fail the container. The
+/// kubelet sends a limit for every page size the host has, also for pods
+/// that ask for no hugepages.
 pub fn linux_resources(
     r: Option<&cri::LinuxContainerResources>,
+    hugetlb_controller: bool,
 ) -> Result<LinuxResources, oci_spec::OciSpecError> {
     let mut resources = LinuxResourcesBuilder::default();
     let Some(r) = r else {
@@ -581,7 +589,7 @@ pub fn linux_resources(
         memory = memory.swap(r.memory_swap_limit_in_bytes);
     }
     resources = resources.memory(memory.build()?);
-    if !r.hugepage_limits.is_empty() {
+    if hugetlb_controller && !r.hugepage_limits.is_empty() {
         let limits = r
             .hugepage_limits
             .iter()
@@ -927,11 +935,29 @@ mod tests {
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
             runtime_capabilities: &ALL_TEST_CAPS,
+            hugetlb_controller: true,
         }
     }
 
     fn full_set() -> HashSet<Capability> {
         capabilities_from_mask("000001ffffffffff")
+    }
+
+    #[test]
+    fn hugepage_limits_need_the_hugetlb_controller() {
+        let resources = cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        };
+        let with = linux_resources(Some(&resources), true).unwrap();
+        let limits = with.hugepage_limits().as_ref().unwrap();
+        assert_eq!(limits.len(), 1);
+        assert_eq!(limits[0].page_size(), "2MB");
+        let without = linux_resources(Some(&resources), false).unwrap();
+        assert!(without.hugepage_limits().is_none());
     }
 
     #[test]
@@ -1101,6 +1127,7 @@ mod tests {
             pid_namespace: PidNamespace::Private,
             current_oom_score_adj: 0,
             runtime_capabilities: &ALL_TEST_CAPS,
+            hugetlb_controller: true,
         };
         let spec = build_spec(&c, &inp).unwrap();
         let json = serde_json::to_value(&spec).unwrap();

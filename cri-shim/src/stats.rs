@@ -82,6 +82,16 @@ pub fn read_cgroup(root: &Path, cgroup_path: &str) -> CgroupUsage {
     }
 }
 
+/// Whether the cgroupfs mounted at `root` has the hugetlb controller (v2:
+/// listed in `cgroup.controllers`; v1: a `hugetlb` hierarchy). Without it
+/// runc cannot apply hugepage limits and fails the container.
+pub fn has_hugetlb_controller(root: &Path) -> bool {
+    match std::fs::read_to_string(root.join("cgroup.controllers")) {
+        Ok(controllers) => controllers.split_whitespace().any(|c| c == "hugetlb"),
+        Err(_) => root.join("hugetlb").is_dir(),
+    }
+}
+
 /// Whether the OOM killer killed something in the cgroup at `cgroup_path`
 /// (relative to the hierarchy roots under `root`): `memory.events` on cgroup
 /// v2, `memory.oom_control` in the memory hierarchy on v1.
@@ -173,6 +183,28 @@ mod tests {
     fn write(dir: &Path, file: &str, text: &str) {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join(file), text).unwrap();
+    }
+
+    #[test]
+    fn hugetlb_controller_is_detected_on_v1_and_v2() {
+        let v1 = tempfile::tempdir().unwrap();
+        assert!(!has_hugetlb_controller(v1.path()));
+        std::fs::create_dir(v1.path().join("hugetlb")).unwrap();
+        assert!(has_hugetlb_controller(v1.path()));
+
+        let v2 = tempfile::tempdir().unwrap();
+        std::fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        assert!(!has_hugetlb_controller(v2.path()));
+        std::fs::write(
+            v2.path().join("cgroup.controllers"),
+            "cpu memory hugetlb pids\n",
+        )
+        .unwrap();
+        assert!(has_hugetlb_controller(v2.path()));
     }
 
     #[test]

@@ -209,6 +209,7 @@ impl Runtime {
                 pid_namespace: self.pid_namespace_for(&record.config, sandbox)?,
                 current_oom_score_adj: self.inner.oom_score_adj,
                 runtime_capabilities: &self.inner.capabilities,
+                hugetlb_controller: self.inner.hugetlb_controller,
             },
         )?;
         record.cgroup_path = spec
@@ -360,9 +361,10 @@ impl Runtime {
         let Some(resources) = resources else {
             return Ok(());
         };
-        let oci = oci::linux_resources(Some(&resources)).map_err(|e| {
-            RuntimeError::InvalidArgument(format!("container {id}: resources: {e}"))
-        })?;
+        let oci =
+            oci::linux_resources(Some(&resources), self.inner.hugetlb_controller).map_err(|e| {
+                RuntimeError::InvalidArgument(format!("container {id}: resources: {e}"))
+            })?;
         let file = self.container_dir(&id).join("resources.json");
         write_json(&file, &oci)?;
         let applied = self.inner.oci.update(&id, &file).await;

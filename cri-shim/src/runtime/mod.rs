@@ -217,6 +217,9 @@ struct Inner {
     oom_score_adj: i32,
     /// This process's capability bounding set: all a container can get.
     capabilities: std::collections::HashSet<oci_spec::runtime::Capability>,
+    /// Whether the host has the hugetlb cgroup controller (else hugepage
+    /// limits are dropped, see [`crate::oci::linux_resources`]).
+    hugetlb_controller: bool,
     /// Last CPU sample per container `(timestamp ns, usage ns)`, to turn
     /// cumulative CPU time into a rate between two stats calls.
     cpu_samples: Mutex<HashMap<String, (i64, u64)>>,
@@ -324,6 +327,9 @@ impl Runtime {
                 names: Mutex::default(),
                 oom_score_adj,
                 capabilities: crate::oci::current_bounding_set(),
+                hugetlb_controller: crate::stats::has_hugetlb_controller(std::path::Path::new(
+                    crate::stats::CGROUP_ROOT,
+                )),
                 cpu_samples: Mutex::default(),
                 events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
                 pod_cidrs: Mutex::default(),
