@@ -66,11 +66,11 @@ pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount
 /// Where the reference CNI plugins live on Debian.
 const CNI_BIN_DIR: &str = "/usr/lib/cni";
 /// Root of the container logs the kubelet asks the runtime to write.
-const POD_LOG_ROOT: &str = "/var/log/pods";
+pub(crate) const POD_LOG_ROOT: &str = "/var/log/pods";
 /// Configuration template of the private containerd.
 const CONTAINERD_CONFIG_TEMPLATE: &str = include_str!("../fixtures/containerd/config.toml.in");
 /// How long a process gets between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(15);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// A client for the CRI runtime service.
 pub type CriClient = RuntimeServiceClient<Channel>;
@@ -759,7 +759,7 @@ fn link_exists(name: &str) -> bool {
 }
 
 /// Runs a command to completion; fails with its stderr if it fails.
-fn run_quiet(command: &mut Command) -> anyhow::Result<String> {
+pub(crate) fn run_quiet(command: &mut Command) -> anyhow::Result<String> {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -794,13 +794,13 @@ impl std::error::Error for ProcessExited {}
 /// A child process; `&self` can check that it still runs, so probes can stop
 /// waiting as soon as the process under test died.
 #[derive(Debug)]
-struct Process {
+pub(crate) struct Process {
     name: &'static str,
     child: Mutex<Option<Child>>,
 }
 
 impl Process {
-    fn new(name: &'static str, child: Child) -> Self {
+    pub(crate) fn new(name: &'static str, child: Child) -> Self {
         Self {
             name,
             child: Mutex::new(Some(child)),
@@ -808,7 +808,7 @@ impl Process {
     }
 
     /// `Err(ProcessExited)` once the process has exited.
-    fn check_alive(&self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&self) -> anyhow::Result<()> {
         let mut guard = self
             .child
             .lock()
@@ -828,7 +828,7 @@ impl Process {
 
     /// Takes the child out, to stop it; `None` if already taken.
     /// The pid, while the process has not been stopped.
-    fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         let guard = self
             .child
             .lock()
@@ -836,14 +836,14 @@ impl Process {
         guard.as_ref().map(Child::id)
     }
 
-    fn take(&mut self) -> Option<Child> {
+    pub(crate) fn take(&mut self) -> Option<Child> {
         self.child
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take()
     }
 
-    fn is_taken(&mut self) -> bool {
+    pub(crate) fn is_taken(&mut self) -> bool {
         self.child
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -853,7 +853,7 @@ impl Process {
 
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL. Returns the exit status
 /// and whether SIGKILL was needed.
-fn terminate(child: &mut Child, grace: Duration) -> (Option<ExitStatus>, bool) {
+pub(crate) fn terminate(child: &mut Child, grace: Duration) -> (Option<ExitStatus>, bool) {
     if let Ok(Some(status)) = child.try_wait() {
         return (Some(status), false);
     }
@@ -885,7 +885,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// Runs the future `make` returns to completion on a fresh runtime in a
 /// scoped thread, so that `Drop` can do async cleanup whether or not it runs
 /// inside a runtime. The future is created on that thread: it need not be `Send`.
-fn block_on_fresh<F: Future>(make: impl FnOnce() -> F + Send) -> F::Output
+pub(crate) fn block_on_fresh<F: Future>(make: impl FnOnce() -> F + Send) -> F::Output
 where
     F::Output: Send,
 {
@@ -905,7 +905,7 @@ where
 
 /// Force-removes whatever the runtime still holds: containers, then sandboxes.
 /// Returns what it found (and removed), one line each.
-async fn remove_everything(endpoint: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) async fn remove_everything(endpoint: &str) -> anyhow::Result<Vec<String>> {
     let mut cri = cri_client(endpoint).await?;
     let mut found = Vec::new();
     for container in list_containers(&mut cri, None).await? {
@@ -1539,19 +1539,19 @@ impl Drop for Kubelet {
 /// The temp dir of a node. Dropped last: detaches mounts left under it and
 /// kills processes that still name it (shims, monitors), then removes it.
 #[derive(Debug)]
-struct ScratchDir {
+pub(crate) struct ScratchDir {
     dir: Option<tempfile::TempDir>,
 }
 
 impl ScratchDir {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("kubelet-rs-e2e-")
             .tempdir()?;
         Ok(Self { dir: Some(dir) })
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir
             .as_ref()
             .map(|dir| dir.path())
@@ -1560,7 +1560,7 @@ impl ScratchDir {
 
     /// Kills processes whose command line names this dir, and detaches the
     /// mounts under it. Returns what it found.
-    fn sweep(&self) -> Vec<String> {
+    pub(crate) fn sweep(&self) -> Vec<String> {
         let path = self.path().to_string_lossy().into_owned();
         let mut found = Vec::new();
         let own_pid = std::process::id();

@@ -4,3 +4,4 @@ pub mod cni_shim;
 pub mod harness;
 pub mod image;
 pub mod registry;
+pub mod upstream;
