@@ -450,6 +450,9 @@ mod tests {
     use super::*;
 
     type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+    /// A frame as the server sees it: type, flags, stream, and the decoded
+    /// header block or else the raw payload.
+    type SeenFrame = (u8, u8, u32, Result<Headers, Vec<u8>>);
 
     fn frame(frame_type: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -472,7 +475,7 @@ mod tests {
     /// What the server side sees: the frames after the preface, with each
     /// header block decoded by a fresh decoder (so a block that relied on a
     /// dynamic table the server never saw would fail), and other frames raw.
-    fn server_view(bytes: &[u8]) -> Vec<(u8, u8, u32, Result<Headers, Vec<u8>>)> {
+    fn server_view(bytes: &[u8]) -> Vec<SeenFrame> {
         assert_eq!(&bytes[..PREFACE.len()], PREFACE);
         let mut decoder = loona_hpack::Decoder::new();
         let mut rest = &bytes[PREFACE.len()..];
