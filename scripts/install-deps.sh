@@ -12,6 +12,10 @@
 # docker-registry              a local OCI/Docker registry for the image pull tests
 # apache2-utils                htpasswd, for the registry with basic auth
 # openssl                      a self-signed certificate for the HTTPS registry test
+#
+# The upstream Kubernetes 1.20 binaries and what building them needs (a
+# bullseye source for golang-1.15-go, rsync, dpkg-dev; etcd-server) are
+# installed by scripts/upstream-k8s.sh, which scripts/test.sh runs.
 set -euo pipefail
 
 packages=(
