@@ -125,9 +125,13 @@ impl Subject {
             }
             Subject::Upstream(_) => {
                 let ready = cri::PodSandboxState::SandboxReady as i32;
+                let running = cri::ContainerState::ContainerRunning as i32;
                 harness::wait_until("the pod is stopped", harness::DEADLINE, poll, async || {
                     let sandboxes = harness::list_sandboxes(cri, Some(pod)).await?;
-                    Ok((!sandboxes.iter().any(|s| s.state == ready)).then_some(()))
+                    let containers = harness::list_containers(cri, Some(pod)).await?;
+                    let stopped = !sandboxes.iter().any(|s| s.state == ready)
+                        && !containers.iter().any(|c| c.state == running);
+                    Ok(stopped.then_some(()))
                 })
                 .await?;
                 for container in harness::list_containers(cri, Some(pod)).await? {
