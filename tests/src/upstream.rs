@@ -19,7 +19,7 @@
 //! cgroups, its root-dir bind mount and its pod logs.
 
 use std::fs::{self, File};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,8 +31,9 @@ use serde_json::{Value, json};
 
 use crate::harness::{
     CniNetwork, Containerd, CriClient, CriShim, DEADLINE, POD_LOG_ROOT, POLL, Process,
-    ProcessExited, STOP_GRACE, ScratchDir, TestImages, block_on_fresh, cri_client, http_get,
-    list_containers, list_sandboxes, remove_everything, run_quiet, tail, terminate, wait_until,
+    ProcessExited, STOP_GRACE, ScratchDir, TestImages, block_on_fresh, cri_client, free_tcp_port,
+    http_get, list_containers, list_sandboxes, remove_cgroup_tree, remove_everything, run_quiet,
+    tail, terminate, test_cgroup_root, wait_until,
 };
 
 /// Environment variable naming the directory of the upstream binaries
@@ -96,39 +97,40 @@ pub fn bin_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's choice; free when returned).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// The kubelet's `--cgroup-root`: a cgroup of its own in every mounted
-/// hierarchy (the kubelet checks that it exists in each it uses).
+/// The kubelet's `--cgroup-root` ([`test_cgroup_root`]), made in every
+/// cgroup hierarchy before the kubelet starts: the upstream kubelet refuses
+/// a root that does not exist. Removed with everything below it on drop.
 #[derive(Debug)]
 struct CgroupRoot {
-    /// `/<name>`, as the kubelet is given it.
+    /// `/kubelet-rs-e2e/<node>`, as the kubelet is given it.
     name: String,
-    /// The directory in each hierarchy.
-    dirs: Vec<PathBuf>,
+    removed: bool,
 }
 
 impl CgroupRoot {
-    fn create(name: &str) -> anyhow::Result<Self> {
-        let mut root = CgroupRoot {
-            name: format!("/{name}"),
-            dirs: Vec::new(),
+    fn create(node_name: &str) -> anyhow::Result<Self> {
+        let name = test_cgroup_root(node_name);
+        // From here on, drop removes whatever was made.
+        let root = CgroupRoot {
+            name,
+            removed: false,
         };
-        // On an error, drop removes what was made.
-        for hierarchy in cgroup_hierarchies()? {
-            let dir = hierarchy.join(name);
-            fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            root.dirs.push(dir.clone());
-            // A new v1 cpuset starts with no CPUs and memory nodes, and takes
-            // no tasks until it has some: give it its parent's.
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                if let Ok(value) = fs::read_to_string(hierarchy.join(file)) {
-                    fs::write(dir.join(file), value.trim())
-                        .with_context(|| format!("writing {}", dir.join(file).display()))?;
+        for hierarchy in cgroup_hierarchies() {
+            let mut dir = hierarchy.clone();
+            for component in root.name.trim_start_matches('/').split('/') {
+                let parent = dir.clone();
+                dir.push(component);
+                if dir.is_dir() {
+                    continue;
+                }
+                fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                // A new v1 cpuset has no CPUs and memory nodes, and takes no
+                // tasks until it has some: give it its parent's.
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    if let Ok(value) = fs::read_to_string(parent.join(file)) {
+                        fs::write(dir.join(file), value.trim())
+                            .with_context(|| format!("writing {}", dir.join(file).display()))?;
+                    }
                 }
             }
         }
@@ -139,21 +141,18 @@ impl CgroupRoot {
     /// removed. The pods' processes are gone by now, but their cgroups may
     /// take a moment to empty.
     fn remove(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for dir in std::mem::take(&mut self.dirs) {
-            let mut outcome = remove_cgroup_tree(&dir);
-            for _ in 0..50 {
-                if outcome.is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-                outcome = remove_cgroup_tree(&dir);
-            }
-            if let Err(e) = outcome {
-                problems.push(format!("removing cgroup {}: {e:#}", dir.display()));
-            }
+        if std::mem::replace(&mut self.removed, true) {
+            return Vec::new();
         }
-        problems
+        let mut left = remove_cgroup_tree(&self.name);
+        for _ in 0..50 {
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            left = remove_cgroup_tree(&self.name);
+        }
+        left
     }
 }
 
@@ -165,52 +164,21 @@ impl Drop for CgroupRoot {
     }
 }
 
-/// The cgroup hierarchies the kubelet's `--cgroup-root` must exist in: every
-/// mounted one.
-fn cgroup_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
-    let mut mounts = Vec::new();
-    let mut devices = Vec::new();
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(dash) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if let (Some(device), Some(mount_point), Some(fs_type)) =
-            (fields.get(2), fields.get(4), fields.get(dash + 1))
-        {
-            // A hierarchy mounted twice is one hierarchy.
-            if !devices.contains(device) {
-                devices.push(*device);
-                mounts.push((PathBuf::from(mount_point), *fs_type));
-            }
-        }
+/// The cgroup hierarchies, as [`remove_cgroup_tree`] walks them: the unified
+/// one on a cgroup v2 host, else every hierarchy under `/sys/fs/cgroup`
+/// (with the hybrid host's `unified`, where runc puts the pods' cgroups too).
+fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.to_owned()];
     }
-    // v1 hierarchies, and the unified one of a v2 or hybrid host (runc
-    // makes the pods' cgroups there too in hybrid mode).
-    let hierarchies: Vec<PathBuf> = mounts
+    fs::read_dir(root)
         .into_iter()
-        .filter(|(_, fs_type)| matches!(*fs_type, "cgroup" | "cgroup2"))
-        .map(|(point, _)| point)
-        .collect();
-    ensure!(!hierarchies.is_empty(), "no cgroup hierarchy is mounted");
-    Ok(hierarchies)
-}
-
-/// `rmdir` of a cgroup and every cgroup below it, deepest first.
-fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_cgroup_tree(&entry.path())?;
-        }
-    }
-    fs::remove_dir(dir).with_context(|| format!("rmdir {}", dir.display()))
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir() && !path.is_symlink())
+        .collect()
 }
 
 /// A running upstream kubelet 1.20 in standalone mode.
@@ -256,14 +224,14 @@ impl UpstreamKubelet {
         for d in [&manifest_dir, &root_dir, &shadow_dir] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let cgroup_root = CgroupRoot::create(&format!("kubelet-rs-e2e-{node_name}"))?;
-        let read_only_port = free_port()?;
+        let cgroup_root = CgroupRoot::create(node_name)?;
+        let read_only_port = free_tcp_port()?;
         let config_path = dir.join("kubelet-config.json");
         let config = kubelet_config(
             &manifest_dir,
             &root_dir,
             &cgroup_root.name,
-            [free_port()?, read_only_port, free_port()?],
+            [free_tcp_port()?, read_only_port, free_tcp_port()?],
         );
         fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("writing {}", config_path.display()))?;
