@@ -46,7 +46,7 @@ log=$(mktemp "${TMPDIR:-/tmp}/kubelet-rs-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
 set +e
 trap - ERR # a failure is reported below, after the summary
-E2E_IMAGES_DIR="$IMAGES_DIR" cargo test --workspace "$@" 2>&1 | tee "$log"
+E2E_IMAGES_DIR="$IMAGES_DIR" cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 

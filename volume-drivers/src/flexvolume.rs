@@ -221,14 +221,29 @@ impl FlexDriver {
             command: command.to_owned(),
             source,
         };
-        let child = Command::new(&self.exec_path)
-            .arg(command)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(exec_err)?;
+        let spawn = || {
+            Command::new(&self.exec_path)
+                .arg(command)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+        };
+        // A driver installed a moment ago can still be open for writing in
+        // a process that forked meanwhile (ETXTBSY until it execs): retry
+        // briefly rather than fail the mount.
+        let mut child = spawn();
+        for _ in 0..20 {
+            match &child {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    child = spawn();
+                }
+                _ => break,
+            }
+        }
+        let child = child.map_err(exec_err)?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
