@@ -472,6 +472,24 @@ fn condition_status<'a>(pod: &'a serde_json::Value, kind: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// Waits until the CRI log at `log` has every line of `want`.
+async fn wait_for_log_lines(
+    node: &Node,
+    what: &str,
+    log: &std::path::Path,
+    want: &[String],
+) -> anyhow::Result<()> {
+    node.wait_until(what, async || {
+        let lines: Vec<String> = match read_cri_log(log) {
+            Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
+            Err(_) => return Ok(None),
+        };
+        Ok(want.iter().all(|w| lines.contains(w)).then_some(()))
+    })
+    .await
+    .with_context(|| format!("want lines {want:?} in {}", log.display()))
+}
+
 /// Waits until `/pods` reports static pod `name` in a state `accept` likes.
 async fn wait_for_reported(
     node: &Node,
@@ -818,15 +836,7 @@ spec:
             format!("GREETING=hi {pod_name}"),
             format!("limit={}", 48 * 1024 * 1024),
         ];
-        node.wait_until("the container printed its environment", async || {
-            let lines: Vec<String> = match read_cri_log(&log) {
-                Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
-                Err(_) => return Ok(None),
-            };
-            Ok(want.iter().all(|w| lines.contains(w)).then_some(()))
-        })
-        .await
-        .with_context(|| format!("want {want:?} in {}", log.display()))?;
+        wait_for_log_lines(node, "the container printed its environment", &log, &want).await?;
 
         // The pod has its own cgroup with the summed limits, in the
         // Guaranteed level, and the container's cgroup is below it.
@@ -1021,18 +1031,7 @@ spec:
             format!("default/{pod_name}/{uid}"),
             "tmpfs".to_owned(),
         ];
-        node.wait_until("the app printed its volumes", async || {
-            let lines: Vec<String> = match read_cri_log(&log) {
-                Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
-                Err(_) => return Ok(None),
-            };
-            Ok(want
-                .iter()
-                .all(|w| lines.iter().any(|l| l == w))
-                .then_some(()))
-        })
-        .await
-        .with_context(|| format!("want lines {want:?} in {}", log.display()))?;
+        wait_for_log_lines(node, "the app printed its volumes", &log, &want).await?;
         let written = std::fs::read_to_string(host_dir.join("out"))
             .context("the hostPath file written by the container")?;
         ensure!(written == "written\n", "hostPath content {written:?}");
