@@ -32,6 +32,10 @@ fn main() {
         ),
         root_trial("chain_matches_reference", chains::chain_matches_reference),
         root_trial(
+            "bridge_options_match_reference",
+            chains::bridge_options_match_reference,
+        ),
+        root_trial(
             "chain_state_crosses_plugin_sets",
             chains::chain_state_crosses_plugin_sets,
         ),
