@@ -210,6 +210,48 @@ fn spawn_kubelet(binary: &Path, args: &[std::ffi::OsString], log: File) -> anyho
         .with_context(|| format!("starting {}", binary.display()))
 }
 
+/// The pods a kubelet reports on its read-only port (`GET /pods`, a `PodList`).
+pub fn read_only_pods(port: u16) -> anyhow::Result<Vec<serde_json::Value>> {
+    let response = http_get(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+        "/pods",
+        Duration::from_secs(5),
+    )?;
+    ensure!(
+        response.status == 200,
+        "GET /pods: status {}: {}",
+        response.status,
+        response.body
+    );
+    let mut list: serde_json::Value =
+        serde_json::from_str(&response.body).context("GET /pods: not JSON")?;
+    ensure!(
+        list["kind"] == "PodList",
+        "GET /pods: kind {}",
+        list["kind"]
+    );
+    match list["items"].take() {
+        serde_json::Value::Array(items) => Ok(items),
+        other => bail!("GET /pods: items is {other}"),
+    }
+}
+
+/// Writes a static pod manifest atomically (temp file, then rename), so a
+/// kubelet never reads half a file.
+pub fn write_manifest_file(dir: &Path, file_name: &str, content: &str) -> anyhow::Result<()> {
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
+    let path = dir.join(file_name);
+    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// Deletes a static pod manifest.
+pub fn remove_manifest_file(dir: &Path, file_name: &str) -> anyhow::Result<()> {
+    let path = dir.join(file_name);
+    fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
 /// The `--cgroup-root` of a test kubelet: its own subtree, so parallel
 /// kubelets never share `kubepods`.
 pub fn test_cgroup_root(node_name: &str) -> String {
@@ -1288,29 +1330,7 @@ impl Kubelet {
 
     /// The pods the kubelet reports on its read-only server (`GET /pods`).
     pub fn pods(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        let response = http_get(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            self.read_only_port,
-            "/pods",
-            Duration::from_secs(5),
-        )?;
-        ensure!(
-            response.status == 200,
-            "GET /pods: status {}: {}",
-            response.status,
-            response.body
-        );
-        let mut list: serde_json::Value =
-            serde_json::from_str(&response.body).context("GET /pods: not JSON")?;
-        ensure!(
-            list["kind"] == "PodList",
-            "GET /pods: kind {}",
-            list["kind"]
-        );
-        match list["items"].take() {
-            serde_json::Value::Array(items) => Ok(items),
-            other => anyhow::bail!("GET /pods: items is {other}"),
-        }
+        read_only_pods(self.read_only_port)
     }
 
     /// Static pod `name` (short name) as `GET /pods` reports it, if listed.
@@ -1330,16 +1350,12 @@ impl Kubelet {
     /// Writes a manifest atomically (temp file, then rename), so the kubelet
     /// never reads half a file.
     pub fn write_manifest(&self, file_name: &str, content: &str) -> anyhow::Result<()> {
-        let tmp = self.manifest_dir.join(format!(".{file_name}.tmp"));
-        fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-        let path = self.manifest_dir.join(file_name);
-        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+        write_manifest_file(&self.manifest_dir, file_name, content)
     }
 
     /// Deletes a manifest.
     pub fn remove_manifest(&self, file_name: &str) -> anyhow::Result<()> {
-        let path = self.manifest_dir.join(file_name);
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+        remove_manifest_file(&self.manifest_dir, file_name)
     }
 
     /// `Err(ProcessExited)` if the kubelet died.

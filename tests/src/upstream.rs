@@ -305,20 +305,7 @@ impl UpstreamKubelet {
 
     /// The pods the kubelet reports on its read-only `/pods` (a `PodList`).
     pub fn pods(&self) -> anyhow::Result<Vec<Value>> {
-        let response = self.get("/pods")?;
-        ensure!(
-            response.status == 200,
-            "/pods answered {}: {}",
-            response.status,
-            response.body
-        );
-        let list: Value = serde_json::from_str(&response.body).context("parsing /pods")?;
-        ensure!(
-            list["kind"] == "PodList",
-            "/pods is not a PodList: {}",
-            response.body
-        );
-        Ok(list["items"].as_array().cloned().unwrap_or_default())
+        crate::harness::read_only_pods(self.read_only_port)
     }
 
     /// The pod named `pod_name` in `/pods`, if listed.
@@ -336,16 +323,12 @@ impl UpstreamKubelet {
 
     /// Writes a manifest atomically (temp file, then rename).
     pub fn write_manifest(&self, file_name: &str, content: &str) -> anyhow::Result<()> {
-        let tmp = self.manifest_dir.join(format!(".{file_name}.tmp"));
-        fs::write(&tmp, content).with_context(|| format!("writing {}", tmp.display()))?;
-        let path = self.manifest_dir.join(file_name);
-        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+        crate::harness::write_manifest_file(&self.manifest_dir, file_name, content)
     }
 
     /// Deletes a manifest.
     pub fn remove_manifest(&self, file_name: &str) -> anyhow::Result<()> {
-        let path = self.manifest_dir.join(file_name);
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+        crate::harness::remove_manifest_file(&self.manifest_dir, file_name)
     }
 
     /// `Err(ProcessExited)` if the kubelet died.
