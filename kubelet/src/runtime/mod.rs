@@ -408,6 +408,15 @@ pub fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Container> {
         .find(|c| c.name == name)
 }
 
+/// The sandbox a container is started in.
+#[derive(Debug, Clone)]
+struct TargetSandbox {
+    id: String,
+    attempt: u32,
+    /// Pod IPs, primary first (for the env and hooks).
+    pod_ips: Vec<String>,
+}
+
 /// Carries out pod actions on a CRI runtime.
 #[derive(Debug)]
 pub struct RuntimeManager<R> {
@@ -851,7 +860,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
     ) -> Vec<RuntimeError> {
         let uid = pod_ref.uid.as_str();
         let mut errors = Vec::new();
-        let mut new_sandbox: Option<(String, u32)> = None;
+        // The sandbox made earlier in this list.
+        let mut new_sandbox: Option<TargetSandbox> = None;
         // Set up once per execution, before the first container starts;
         // `Err(())` once that failed (reported), so no container starts.
         let mut pod_volumes: Option<Result<Option<Arc<PodVolumes>>, ()>> = None;
@@ -909,8 +919,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     }
                 }
                 Action::RunPodSandbox { attempt } => match pod {
-                    Some(pod) => self.run_pod_sandbox(pod, *attempt).await.map(|id| {
-                        new_sandbox = Some((id, *attempt));
+                    Some(pod) => self.run_pod_sandbox(pod, *attempt).await.map(|(id, ips)| {
+                        new_sandbox = Some(TargetSandbox {
+                            id,
+                            attempt: *attempt,
+                            pod_ips: ips,
+                        });
                     }),
                     None => Err(RuntimeError::MissingSpec {
                         pod_uid: uid.to_owned(),
@@ -925,19 +939,21 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 } => {
                     let target = match sandbox {
                         SandboxTarget::New => new_sandbox.clone(),
+                        // The observed pod carries the IPs of its latest
+                        // ready sandbox, the one containers start in.
                         SandboxTarget::Existing(id) => {
-                            let attempt = observed
-                                .sandboxes
-                                .iter()
-                                .find(|s| &s.id == id)
-                                .map_or(0, |s| s.attempt);
-                            Some((id.clone(), attempt))
+                            let sandbox = observed.sandboxes.iter().find(|s| &s.id == id);
+                            Some(TargetSandbox {
+                                id: id.clone(),
+                                attempt: sandbox.map_or(0, |s| s.attempt),
+                                pod_ips: sandbox.map(|s| s.ips.clone()).unwrap_or_default(),
+                            })
                         }
                     };
                     match (pod, target) {
                         // The sandbox could not be created; that error is already reported.
                         (_, None) => Ok(()),
-                        (Some(pod), Some((sandbox_id, attempt))) => {
+                        (Some(pod), Some(target)) => {
                             let volumes = match &pod_volumes {
                                 Some(done) => done.clone(),
                                 None => {
@@ -956,8 +972,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         pod,
                                         name,
                                         *restart_count,
-                                        &sandbox_id,
-                                        attempt,
+                                        &target,
                                         volumes.as_ref(),
                                     )
                                     .await
@@ -1101,7 +1116,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
         }
     }
 
-    async fn run_pod_sandbox(&self, pod: &Pod, attempt: u32) -> Result<String, RuntimeError> {
+    /// Creates the pod's sandbox; returns its id and pod IPs.
+    async fn run_pod_sandbox(
+        &self,
+        pod: &Pod,
+        attempt: u32,
+    ) -> Result<(String, Vec<String>), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
         let config = self.sandbox_config(pod, attempt).await?;
         self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
@@ -1124,21 +1144,20 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 attempt,
                 source,
             })?;
-        // Only for the log: the pod IP is what users look for first.
-        let pod_ip = match self.service.pod_sandbox_status(&sandbox_id).await {
-            Ok(status) => status.network.map(|n| n.ip).unwrap_or_default(),
-            Err(_) => String::new(),
-        };
+        let pod_ips = self
+            .sandbox_ips(&pod_ref.uid, &sandbox_id)
+            .await?
+            .unwrap_or_default();
         tracing::info!(
             pod.uid = pod_ref.uid,
             pod.name = pod_ref.name,
             sandbox.id = sandbox_id,
             attempt,
-            pod.ip = pod_ip,
+            pod.ip = pod_ips.first().map(String::as_str).unwrap_or_default(),
             since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
             "pod sandbox started"
         );
-        Ok(sandbox_id)
+        Ok((sandbox_id, pod_ips))
     }
 
     async fn ensure_image(
@@ -1205,10 +1224,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
         pod: &Pod,
         name: &str,
         restart_count: u32,
-        sandbox_id: &str,
-        attempt: u32,
+        sandbox: &TargetSandbox,
         volumes: Option<&Arc<PodVolumes>>,
     ) -> Result<(), RuntimeError> {
+        let (sandbox_id, attempt) = (sandbox.id.as_str(), sandbox.attempt);
         let pod_ref = PodRef::from_pod(pod);
         let uid = pod_ref.uid.as_str();
         let container = find_container(pod, name).ok_or_else(|| RuntimeError::MissingSpec {
@@ -1217,9 +1236,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         })?;
         let sandbox_config = self.sandbox_config(pod, attempt).await?;
         self.ensure_image(uid, container, &sandbox_config).await?;
-        let pod_ips = self.sandbox_ips(uid, sandbox_id).await?.unwrap_or_default();
         let context = container::EnvContext {
-            pod_ips,
+            pod_ips: sandbox.pod_ips.clone(),
             ..self.node.clone()
         };
         let mut config = container::container_config(pod, container, restart_count, &context)
