@@ -15,12 +15,12 @@
 //! pull runs as its own task and every caller gets its result.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use futures::{StreamExt, TryStreamExt};
 use k8s_cri::v1::AuthConfig;
 use oci_spec::image::{Descriptor, ImageConfiguration};
 use sha2::{Digest as _, Sha256};
@@ -346,14 +346,34 @@ async fn pull_image(
 
     // Collected first: a lazily mapped iterator here trips the compiler's
     // `Send` inference for the spawned task.
+    // After the first failure no layer starts, but those under way are
+    // drained rather than dropped: an unpack runs on a blocking thread that
+    // dropping its future would not stop, and it would write into the store
+    // after the cleanup below.
+    let failed = AtomicBool::new(false);
     let downloads: Vec<_> = layers
         .iter()
-        .map(|layer| fetch_layer(&store, &session, layer, &name))
+        .map(|layer| {
+            let failed = &failed;
+            let (store, session, name) = (&store, &session, &name);
+            async move {
+                if failed.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                let result = fetch_layer(store, session, layer, name, failed).await;
+                if result.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                result
+            }
+        })
         .collect();
     let fetched = futures::stream::iter(downloads)
         .buffer_unordered(MAX_CONCURRENT_DOWNLOADS)
-        .try_collect::<Vec<()>>()
-        .await;
+        .collect::<Vec<Result<(), PullError>>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, PullError>>();
     let record = match fetched {
         Ok(_) => Some(PulledImage {
             record: ImageRecord {
@@ -412,6 +432,7 @@ async fn fetch_layer(
     session: &Session,
     layer: &PlannedLayer,
     name: &str,
+    failed: &AtomicBool,
 ) -> Result<(), PullError> {
     let reference_err = |source| PullError::Store {
         reference: name.to_owned(),
@@ -440,7 +461,9 @@ async fn fetch_layer(
         .inner
         .layer_dir(&layer.diff_id)
         .map_err(reference_err)?;
-    if !layer_dir.is_dir() {
+    // Another layer failed while this one downloaded: the pull is lost, so
+    // its unpack would only be undone again.
+    if !layer_dir.is_dir() && !failed.load(Ordering::SeqCst) {
         let (compression, diff_id) = (layer.compression, layer.diff_id.clone());
         blocking(store, move |store| {
             store
