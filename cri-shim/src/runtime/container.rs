@@ -528,7 +528,7 @@ impl Runtime {
     fn state_of(&self, r: &ContainerRecord) -> ContainerState {
         if self.exit_record(r).is_some() {
             ContainerState::Exited
-        } else if !pidfd::alive_with(r.monitor_pid, &r.id) {
+        } else if self.monitor_gone(r) {
             // Re-check: the monitor may have written the record and exited
             // between the two looks.
             if self.exit_record(r).is_some() {
@@ -541,6 +541,21 @@ impl Runtime {
         } else {
             ContainerState::Created
         }
+    }
+
+    /// Whether the container's monitor has exited: from its exit watcher
+    /// when it has one (every container made or adopted alive by this
+    /// process), which costs no system call; else by looking in `/proc`.
+    /// Lists ask this for every container, so it must stay cheap.
+    fn monitor_gone(&self, r: &ContainerRecord) -> bool {
+        let watcher = self
+            .inner
+            .exits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.id)
+            .map(|rx| *rx.borrow());
+        watcher.unwrap_or_else(|| !pidfd::alive_with(r.monitor_pid, &r.id))
     }
 
     fn exit_record(&self, r: &ContainerRecord) -> Option<ExitRecord> {
