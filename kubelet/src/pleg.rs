@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::ErrorChain;
 use crate::runtime::{CriError, PodRef, RuntimeManager, RuntimeService};
 
+/// The least time between two relists that runtime events trigger.
+pub const EVENT_RELIST_GAP: Duration = Duration::from_millis(200);
+
 /// A pod whose runtime objects changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodLifecycleEvent {
@@ -138,12 +141,26 @@ impl<R: RuntimeService> GenericPleg<R> {
             cancel.child_token(),
         ));
         let _stop_watcher = watcher_guard(watcher);
+        let mut last_relist: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = interval.tick() => {}
-                _ = event_arrived.notified() => {}
+                _ = event_arrived.notified() => {
+                    // Events come in bursts (every start and stop makes
+                    // some): they are taken together, at most one relist
+                    // per gap, so a busy runtime is not listed in full for
+                    // each of them. Workers observe their own pods after
+                    // acting; the PLEG is for what nobody here caused.
+                    if let Some(at) = last_relist {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep_until(at + EVENT_RELIST_GAP) => {}
+                        }
+                    }
+                }
             }
+            last_relist = Some(tokio::time::Instant::now());
             let snapshot = tokio::select! {
                 _ = cancel.cancelled() => return,
                 result = relist(self.runtime.service()) => result,
