@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::prober::{exec_command, http_probe, resolve_port};
+use crate::prober::{HttpGet, Scheme, exec_command, http_probe, resolve_port};
 use crate::runtime::RuntimeService;
 
 /// The preStop handler to record on a container: named ports resolved, so
@@ -52,10 +52,7 @@ pub async fn run_handler<R: RuntimeService>(
                     return Err(format!("cannot resolve the named port {name:?}"));
                 }
             };
-            let scheme = http.scheme.as_deref().unwrap_or("HTTP");
-            if !scheme.eq_ignore_ascii_case("HTTP") {
-                return Err(format!("scheme {scheme} is not supported yet"));
-            }
+            let scheme = Scheme::parse(http.scheme.as_deref())?;
             let host = match http.host.as_ref().filter(|h| !h.is_empty()) {
                 Some(host) => host.clone(),
                 None => pod_ip
@@ -68,7 +65,14 @@ pub async fn run_handler<R: RuntimeService>(
                 .flatten()
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect();
-            http_probe(&host, port, http.path.as_deref().unwrap_or("/"), &headers).await
+            http_probe(&HttpGet {
+                scheme,
+                host: &host,
+                port,
+                path: http.path.as_deref().unwrap_or("/"),
+                headers: &headers,
+            })
+            .await
         } else {
             Err("the handler has no action (tcpSocket is not supported for hooks)".to_owned())
         }

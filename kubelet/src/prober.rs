@@ -434,17 +434,20 @@ async fn run_probe<R: RuntimeService>(
     let attempt = async {
         if let Some(http) = &probe.http_get {
             let (host, port) = address(http.host.as_ref(), &http.port)?;
-            let scheme = http.scheme.as_deref().unwrap_or("HTTP");
-            if !scheme.eq_ignore_ascii_case("HTTP") {
-                return Err(format!("scheme {scheme} is not supported yet"));
-            }
             let headers: Vec<(String, String)> = http
                 .http_headers
                 .iter()
                 .flatten()
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect();
-            http_probe(&host, port, http.path.as_deref().unwrap_or("/"), &headers).await
+            http_probe(&HttpGet {
+                scheme: Scheme::parse(http.scheme.as_deref())?,
+                host: &host,
+                port,
+                path: http.path.as_deref().unwrap_or("/"),
+                headers: &headers,
+            })
+            .await
         } else if let Some(tcp) = &probe.tcp_socket {
             let (host, port) = address(tcp.host.as_ref(), &tcp.port)?;
             tokio::net::TcpStream::connect((host.as_str(), port))
@@ -508,16 +511,80 @@ pub(crate) fn resolve_port(container: &Container, port: &IntOrString) -> Result<
         .ok_or_else(|| format!("invalid port {number}"))
 }
 
+/// `httpGet.scheme`: `HTTP` (the default) or `HTTPS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    /// TLS without certificate verification, as upstream probes and hooks.
+    Https,
+}
+
+impl Scheme {
+    /// The scheme of an `httpGet` handler.
+    pub(crate) fn parse(scheme: Option<&str>) -> Result<Self, String> {
+        match scheme.unwrap_or("HTTP") {
+            s if s.eq_ignore_ascii_case("HTTP") => Ok(Self::Http),
+            s if s.eq_ignore_ascii_case("HTTPS") => Ok(Self::Https),
+            other => Err(format!("unsupported scheme {other:?}")),
+        }
+    }
+
+    fn as_url(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+}
+
+/// An `httpGet` request: `GET path` on `host:port`.
+pub(crate) struct HttpGet<'a> {
+    pub scheme: Scheme,
+    pub host: &'a str,
+    pub port: u16,
+    pub path: &'a str,
+    pub headers: &'a [(String, String)],
+}
+
 /// `GET path` with the upstream user agent; 200-399 is success.
-pub(crate) async fn http_probe(
-    host: &str,
-    port: u16,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<(), String> {
-    let mut stream = tokio::net::TcpStream::connect((host, port))
+pub(crate) async fn http_probe(get: &HttpGet<'_>) -> Result<(), String> {
+    let HttpGet {
+        scheme,
+        host,
+        port,
+        path,
+        ..
+    } = *get;
+    let url = format!("{}://{host}:{port}{path}", scheme.as_url());
+    let stream = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+        .map_err(|e| format!("Get \"{url}\": {e}"))?;
+    match scheme {
+        Scheme::Http => http_exchange(stream, get).await,
+        Scheme::Https => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("Get \"{url}\": invalid host: {e}"))?;
+            let stream = tls_connector()?
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("Get \"{url}\": TLS handshake: {e}"))?;
+            http_exchange(stream, get).await
+        }
+    }
+}
+
+/// One request and the status line of its answer.
+async fn http_exchange<S>(mut stream: S, get: &HttpGet<'_>) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let HttpGet {
+        host,
+        port,
+        path,
+        headers,
+        ..
+    } = *get;
     let host_header = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
@@ -564,6 +631,74 @@ pub(crate) async fn http_probe(
         Ok(())
     } else {
         Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// A TLS client that takes any server certificate (upstream probes set
+/// `InsecureSkipVerify`), but still checks the handshake signatures.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    static CONNECTOR: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS configuration: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        })
+        .clone()
+}
+
+/// Accepts every certificate chain; signatures are verified as usual.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -640,6 +775,117 @@ mod tests {
         assert!(resolve_port(&container, &IntOrString::Int(0)).is_err());
     }
 
+    /// A self-signed certificate and its key (DER), made by `openssl`.
+    fn self_signed() -> (Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("running openssl (scripts/install-deps.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=probe.invalid",
+        ]);
+        run(&[
+            "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+        ]);
+        run(&[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "key.pem", "-outform", "DER", "-out", "key.der",
+        ]);
+        let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+        (read("cert.der"), read("key.der"))
+    }
+
+    #[tokio::test]
+    async fn https_probe_takes_any_certificate_and_http_does_not_speak_tls() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use tokio::net::TcpListener;
+        let (cert, key) = self_signed();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut requests = Vec::new();
+            for status in [204, 503] {
+                let (socket, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(socket).await.unwrap();
+                let mut request = vec![0u8; 4096];
+                let n = tls.read(&mut request).await.unwrap();
+                requests.push(String::from_utf8_lossy(&request[..n]).into_owned());
+                let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+                tls.write_all(answer.as_bytes()).await.unwrap();
+                tls.shutdown().await.unwrap();
+            }
+            // A plain HTTP request to a TLS port gets no HTTP answer.
+            let (socket, _) = listener.accept().await.unwrap();
+            let _ = acceptor.accept(socket).await;
+            requests
+        });
+        let get = |path| HttpGet {
+            scheme: Scheme::Https,
+            host: "127.0.0.1",
+            port,
+            path,
+            headers: &[],
+        };
+        assert_eq!(http_probe(&get("/ready")).await, Ok(()));
+        assert_eq!(
+            http_probe(&get("/live")).await,
+            Err("HTTP probe failed with statuscode: 503".to_owned())
+        );
+        let plain = http_probe(&HttpGet {
+            scheme: Scheme::Http,
+            ..get("/")
+        })
+        .await;
+        assert!(plain.is_err(), "{plain:?}");
+        let requests = server.await.unwrap();
+        assert!(
+            requests[0].starts_with("GET /ready HTTP/1.1\r\n"),
+            "{requests:?}"
+        );
+        assert!(
+            requests[1].starts_with("GET /live HTTP/1.1\r\n"),
+            "{requests:?}"
+        );
+    }
+
+    #[test]
+    fn schemes_are_http_or_https_in_any_case() {
+        assert_eq!(Scheme::parse(None), Ok(Scheme::Http));
+        assert_eq!(Scheme::parse(Some("https")), Ok(Scheme::Https));
+        assert_eq!(Scheme::parse(Some("HTTPS")), Ok(Scheme::Https));
+        assert!(Scheme::parse(Some("ftp")).is_err());
+    }
+
     #[tokio::test]
     async fn http_probe_accepts_2xx_and_3xx_only() {
         use tokio::net::TcpListener;
@@ -656,7 +902,14 @@ mod tests {
                 request
             });
             let headers = vec![("X-Probe".to_owned(), "yes".to_owned())];
-            let result = http_probe("127.0.0.1", port, "/healthz", &headers).await;
+            let result = http_probe(&HttpGet {
+                scheme: Scheme::Http,
+                host: "127.0.0.1",
+                port,
+                path: "/healthz",
+                headers: &headers,
+            })
+            .await;
             assert_eq!(result.is_ok(), ok, "{status}: {result:?}");
             let request = server.await.unwrap();
             assert!(
