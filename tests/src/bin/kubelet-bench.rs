@@ -13,7 +13,7 @@
 //!   processes and not counted).
 //!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
-//! [--runtime embedded|containerd|both]`; needs root.
+//! [--runtime embedded|containerd|both] [--poll-ms 10]`; needs root.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,14 @@ struct Args {
     /// Which runtimes to measure.
     #[arg(long, value_enum, default_value_t = Which::Both)]
     runtime: Which,
+    /// How often `/pods` is read while pods start, in ms. Every read makes
+    /// the kubelet serialise every pod, and this process parse them: on a
+    /// 2-core machine reading too often slows the start being measured.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
+    /// Copy each kubelet's log into this directory (to see where the time went).
+    #[arg(long)]
+    keep_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,7 +72,11 @@ fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
 
 /// Writes the manifests of `names` at once and returns, per pod, the time
 /// until `/pods` reports it Running.
-async fn start_static_pods(node: &Node, names: &[String]) -> anyhow::Result<Vec<Duration>> {
+async fn start_static_pods(
+    node: &Node,
+    names: &[String],
+    poll: Duration,
+) -> anyhow::Result<Vec<Duration>> {
     let t0 = Instant::now();
     for name in names {
         node.kubelet
@@ -82,7 +94,7 @@ async fn start_static_pods(node: &Node, names: &[String]) -> anyhow::Result<Vec<
         pending.retain(|p| !running.contains(p));
         let elapsed = t0.elapsed();
         samples.extend(std::iter::repeat_n(elapsed, before - pending.len()));
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(poll).await;
     }
     Ok(samples)
 }
@@ -175,11 +187,12 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     let node = Node::start(kind).await.context("starting the test node")?;
     let mut cri = harness::cri_client(&node.kubelet.endpoint).await?;
     let log_dir = node.kubelet.root_dir.join("bench-logs");
+    let poll = Duration::from_millis(args.poll_ms);
 
     // Warm-up through both paths.
     direct_starts(&node.kubelet.endpoint, &log_dir, "warm", 1, false).await?;
     let warm = vec!["warm".to_owned()];
-    start_static_pods(&node, &warm).await?;
+    start_static_pods(&node, &warm, poll).await?;
     remove_all(&node, &mut cri, &warm).await?;
 
     let direct_sequential = direct_starts(
@@ -193,7 +206,8 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     let mut kubelet_sequential = Vec::with_capacity(args.sequential);
     let sequential: Vec<String> = (0..args.sequential).map(|i| format!("seq{i}")).collect();
     for name in &sequential {
-        kubelet_sequential.extend(start_static_pods(&node, std::slice::from_ref(name)).await?);
+        kubelet_sequential
+            .extend(start_static_pods(&node, std::slice::from_ref(name), poll).await?);
     }
     remove_all(&node, &mut cri, &sequential).await?;
 
@@ -206,7 +220,7 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     )
     .await?;
     let concurrent: Vec<String> = (0..args.concurrent).map(|i| format!("con{i}")).collect();
-    let kubelet_concurrent = start_static_pods(&node, &concurrent).await?;
+    let kubelet_concurrent = start_static_pods(&node, &concurrent, poll).await?;
 
     // Idle with every pod running.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -221,6 +235,12 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
         "not every pod stayed running"
     );
     remove_all(&node, &mut cri, &concurrent).await?;
+    if let Some(dir) = &args.keep_log {
+        std::fs::create_dir_all(dir)?;
+        let copy = dir.join(format!("kubelet-{}.log", label.replace(' ', "-")));
+        std::fs::copy(&node.kubelet.log_path, &copy)
+            .with_context(|| format!("copying the kubelet log to {}", copy.display()))?;
+    }
     node.shutdown_with_logs().await.0?;
     Ok(Figures {
         label,
@@ -280,6 +300,9 @@ fn main() -> anyhow::Result<()> {
                 args.concurrent,
             ),
         ] {
+            if count == 0 {
+                continue;
+            }
             let (d50, d99) = quantiles(direct);
             let (k50, k99) = quantiles(kubelet);
             println!(
