@@ -281,7 +281,11 @@ impl RuntimeService for FakeRuntime {
     }
 
     async fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus, CriError> {
-        let state = self.state();
+        let mut state = self.state();
+        state.calls.push(Call {
+            method: "PodSandboxStatus",
+            target: id.into(),
+        });
         let sandbox = state
             .sandboxes
             .get(id)

@@ -79,6 +79,23 @@ pub fn container_log_path(container: &str, restart_count: u32) -> String {
     format!("{container}/{restart_count}.log")
 }
 
+/// Whether starting `container` needs the pod's IPs: its env refers to
+/// them, or its postStart hook reaches the pod over the network.
+pub fn needs_pod_ips(container: &Container) -> bool {
+    let env_refers = container.env.iter().flatten().any(|var| {
+        var.value_from
+            .as_ref()
+            .and_then(|from| from.field_ref.as_ref())
+            .is_some_and(|field| field.field_path.starts_with("status.podIP"))
+    });
+    let hook_reaches = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.as_ref())
+        .is_some_and(|h| h.http_get.is_some() || h.tcp_socket.is_some());
+    env_refers || hook_reaches
+}
+
 /// Upstream `expansion.Expand`: `$(NAME)` becomes the variable's value if it
 /// is defined and stays as written otherwise; `$$` is a literal `$`.
 pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
@@ -561,6 +578,23 @@ spec:
   - name: other
     image: docker.io/library/busybox:latest
 "#;
+
+    #[test]
+    fn only_some_containers_need_the_pod_ips_to_start() {
+        let pod: Pod = serde_yaml::from_str(POD).unwrap();
+        let containers = &pod.spec.as_ref().unwrap().containers;
+        assert!(needs_pod_ips(&containers[0]), "env refers to status.podIP");
+        assert!(!needs_pod_ips(&containers[1]));
+        let hooked: Container = serde_yaml::from_str(
+            "{name: h, lifecycle: {postStart: {httpGet: {port: 80, path: /}}}}",
+        )
+        .unwrap();
+        assert!(needs_pod_ips(&hooked), "postStart reaches the pod");
+        let exec_hook: Container =
+            serde_yaml::from_str("{name: h, lifecycle: {postStart: {exec: {command: [true]}}}}")
+                .unwrap();
+        assert!(!needs_pod_ips(&exec_hook));
+    }
 
     #[test]
     fn container_config_of_a_restarted_instance() {

@@ -417,6 +417,14 @@ struct TargetSandbox {
     pod_ips: Vec<String>,
 }
 
+/// What a container start uses that the execution prepared.
+struct StartInputs<'a> {
+    sandbox_config: &'a cri_api::PodSandboxConfig,
+    volumes: Option<&'a Arc<PodVolumes>>,
+    /// The image check made while the sandbox was made; `None`: check now.
+    image: Option<Result<(), RuntimeError>>,
+}
+
 /// Carries out pod actions on a CRI runtime.
 #[derive(Debug)]
 pub struct RuntimeManager<R> {
@@ -431,6 +439,10 @@ pub struct RuntimeManager<R> {
     cluster_dns: sandbox::ClusterDns,
     /// Pod cgroups (`cgroupsPerQOS`); `None`: the runtime's default parent.
     cgroups: Option<(Arc<dyn CgroupManager>, PodCgroups)>,
+    /// Per pod UID, the IPs of its latest ready sandbox as `(sandbox id,
+    /// IPs)`. A sandbox keeps its IPs for life, so one `PodSandboxStatus`
+    /// per sandbox is enough; dropped by [`Self::forget_pod`].
+    sandbox_ips: std::sync::Mutex<HashMap<String, (String, Vec<String>)>>,
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -445,7 +457,22 @@ impl<R: RuntimeService> RuntimeManager<R> {
             volumes: None,
             cluster_dns: sandbox::ClusterDns::default(),
             cgroups: None,
+            sandbox_ips: Default::default(),
         }
+    }
+
+    /// Drops what is remembered of pod `uid` once it is gone.
+    pub fn forget_pod(&self, uid: &str) {
+        self.ip_cache().remove(uid);
+    }
+
+    fn ip_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Vec<String>)>> {
+        self.sandbox_ips.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember_ips(&self, uid: &str, sandbox_id: &str, ips: &[String]) {
+        self.ip_cache()
+            .insert(uid.to_owned(), (sandbox_id.to_owned(), ips.to_vec()));
     }
 
     /// Puts every pod in its own cgroup below `layout` (created with the
@@ -722,29 +749,33 @@ impl<R: RuntimeService> RuntimeManager<R> {
             label_selector: selector.clone(),
             ..Default::default()
         };
-        let sandboxes = self
-            .service
-            .list_pod_sandbox(Some(sandbox_filter))
-            .await
-            .map_err(list_error)?;
         let container_filter = cri_api::ContainerFilter {
             label_selector: selector,
             ..Default::default()
         };
-        let containers = self
-            .service
-            .list_containers(Some(container_filter))
-            .await
-            .map_err(list_error)?;
+        // Independent calls go out together: under load each one waits its
+        // turn in the runtime, and a pod's status waits for all of them.
+        let (sandboxes, containers) = futures::future::try_join(
+            self.service.list_pod_sandbox(Some(sandbox_filter)),
+            self.service.list_containers(Some(container_filter)),
+        )
+        .await
+        .map_err(list_error)?;
 
         let mut observed = ObservedPod {
             sandboxes: sandboxes.into_iter().map(observed_sandbox).collect(),
             containers: Vec::with_capacity(containers.len()),
             unhealthy: Default::default(),
         };
-        self.read_pod_ips(uid, &mut observed).await?;
-        for container in containers {
-            match self.service.container_status(&container.id).await {
+        let statuses = futures::future::join_all(
+            containers
+                .iter()
+                .map(|container| self.service.container_status(&container.id)),
+        );
+        let (ips, statuses) =
+            futures::future::join(self.read_pod_ips(uid, &observed), statuses).await;
+        for (container, status) in containers.into_iter().zip(statuses) {
+            match status {
                 Ok(status) => observed
                     .containers
                     .push(observed_container(container.pod_sandbox_id, status)),
@@ -758,6 +789,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     });
                 }
             }
+        }
+        if let Some((latest, ips)) = ips?
+            && let Some(sandbox) = observed.sandboxes.iter_mut().find(|s| s.id == latest)
+        {
+            sandbox.ips = ips;
         }
         Ok(observed)
     }
@@ -789,25 +825,30 @@ impl<R: RuntimeService> RuntimeManager<R> {
         }
     }
 
-    /// Fills in the IPs of the latest sandbox if it is ready.
+    /// The IPs of the latest sandbox if it is ready, as `(sandbox id, IPs)`:
+    /// remembered, or asked once per sandbox.
     async fn read_pod_ips(
         &self,
         uid: &str,
-        observed: &mut ObservedPod,
-    ) -> Result<(), RuntimeError> {
+        observed: &ObservedPod,
+    ) -> Result<Option<(String, Vec<String>)>, RuntimeError> {
         let Some(latest) = observed
             .latest_sandbox()
             .filter(|s| s.ready)
             .map(|s| s.id.clone())
         else {
-            return Ok(());
+            return Ok(None);
         };
-        if let Some(ips) = self.sandbox_ips(uid, &latest).await?
-            && let Some(sandbox) = observed.sandboxes.iter_mut().find(|s| s.id == latest)
+        if let Some((id, ips)) = self.ip_cache().get(uid)
+            && *id == latest
         {
-            sandbox.ips = ips;
+            return Ok(Some((latest, ips.clone())));
         }
-        Ok(())
+        let Some(ips) = self.sandbox_ips(uid, &latest).await? else {
+            return Ok(None);
+        };
+        self.remember_ips(uid, &latest, &ips);
+        Ok(Some((latest, ips)))
     }
 
     async fn host_dns(&self, pod_uid: &str) -> Result<cri_api::DnsConfig, RuntimeError> {
@@ -865,6 +906,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
         // Set up once per execution, before the first container starts;
         // `Err(())` once that failed (reported), so no container starts.
         let mut pod_volumes: Option<Result<Option<Arc<PodVolumes>>, ()>> = None;
+        // Sandbox configs by attempt, built once per execution.
+        let mut configs: HashMap<u32, Arc<cri_api::PodSandboxConfig>> = HashMap::new();
+        // Image checks (and pulls) done while the new sandbox was made, by
+        // container name.
+        let mut images: HashMap<String, Result<(), RuntimeError>> = HashMap::new();
         let mut index = 0;
         while index < actions.len() {
             let action = &actions[index];
@@ -919,13 +965,64 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     }
                 }
                 Action::RunPodSandbox { attempt } => match pod {
-                    Some(pod) => self.run_pod_sandbox(pod, *attempt).await.map(|(id, ips)| {
-                        new_sandbox = Some(TargetSandbox {
-                            id,
-                            attempt: *attempt,
-                            pod_ips: ips,
-                        });
-                    }),
+                    Some(pod) => {
+                        match self.sandbox_config_for(pod, *attempt, &mut configs).await {
+                            Ok(config) => {
+                                // The images of the containers that start in
+                                // the new sandbox, and the pod's volumes, are
+                                // made ready while the runtime makes the
+                                // sandbox: none needs the other.
+                                let starting: Vec<&Container> = actions[index..]
+                                    .iter()
+                                    .filter_map(|a| match a {
+                                        Action::StartContainer {
+                                            name,
+                                            sandbox: SandboxTarget::New,
+                                            ..
+                                        } => find_container(pod, name),
+                                        _ => None,
+                                    })
+                                    .collect();
+                                let set_up_volumes = !starting.is_empty() && pod_volumes.is_none();
+                                let need_ips = starting.iter().any(|c| container::needs_pod_ips(c));
+                                let (sandbox, pulled, volumes) = tokio::join!(
+                                    self.run_pod_sandbox(pod, *attempt, &config, need_ips),
+                                    // One after the other, in container
+                                    // order, as upstream's serial pulls.
+                                    async {
+                                        let mut checked = Vec::with_capacity(starting.len());
+                                        for c in &starting {
+                                            let result = self.ensure_image(uid, c, &config).await;
+                                            checked.push((c.name.clone(), result));
+                                        }
+                                        checked
+                                    },
+                                    async {
+                                        match set_up_volumes {
+                                            true => Some(self.setup_volumes(pod).await),
+                                            false => None,
+                                        }
+                                    }
+                                );
+                                images.extend(pulled);
+                                if let Some(result) = volumes {
+                                    pod_volumes =
+                                        Some(result.as_ref().map(Clone::clone).map_err(|_| ()));
+                                    if let Err(error) = result {
+                                        errors.push(error);
+                                    }
+                                }
+                                sandbox.map(|(id, ips)| {
+                                    new_sandbox = Some(TargetSandbox {
+                                        id,
+                                        attempt: *attempt,
+                                        pod_ips: ips,
+                                    });
+                                })
+                            }
+                            Err(error) => Err(error),
+                        }
+                    }
                     None => Err(RuntimeError::MissingSpec {
                         pod_uid: uid.to_owned(),
                         container_name: String::new(),
@@ -966,19 +1063,27 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     done
                                 }
                             };
-                            match volumes {
-                                Ok(volumes) => {
+                            let config = self
+                                .sandbox_config_for(pod, target.attempt, &mut configs)
+                                .await;
+                            match (volumes, config) {
+                                (Ok(volumes), Ok(config)) => {
                                     self.start_container(
                                         pod,
                                         name,
                                         *restart_count,
                                         &target,
-                                        volumes.as_ref(),
+                                        StartInputs {
+                                            sandbox_config: &config,
+                                            volumes: volumes.as_ref(),
+                                            image: images.remove(name),
+                                        },
                                     )
                                     .await
                                 }
+                                (Ok(_), Err(error)) => Err(error),
                                 // Reported when the set-up failed.
-                                Err(()) => Ok(()),
+                                (Err(()), _) => Ok(()),
                             }
                         }
                         (None, Some(_)) => Err(RuntimeError::MissingSpec {
@@ -1117,13 +1222,29 @@ impl<R: RuntimeService> RuntimeManager<R> {
     }
 
     /// Creates the pod's sandbox; returns its id and pod IPs.
+    /// The sandbox config of `pod` for `attempt`, built once per execution.
+    async fn sandbox_config_for(
+        &self,
+        pod: &Pod,
+        attempt: u32,
+        configs: &mut HashMap<u32, Arc<cri_api::PodSandboxConfig>>,
+    ) -> Result<Arc<cri_api::PodSandboxConfig>, RuntimeError> {
+        if let Some(config) = configs.get(&attempt) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(self.sandbox_config(pod, attempt).await?);
+        configs.insert(attempt, config.clone());
+        Ok(config)
+    }
+
     async fn run_pod_sandbox(
         &self,
         pod: &Pod,
         attempt: u32,
+        config: &cri_api::PodSandboxConfig,
+        need_ips: bool,
     ) -> Result<(String, Vec<String>), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
-        let config = self.sandbox_config(pod, attempt).await?;
         self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
             .await?;
         if let Some((manager, layout)) = &self.cgroups {
@@ -1136,7 +1257,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         }
         let sandbox_id = self
             .service
-            .run_pod_sandbox(config)
+            .run_pod_sandbox(config.clone())
             .await
             .map_err(|source| RuntimeError::RunPodSandbox {
                 pod_uid: pod_ref.uid.clone(),
@@ -1144,16 +1265,22 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 attempt,
                 source,
             })?;
-        let pod_ips = self
-            .sandbox_ips(&pod_ref.uid, &sandbox_id)
-            .await?
-            .unwrap_or_default();
+        // Asked now only if a container start needs them; else the next
+        // observation asks, alongside its other calls.
+        let mut pod_ips = Vec::new();
+        if need_ips {
+            pod_ips = self
+                .sandbox_ips(&pod_ref.uid, &sandbox_id)
+                .await?
+                .unwrap_or_default();
+            self.remember_ips(&pod_ref.uid, &sandbox_id, &pod_ips);
+        }
         tracing::info!(
             pod.uid = pod_ref.uid,
             pod.name = pod_ref.name,
             sandbox.id = sandbox_id,
             attempt,
-            pod.ip = pod_ips.first().map(String::as_str).unwrap_or_default(),
+            pod.ip = pod_ips.first().map(String::as_str),
             since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
             "pod sandbox started"
         );
@@ -1225,17 +1352,24 @@ impl<R: RuntimeService> RuntimeManager<R> {
         name: &str,
         restart_count: u32,
         sandbox: &TargetSandbox,
-        volumes: Option<&Arc<PodVolumes>>,
+        inputs: StartInputs<'_>,
     ) -> Result<(), RuntimeError> {
-        let (sandbox_id, attempt) = (sandbox.id.as_str(), sandbox.attempt);
+        let StartInputs {
+            sandbox_config,
+            volumes,
+            image,
+        } = inputs;
+        let sandbox_id = sandbox.id.as_str();
         let pod_ref = PodRef::from_pod(pod);
         let uid = pod_ref.uid.as_str();
         let container = find_container(pod, name).ok_or_else(|| RuntimeError::MissingSpec {
             pod_uid: uid.to_owned(),
             container_name: name.to_owned(),
         })?;
-        let sandbox_config = self.sandbox_config(pod, attempt).await?;
-        self.ensure_image(uid, container, &sandbox_config).await?;
+        match image {
+            Some(checked) => checked?,
+            None => self.ensure_image(uid, container, sandbox_config).await?,
+        }
         let context = container::EnvContext {
             pod_ips: sandbox.pod_ips.clone(),
             ..self.node.clone()
@@ -1274,7 +1408,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         self.create_dir(uid, &log_dir).await?;
         let container_id = self
             .service
-            .create_container(sandbox_id, config, sandbox_config)
+            .create_container(sandbox_id, config, sandbox_config.clone())
             .await
             .map_err(|source| RuntimeError::CreateContainer {
                 pod_uid: uid.to_owned(),
