@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,7 @@ struct PodList<'a> {
     kind: &'static str,
     api_version: &'static str,
     metadata: ListMeta,
-    items: Vec<&'a Pod>,
+    items: Vec<&'a RawValue>,
 }
 
 async fn healthz() -> &'static str {
@@ -63,12 +63,12 @@ async fn healthz() -> &'static str {
 }
 
 async fn pods(State(store): State<Arc<PodStatusStore>>) -> impl IntoResponse {
-    let pods = store.list();
+    let items = store.list_json();
     let list = PodList {
         kind: "PodList",
         api_version: "v1",
         metadata: ListMeta::default(),
-        items: pods.iter().map(Arc::as_ref).collect(),
+        items: items.iter().map(AsRef::as_ref).collect(),
     };
     // Serializing API types cannot fail; an empty body would be the only outcome.
     let body = serde_json::to_vec(&list).unwrap_or_default();
@@ -114,6 +114,8 @@ impl ReadOnlyServer {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Pod;
+
     use super::*;
 
     async fn get(address: SocketAddr, path: &str) -> (String, String) {
@@ -134,8 +136,8 @@ mod tests {
             "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns, uid: u1}\nspec: {containers: [{name: a}]}\nstatus: {phase: Running}\n",
         )
         .unwrap();
-        store.set(pod);
-        let server = ReadOnlyServer::bind("127.0.0.1:0".parse().unwrap(), store)
+        store.set(pod.clone());
+        let server = ReadOnlyServer::bind("127.0.0.1:0".parse().unwrap(), store.clone())
             .await
             .unwrap();
         let address = server.local_addr();
@@ -157,6 +159,15 @@ mod tests {
         assert_eq!(list["apiVersion"], "v1");
         assert_eq!(list["items"][0]["metadata"]["name"], "p");
         assert_eq!(list["items"][0]["status"]["phase"], "Running");
+
+        // A changed status is served, not the JSON of the one before.
+        let mut done = pod;
+        done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        store.set(done);
+        let (_, body) = get(address, "/pods").await;
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list["items"][0]["status"]["phase"], "Succeeded");
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
         let (head, _) = get(address, "/nope").await;
         assert!(head.starts_with("HTTP/1.1 404"), "{head}");

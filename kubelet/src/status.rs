@@ -8,7 +8,7 @@
 //! unit-tested.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{
@@ -451,8 +451,17 @@ pub fn pod_status(
 /// consistent snapshots and a change counter to wait on.
 #[derive(Debug)]
 pub struct PodStatusStore {
-    pods: Mutex<BTreeMap<String, Arc<Pod>>>,
+    pods: Mutex<BTreeMap<String, Arc<Entry>>>,
     changed: watch::Sender<u64>,
+}
+
+/// A recorded pod and, once someone asked, its JSON.
+#[derive(Debug)]
+struct Entry {
+    pod: Arc<Pod>,
+    /// Serialized at the first read after the status changed, so readers
+    /// polling many pods pay only for the pods that changed.
+    json: OnceLock<Arc<serde_json::value::RawValue>>,
 }
 
 impl Default for PodStatusStore {
@@ -465,7 +474,7 @@ impl Default for PodStatusStore {
 }
 
 impl PodStatusStore {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Pod>>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Entry>>> {
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -474,17 +483,21 @@ impl PodStatusStore {
     pub fn set(&self, pod: Pod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut pods = self.lock();
-        if pods.get(&uid).is_some_and(|old| **old == pod) {
+        if pods.get(&uid).is_some_and(|old| *old.pod == pod) {
             return;
         }
-        pods.insert(uid, Arc::new(pod));
+        let entry = Entry {
+            pod: Arc::new(pod),
+            json: OnceLock::new(),
+        };
+        pods.insert(uid, Arc::new(entry));
         drop(pods);
         self.changed.send_modify(|n| *n += 1);
     }
 
     /// The recorded pod `uid`.
     pub fn get(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.lock().get(uid).cloned()
+        self.lock().get(uid).map(|e| e.pod.clone())
     }
 
     /// Forgets pod `uid`.
@@ -496,13 +509,38 @@ impl PodStatusStore {
 
     /// Every recorded pod, ordered by UID.
     pub fn list(&self) -> Vec<Arc<Pod>> {
-        self.lock().values().cloned().collect()
+        self.lock().values().map(|e| e.pod.clone()).collect()
+    }
+
+    /// Every recorded pod as JSON, ordered by UID; each pod is serialized
+    /// once per status.
+    pub fn list_json(&self) -> Vec<Arc<serde_json::value::RawValue>> {
+        let entries: Vec<Arc<Entry>> = self.lock().values().cloned().collect();
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .json
+                    .get_or_init(|| {
+                        // Serializing API types cannot fail.
+                        let text = serde_json::to_string(&*entry.pod).unwrap_or_default();
+                        serde_json::value::RawValue::from_string(text)
+                            .map(Arc::from)
+                            .unwrap_or_else(|_| Arc::from(empty_object()))
+                    })
+                    .clone()
+            })
+            .collect()
     }
 
     /// A receiver that sees a new value on every change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+}
+
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".to_owned()).expect("valid JSON")
 }
 
 #[cfg(test)]

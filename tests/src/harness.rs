@@ -197,6 +197,14 @@ pub fn flex_plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/flexvolume")
 }
 
+/// Environment variable with the `-v` level of test kubelets (default 4:
+/// debug logs to read when a test fails; benchmarks set 0, as production).
+pub const KUBELET_VERBOSITY_ENV: &str = "E2E_KUBELET_VERBOSITY";
+
+fn kubelet_verbosity() -> String {
+    std::env::var(KUBELET_VERBOSITY_ENV).unwrap_or_else(|_| "4".to_owned())
+}
+
 /// Starts the kubelet binary with plain (uncoloured) output into `log`.
 fn spawn_kubelet(binary: &Path, args: &[std::ffi::OsString], log: File) -> anyhow::Result<Child> {
     Command::new(binary)
@@ -1240,7 +1248,8 @@ impl Kubelet {
             .arg("--cni-conf-dir")
             .arg(&network.conf_dir)
             .args(["--cni-bin-dir", CNI_BIN_DIR])
-            .args(["-v", "4"]);
+            .arg("-v")
+            .arg(kubelet_verbosity());
         let (endpoint, shim_root) = match &runtime {
             Runtime::Embedded => {
                 let shim_root = dir.join("cri-shim");

@@ -12,6 +12,10 @@
 //!   also holds the cri-shim server (its per-container helpers are separate
 //!   processes and not counted).
 //!
+//! The kubelets log at `-v 0` (info, as in production) unless
+//! `E2E_KUBELET_VERBOSITY` says otherwise; the tests' `-v 4` debug logs
+//! would cost the measured process CPU.
+//!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
 //! [--runtime embedded|containerd|both] [--poll-ms 10]`; needs root.
 
@@ -59,14 +63,50 @@ fn manifest(name: &str) -> String {
     )
 }
 
+/// The fields of `/pods` the benchmark reads; the rest is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct PodList {
+    items: Vec<ListedPod>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedPod {
+    metadata: ListedMeta,
+    #[serde(default)]
+    status: Option<ListedStatus>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedMeta {
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedStatus {
+    #[serde(default)]
+    phase: Option<String>,
+}
+
 /// Names of the pods `/pods` reports Running.
 fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
-    Ok(node
-        .kubelet
-        .pods()?
+    let response = harness::http_get(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        node.kubelet.read_only_port,
+        "/pods",
+        Duration::from_secs(5),
+    )?;
+    ensure!(response.status == 200, "GET /pods: {}", response.status);
+    let list: PodList = serde_json::from_str(&response.body).context("GET /pods")?;
+    Ok(list
+        .items
         .into_iter()
-        .filter(|p| p["status"]["phase"] == "Running")
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|phase| phase == "Running")
+        })
+        .map(|p| p.metadata.name)
         .collect())
 }
 
@@ -181,6 +221,9 @@ struct Figures {
     kubelet_concurrent: Vec<Duration>,
     rss_mib: f64,
     cpu_cores: f64,
+    /// CPU seconds of the kubelet process while the concurrent pods
+    /// started: (direct CRI starts and stops, through the kubelet).
+    start_cpu: (f64, f64),
 }
 
 async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow::Result<Figures> {
@@ -211,6 +254,8 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     }
     remove_all(&node, &mut cri, &sequential).await?;
 
+    let pid = node.kubelet.pid().context("the kubelet is not running")?;
+    let cpu_at_start = cpu_seconds(pid)?;
     let direct_concurrent = direct_starts(
         &node.kubelet.endpoint,
         &log_dir,
@@ -220,11 +265,14 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     )
     .await?;
     let concurrent: Vec<String> = (0..args.concurrent).map(|i| format!("con{i}")).collect();
+    // The direct phase also stops its pods; only starts are compared.
+    let cpu_direct = cpu_seconds(pid)? - cpu_at_start;
+    let cpu_before = cpu_seconds(pid)?;
     let kubelet_concurrent = start_static_pods(&node, &concurrent, poll).await?;
+    let cpu_kubelet = cpu_seconds(pid)? - cpu_before;
 
     // Idle with every pod running.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let pid = node.kubelet.pid().context("the kubelet is not running")?;
     let cpu_before = cpu_seconds(pid)?;
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
@@ -250,6 +298,7 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
         kubelet_concurrent,
         rss_mib: rss_kib as f64 / 1024.0,
         cpu_cores,
+        start_cpu: (cpu_direct, cpu_kubelet),
     })
 }
 
@@ -273,6 +322,11 @@ fn main() -> anyhow::Result<()> {
             (RuntimeKind::Containerd, "containerd 1.6"),
         ],
     };
+    if std::env::var_os(harness::KUBELET_VERBOSITY_ENV).is_none() {
+        // SAFETY: no other thread runs yet (the tokio runtime is made
+        // below), so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(harness::KUBELET_VERBOSITY_ENV, "0") };
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let mut all = Vec::new();
     for (kind, label) in kinds {
@@ -330,6 +384,21 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:<18} RSS {:>7.1} MiB  CPU {:.4} cores",
             f.label, f.rss_mib, f.cpu_cores
+        );
+    }
+    println!(
+        "\nCPU of the kubelet process (with the embedded runtime: runtime included) while the {} pods started",
+        args.concurrent
+    );
+    for f in &all {
+        let per_pod = |s: f64| s * 1000.0 / args.concurrent.max(1) as f64;
+        println!(
+            "{:<18} direct CRI (starts and stops) {:>6.2} s = {:>5.1} ms/pod; through the kubelet (starts) {:>6.2} s = {:>5.1} ms/pod",
+            f.label,
+            f.start_cpu.0,
+            per_pod(f.start_cpu.0),
+            f.start_cpu.1,
+            per_pod(f.start_cpu.1)
         );
     }
     Ok(())
