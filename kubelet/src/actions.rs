@@ -6,7 +6,7 @@
 //! the time, and executes the returned list in order. Being level-triggered,
 //! running it again on unchanged state yields no new work.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -216,8 +216,10 @@ pub struct ObservedPod {
     /// Containers, any state.
     pub containers: Vec<ObservedContainer>,
     /// Ids of running containers whose liveness or startup probe failed:
-    /// they are killed and restarted according to the restart policy.
-    pub unhealthy: HashSet<String>,
+    /// they are killed and restarted according to the restart policy. The
+    /// value is the failed probe's `terminationGracePeriodSeconds`, which
+    /// replaces the pod's for that kill.
+    pub unhealthy: HashMap<String, Option<i64>>,
 }
 
 impl ObservedPod {
@@ -469,6 +471,17 @@ struct RunPlan<'a> {
 }
 
 impl RunPlan<'_> {
+    /// Kills a container whose probe failed, with the probe's grace period
+    /// if it has one (upstream's probe-level `terminationGracePeriodSeconds`).
+    fn stop_unhealthy(&mut self, c: &ObservedContainer, probe_grace: Option<i64>) {
+        self.out.actions.push(Action::StopContainer {
+            container_id: c.id.clone(),
+            name: c.name.clone(),
+            grace_period: clamp_grace(probe_grace.unwrap_or(self.desired.termination_grace_period)),
+            reason: StopReason::Unhealthy,
+        });
+    }
+
     fn stop(&mut self, c: &ObservedContainer, reason: StopReason) {
         self.out.actions.push(Action::StopContainer {
             container_id: c.id.clone(),
@@ -591,8 +604,8 @@ impl RunPlan<'_> {
                     return InitProgress::InProgress;
                 }
                 Some(c) if c.state == ContainerState::Running => {
-                    if observed.unhealthy.contains(&c.id) {
-                        self.stop(c, StopReason::Unhealthy);
+                    if let Some(grace) = observed.unhealthy.get(&c.id) {
+                        self.stop_unhealthy(c, *grace);
                         self.start(&init.name, &target);
                         if !initialized {
                             return InitProgress::InProgress;
@@ -741,8 +754,8 @@ impl RunPlan<'_> {
                 true
             }
             Some(latest) if latest.state == ContainerState::Running => {
-                if observed.unhealthy.contains(&latest.id) {
-                    self.stop(latest, StopReason::Unhealthy);
+                if let Some(grace) = observed.unhealthy.get(&latest.id) {
+                    self.stop_unhealthy(latest, *grace);
                     if self.desired.restart_policy != RestartPolicy::Never {
                         self.start(&container.name, sandbox);
                         return true;
@@ -1528,7 +1541,7 @@ mod tests {
     #[test]
     fn an_unhealthy_container_is_killed_and_restarted_by_policy() {
         let mut state = observed(vec![running("c1", "s1", "a", 0, 2)]);
-        state.unhealthy.insert("c1".into());
+        state.unhealthy.insert("c1".into(), None);
         let out = run(&pod(RestartPolicy::Always, &["a"]), &state);
         assert!(matches!(
             &out.actions[..],
@@ -1546,6 +1559,20 @@ mod tests {
             }
         ));
         assert_eq!(names_started(&out), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_failed_probe_with_its_own_grace_period_kills_with_it() {
+        let mut state = observed(vec![running("c1", "s1", "a", 0, 2)]);
+        let desired = pod(RestartPolicy::Always, &["a"]);
+        let grace_of = |out: &PodActions| match &out.actions[0] {
+            Action::StopContainer { grace_period, .. } => *grace_period,
+            other => panic!("{other:?}"),
+        };
+        state.unhealthy.insert("c1".into(), None);
+        assert_eq!(grace_of(&run(&desired, &state)), 30, "the pod's");
+        state.unhealthy.insert("c1".into(), Some(3));
+        assert_eq!(grace_of(&run(&desired, &state)), 3, "the probe's");
     }
 
     #[test]

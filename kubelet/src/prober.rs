@@ -14,7 +14,7 @@
 //! The threshold logic ([`ProbeCounter`]) is pure and unit-tested; probes
 //! run through [`ProbeTarget`] (exec through CRI `ExecSync`, HTTP, TCP, gRPC).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -126,6 +126,9 @@ struct ContainerResults {
     ready: bool,
     /// Liveness or startup failed for good.
     unhealthy: bool,
+    /// The failed probe's `terminationGracePeriodSeconds`, which replaces
+    /// the pod's for the kill that follows.
+    kill_grace: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +236,7 @@ impl<R: RuntimeService> Prober<R> {
                     started: !has_startup,
                     ready: false,
                     unhealthy: false,
+                    kill_grace: None,
                 },
             );
             let target = ProbeTarget {
@@ -296,18 +300,27 @@ impl<R: RuntimeService> Prober<R> {
     }
 
     /// Ids of containers of `observed` whose liveness or startup probe failed.
-    pub fn unhealthy(&self, observed: &ObservedPod) -> HashSet<String> {
+    pub fn unhealthy(&self, observed: &ObservedPod) -> HashMap<String, Option<i64>> {
         let state = self.lock();
         observed
             .containers
             .iter()
-            .filter(|c| state.results.get(&c.id).is_some_and(|r| r.unhealthy))
-            .map(|c| c.id.clone())
+            .filter_map(|c| {
+                let r = state.results.get(&c.id).filter(|r| r.unhealthy)?;
+                Some((c.id.clone(), r.kill_grace))
+            })
             .collect()
     }
 
-    /// Applies a result change and wakes the pod's worker.
-    fn update(&self, pod_uid: &str, container_id: &str, kind: ProbeKind, result: bool) {
+    /// Applies a result change of `probe` and wakes the pod's worker.
+    fn update(
+        &self,
+        pod_uid: &str,
+        container_id: &str,
+        kind: ProbeKind,
+        probe: &Probe,
+        result: bool,
+    ) {
         {
             let mut state = self.lock();
             let Some(r) = state.results.get_mut(container_id) else {
@@ -315,7 +328,12 @@ impl<R: RuntimeService> Prober<R> {
             };
             match kind {
                 ProbeKind::Startup if result => r.started = true,
-                ProbeKind::Startup | ProbeKind::Liveness => r.unhealthy |= !result,
+                ProbeKind::Startup | ProbeKind::Liveness => {
+                    if !result && !r.unhealthy {
+                        r.unhealthy = true;
+                        r.kill_grace = probe.termination_grace_period_seconds;
+                    }
+                }
                 ProbeKind::Readiness => r.ready = result,
             }
         }
@@ -392,8 +410,13 @@ impl<R: RuntimeService> ProbeWorker<R> {
                 );
             }
             if let Some(result) = counter.record(outcome.is_ok()) {
-                self.prober
-                    .update(&self.pod_uid, &self.target.container_id, self.kind, result);
+                self.prober.update(
+                    &self.pod_uid,
+                    &self.target.container_id,
+                    self.kind,
+                    probe,
+                    result,
+                );
                 let done = match self.kind {
                     // Started for good, or failed for good: the container is killed.
                     ProbeKind::Startup => true,

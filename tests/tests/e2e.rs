@@ -878,7 +878,8 @@ spec:
 
 /// An HTTP readiness probe holds the pod unready until the page exists; a
 /// startup probe (TCP) gates a container until a port opens; an exec
-/// liveness probe that starts failing gets its container restarted.
+/// liveness probe that starts failing gets its container restarted, killed
+/// with the probe's own `terminationGracePeriodSeconds`.
 fn probes_drive_readiness_and_restarts(kind: RuntimeKind) -> anyhow::Result<()> {
     on_node(kind, async |node| {
         let manifest = format!(
@@ -913,6 +914,7 @@ spec:
         exec: {{command: ["test", "-f", "/tmp/healthy"]}}
         periodSeconds: 1
         failureThreshold: 2
+        terminationGracePeriodSeconds: 3
 "#
         );
         node.kubelet.write_manifest("probed.yaml", &manifest)?;
@@ -950,6 +952,11 @@ spec:
         ensure!(
             log.contains("Liveness probe failed"),
             "the kubelet log does not report the failed liveness probe"
+        );
+        // The probe's own grace period (3 s), not the pod's (2 s), for that kill.
+        ensure!(
+            log.contains(r#"container.name="live" grace_period=3 reason=Unhealthy"#),
+            "the unhealthy container was not killed with its probe's grace period"
         );
         Ok(())
     })
