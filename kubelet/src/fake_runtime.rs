@@ -292,7 +292,11 @@ impl RuntimeService for FakeRuntime {
             .ok_or_else(|| not_found("PodSandboxStatus", id))?;
         Ok(cri::PodSandboxStatus {
             id: id.into(),
+            metadata: sandbox.config.metadata.clone(),
             state: sandbox.state as i32,
+            created_at: sandbox.created_at,
+            labels: sandbox.config.labels.clone(),
+            annotations: sandbox.config.annotations.clone(),
             network: Some(cri::PodSandboxNetworkStatus {
                 ip: "10.0.0.9".into(),
                 ..Default::default()

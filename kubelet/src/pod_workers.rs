@@ -23,11 +23,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ErrorChain;
+use crate::actions::ObservedPod;
 use crate::actions::{Action, DesiredPod, PodIntent, compute_actions, termination_grace_period};
 use crate::backoff::{Backoff, CrashLoopBackOff};
 use crate::pleg::PodLifecycleEvent;
 use crate::prober::Prober;
-use crate::runtime::{PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container};
+use crate::runtime::{
+    Executed, Made, PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container,
+};
 use crate::static_pods::{DesiredPods, DesiredPodsReceiver};
 use crate::status::{PodStatusStore, StatusInputs, Waiting, pod_status};
 
@@ -104,6 +107,9 @@ struct PodWorker<R> {
     prober: Arc<Prober<R>>,
     clock: Clock,
     cancel: CancellationToken,
+    /// The observation the last sync acted on and what it made, for the
+    /// sync that follows at once: it asks for the new objects only.
+    made: Option<(ObservedPod, Made)>,
 }
 
 /// The upstream waiting reason a failed action leaves its container in.
@@ -172,11 +178,13 @@ impl<R: RuntimeService> PodWorker<R> {
                         immediate_resync_used = true;
                         continue;
                     }
+                    self.made = None;
                     let now = (self.clock)();
                     next_wakeup
                         .map(|at| Instant::now() + at.duration_since(now).unwrap_or_default())
                 }
                 Err(errors) => {
+                    self.made = None;
                     for error in &errors {
                         tracing::error!(pod.uid = %self.pod.uid, pod.name = %self.pod.name, error = %ErrorChain(error), "pod sync failed");
                     }
@@ -204,11 +212,29 @@ impl<R: RuntimeService> PodWorker<R> {
     }
 
     async fn sync(&mut self, intent: &WorkerIntent) -> Result<SyncOutcome, Vec<RuntimeError>> {
-        let mut observed = self
-            .runtime
-            .observe_pod(&self.pod.uid)
-            .await
-            .map_err(|e| vec![e])?;
+        let mut observed = match self.made.take() {
+            Some((before, made)) => {
+                match self
+                    .runtime
+                    .observe_made(&self.pod.uid, &before, &made)
+                    .await
+                {
+                    Ok(observed) => observed,
+                    Err(error) => {
+                        tracing::debug!(error = %ErrorChain(&error), "observing what was made; listing the pod");
+                        self.runtime
+                            .observe_pod(&self.pod.uid)
+                            .await
+                            .map_err(|e| vec![e])?
+                    }
+                }
+            }
+            None => self
+                .runtime
+                .observe_pod(&self.pod.uid)
+                .await
+                .map_err(|e| vec![e])?,
+        };
         match intent {
             WorkerIntent::Run(pod) => {
                 self.runtime
@@ -293,10 +319,21 @@ impl<R: RuntimeService> PodWorker<R> {
                 self.crash_loop.record_restart(name, *finished_at, now);
             }
         }
-        let errors = self
+        let Executed { errors, made } = self
             .runtime
             .execute(pod, &self.pod, &observed, &plan.actions)
             .await;
+        // An execution that only made things (a sandbox, started containers)
+        // is followed by a look at just those; anything else lists the pod.
+        let only_made = plan.actions.iter().all(|a| {
+            matches!(
+                a,
+                Action::RunPodSandbox { .. } | Action::StartContainer { .. }
+            )
+        });
+        if errors.is_empty() && only_made && made != Made::default() {
+            self.made = Some((observed.clone(), made));
+        }
         if let Some(pod) = pod {
             self.record_pulls(pod, &plan.actions, &errors, now);
             for error in &errors {
@@ -689,6 +726,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             prober: self.prober.clone(),
             clock: self.clock,
             cancel: self.cancel.child_token(),
+            made: None,
         };
         let task = self.tasks.spawn(worker.run());
         self.task_pods.insert(task.id(), pod.uid.clone());
@@ -837,6 +875,39 @@ mod tests {
         fake.wait_for("old instance removed", |s| s.containers_of("u1").len() == 2)
             .await;
         kubelet.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn looking_at_what_was_made_sees_what_a_full_listing_sees() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let runtime = RuntimeManager::new(
+            fake.clone(),
+            logs.path().to_owned(),
+            logs.path().join("none"),
+        );
+        let web = pod("u1", "web-node1", "Always", 30);
+        let pod_ref = PodRef::from_pod(&web);
+        let before = runtime.observe_pod("u1").await.unwrap();
+        let actions = [
+            Action::RunPodSandbox { attempt: 0 },
+            Action::StartContainer {
+                name: "app".into(),
+                restart_count: 0,
+                sandbox: crate::actions::SandboxTarget::New,
+                previous_finished_at: None,
+            },
+        ];
+        let Executed { errors, made } = runtime
+            .execute(Some(&web), &pod_ref, &before, &actions)
+            .await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(made.sandbox.is_some());
+        assert_eq!(made.containers.len(), 1);
+        let targeted = runtime.observe_made("u1", &before, &made).await.unwrap();
+        let listed = runtime.observe_pod("u1").await.unwrap();
+        assert_eq!(targeted, listed);
+        assert_eq!(targeted.sandboxes[0].ips, ["10.0.0.9"]);
     }
 
     #[tokio::test(start_paused = true)]

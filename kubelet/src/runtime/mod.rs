@@ -346,6 +346,20 @@ fn observed_sandbox(sandbox: cri_api::PodSandbox) -> ObservedSandbox {
     }
 }
 
+/// The IPs of a sandbox status, primary first.
+fn sandbox_status_ips(status: &cri_api::PodSandboxStatus) -> Vec<String> {
+    status
+        .network
+        .as_ref()
+        .map(|n| {
+            std::iter::once(n.ip.clone())
+                .chain(n.additional_ips.iter().map(|ip| ip.ip.clone()))
+                .filter(|ip| !ip.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Maps a CRI container state to the kubelet's.
 pub fn container_state(state: i32) -> ContainerState {
     match cri_api::ContainerState::try_from(state) {
@@ -415,6 +429,24 @@ struct TargetSandbox {
     attempt: u32,
     /// Pod IPs, primary first (for the env and hooks).
     pod_ips: Vec<String>,
+}
+
+/// The outcome of [`RuntimeManager::execute`].
+#[derive(Debug, Default)]
+pub struct Executed {
+    /// Every error, in action order.
+    pub errors: Vec<RuntimeError>,
+    /// What was made.
+    pub made: Made,
+}
+
+/// The objects an execution made.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Made {
+    /// The new sandbox's id.
+    pub sandbox: Option<String>,
+    /// Started containers: `(container id, sandbox id)`.
+    pub containers: Vec<(String, String)>,
 }
 
 /// What a container start uses that the execution prepared.
@@ -805,17 +837,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         sandbox_id: &str,
     ) -> Result<Option<Vec<String>>, RuntimeError> {
         match self.service.pod_sandbox_status(sandbox_id).await {
-            Ok(status) => Ok(Some(
-                status
-                    .network
-                    .map(|n| {
-                        std::iter::once(n.ip)
-                            .chain(n.additional_ips.into_iter().map(|ip| ip.ip))
-                            .filter(|ip| !ip.is_empty())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            )),
+            Ok(status) => Ok(Some(sandbox_status_ips(&status))),
             Err(e) if e.is_not_found() => Ok(None),
             Err(source) => Err(RuntimeError::PodSandboxStatus {
                 pod_uid: uid.to_owned(),
@@ -898,9 +920,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
         pod_ref: &PodRef,
         observed: &ObservedPod,
         actions: &[Action],
-    ) -> Vec<RuntimeError> {
+    ) -> Executed {
         let uid = pod_ref.uid.as_str();
         let mut errors = Vec::new();
+        let mut made = Made::default();
         // The sandbox made earlier in this list.
         let mut new_sandbox: Option<TargetSandbox> = None;
         // Set up once per execution, before the first container starts;
@@ -1013,6 +1036,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     }
                                 }
                                 sandbox.map(|(id, ips)| {
+                                    made.sandbox = Some(id.clone());
                                     new_sandbox = Some(TargetSandbox {
                                         id,
                                         attempt: *attempt,
@@ -1067,8 +1091,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                 .sandbox_config_for(pod, target.attempt, &mut configs)
                                 .await;
                             match (volumes, config) {
-                                (Ok(volumes), Ok(config)) => {
-                                    self.start_container(
+                                (Ok(volumes), Ok(config)) => self
+                                    .start_container(
                                         pod,
                                         name,
                                         *restart_count,
@@ -1080,7 +1104,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         },
                                     )
                                     .await
-                                }
+                                    .map(|id| made.containers.push((id, target.id.clone()))),
                                 (Ok(_), Err(error)) => Err(error),
                                 // Reported when the set-up failed.
                                 (Err(()), _) => Ok(()),
@@ -1144,7 +1168,62 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 errors.push(error);
             }
         }
-        errors
+        Executed { errors, made }
+    }
+
+    /// The pod after `made` was added to `before` (the observation the
+    /// actions were computed from): one status call per new object, all at
+    /// once, instead of listing the pod again. Only for executions that
+    /// made things and removed nothing.
+    pub async fn observe_made(
+        &self,
+        uid: &str,
+        before: &ObservedPod,
+        made: &Made,
+    ) -> Result<ObservedPod, RuntimeError> {
+        let sandbox = async {
+            match &made.sandbox {
+                Some(id) => match self.service.pod_sandbox_status(id).await {
+                    Ok(status) => Ok(Some(status)),
+                    Err(source) => Err(RuntimeError::PodSandboxStatus {
+                        pod_uid: uid.to_owned(),
+                        sandbox_id: id.clone(),
+                        source,
+                    }),
+                },
+                None => Ok(None),
+            }
+        };
+        let containers =
+            futures::future::join_all(made.containers.iter().map(|(id, sandbox_id)| async move {
+                self.service
+                    .container_status(id)
+                    .await
+                    .map(|status| observed_container(sandbox_id.clone(), status))
+                    .map_err(|source| RuntimeError::ContainerStatus {
+                        pod_uid: uid.to_owned(),
+                        container_id: id.clone(),
+                        source,
+                    })
+            }));
+        let (sandbox, containers) = futures::future::join(sandbox, containers).await;
+        let mut observed = before.clone();
+        if let Some(status) = sandbox? {
+            let ips = sandbox_status_ips(&status);
+            self.remember_ips(uid, &status.id, &ips);
+            observed.sandboxes.push(ObservedSandbox {
+                attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
+                ready: status.state == cri_api::PodSandboxState::SandboxReady as i32,
+                created_at: status.created_at,
+                id: status.id,
+                ips,
+            });
+        }
+        for container in containers {
+            observed.containers.push(container?);
+        }
+        observed.unhealthy.clear();
+        Ok(observed)
     }
 
     /// Runs the container's preStop hook (if it has one and runs), then
@@ -1353,7 +1432,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         restart_count: u32,
         sandbox: &TargetSandbox,
         inputs: StartInputs<'_>,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<String, RuntimeError> {
         let StartInputs {
             sandbox_config,
             volumes,
@@ -1475,7 +1554,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             event = "Started",
             "container started"
         );
-        Ok(())
+        Ok(container_id)
     }
 }
 
