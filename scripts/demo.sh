@@ -52,6 +52,7 @@ cargo build --release --workspace
 bin="$(cargo_target_dir)/release"
 kubelet_bin=$(realpath "$bin/kubelet")
 shim_bin=$(realpath "$bin/cri-shim")
+helper_bin=$(realpath "$bin/cri-shim-helper")
 
 step "Building the test images into ${IMAGES_DIR#"$REPO_ROOT"/}"
 mkdir -p "$IMAGES_DIR"
@@ -225,6 +226,7 @@ setsid "$kubelet_bin" \
     --pod-manifest-path "$manifest_dir" \
     --root-dir "$KUBELET_ROOT" \
     --cri-shim-root "$SHIM_ROOT" \
+    --cri-shim-helper-path "$helper_bin" \
     --hostname-override "$NODE_NAME" \
     --cni-conf-dir "$CNI_CONF_DIR" \
     </dev/null >"$kubelet_log" 2>&1 &

@@ -36,6 +36,10 @@ pub struct Config {
     /// Period of CNI GC after the one at start; zero runs it only at start
     /// (`--cni-gc-interval`).
     pub cni_gc_interval: Duration,
+    /// The `cri-shim-helper` executable that runs monitors and infra
+    /// processes (`--helper-path`); `None`: next to the current executable,
+    /// else this executable re-executed.
+    pub helper_path: Option<PathBuf>,
 }
 
 impl Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             insecure_registries: Vec::new(),
             cni_plugin_timeout: cni_plugins::DEFAULT_PLUGIN_TIMEOUT,
             cni_gc_interval: DEFAULT_CNI_GC_INTERVAL,
+            helper_path: None,
         }
     }
 }

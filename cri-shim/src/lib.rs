@@ -1,19 +1,18 @@
 //! cri-shim: a CRI v1 runtime over an OCI runtime binary (`runc`).
 //!
-//! The same library serves three roles of one binary: the gRPC server
-//! ([`serve`]), the sandbox infra process that pins a pod's namespaces, and
-//! the per-container monitor that holds stdio and records the exit code.
-//! Whatever binary links this library (the `cri-shim` binary, or the kubelet
-//! when it embeds the runtime) must call [`reexec::run_child_role_if_requested`]
-//! first thing in `main`, because the server re-executes `/proc/self/exe`.
+//! The gRPC server ([`serve`]) starts two kinds of helper processes: the
+//! per-container monitor that holds stdio and records the exit code, and the
+//! sandbox infra process that pins a pod's namespaces. Both run from the small
+//! `cri-shim-helper` executable (crate `cri-shim-helper`), found next to the
+//! server's own executable or given by [`Config::helper_path`]. Without it the
+//! server re-executes itself, so whatever binary links this library (the
+//! `cri-shim` binary, or the kubelet when it embeds the runtime) must call
+//! [`reexec::run_child_role_if_requested`] first thing in `main`.
 
 pub mod authority;
 pub mod client;
 pub mod config;
 pub mod image;
-pub mod infra;
-pub mod logs;
-pub mod monitor;
 pub mod oci;
 pub mod reexec;
 pub mod runtime;
@@ -23,6 +22,7 @@ pub mod stats;
 pub mod v1alpha2;
 
 pub use config::Config;
+pub use cri_shim_helper::{infra, logs, monitor};
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;

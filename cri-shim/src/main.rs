@@ -40,6 +40,11 @@ struct Cli {
     /// Seconds between CNI GC runs (one always runs at start); 0: only at start.
     #[arg(long, default_value_t = DEFAULT_CNI_GC_INTERVAL.as_secs())]
     cni_gc_interval: u64,
+    /// The cri-shim-helper executable for container monitors and pod infra
+    /// processes [default: cri-shim-helper next to this binary; without one,
+    /// this binary re-executed].
+    #[arg(long, value_name = "PATH")]
+    helper_path: Option<PathBuf>,
     /// Log filter (tracing env-filter syntax), also read from RUST_LOG.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
@@ -66,6 +71,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Helper roles, when no cri-shim-helper is installed and this binary is
+    // re-executed for them.
     cri_shim::reexec::run_child_role_if_requested();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 insecure_registries: cli.insecure_registries,
                 cni_plugin_timeout: std::time::Duration::from_secs(cli.cni_plugin_timeout),
                 cni_gc_interval: std::time::Duration::from_secs(cli.cni_gc_interval),
+                helper_path: cli.helper_path,
             };
             rt.block_on(async {
                 let cancel = CancellationToken::new();

@@ -101,6 +101,11 @@ pub struct KubeletFlags {
     /// State root of the embedded runtime.
     #[arg(long, value_name = "DIR", default_value = cri_shim::config::DEFAULT_ROOT)]
     pub cri_shim_root: PathBuf,
+    /// The cri-shim-helper executable of the embedded runtime (its container
+    /// monitors and pod infra processes) [default: cri-shim-helper next to
+    /// this binary; without one, this binary re-executed].
+    #[arg(long, value_name = "PATH")]
+    pub cri_shim_helper_path: Option<PathBuf>,
     /// Timeout of every CRI request except image pulls [default: 2m].
     #[arg(long, value_name = "DURATION")]
     pub runtime_request_timeout: Option<String>,
@@ -163,6 +168,9 @@ pub struct EmbeddedRuntimeConfig {
     pub cni_conf_dir: PathBuf,
     /// CNI plugin directories in search order.
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// The helper executable (`--cri-shim-helper-path`); `None`: cri-shim's
+    /// default lookup next to this executable.
+    pub helper_path: Option<PathBuf>,
 }
 
 /// Everything the kubelet library needs, resolved from flags.
@@ -239,6 +247,7 @@ impl KubeletFlags {
                 root: self.cri_shim_root,
                 cni_conf_dir: self.cni_conf_dir,
                 cni_bin_dirs: self.cni_bin_dir,
+                helper_path: self.cri_shim_helper_path,
             }),
         };
         let pod_manifest_path = self
@@ -459,6 +468,7 @@ mod tests {
                 root: PathBuf::from("/var/lib/cri-shim"),
                 cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
                 cni_bin_dirs: vec![PathBuf::from("/a"), PathBuf::from("/b")],
+                helper_path: None,
             })
         );
     }

@@ -181,6 +181,7 @@ fn start_embedded_runtime(
         root: config.root.clone(),
         cni_conf_dir: config.cni_conf_dir.clone(),
         cni_bin_dirs: config.cni_bin_dirs.clone(),
+        helper_path: config.helper_path.clone(),
         ..cri_shim::Config::default()
     };
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "starting embedded runtime");

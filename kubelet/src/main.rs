@@ -24,7 +24,8 @@ fn log_filter(verbosity: u8) -> EnvFilter {
 }
 
 fn main() -> ExitCode {
-    // The embedded runtime re-executes this binary for its child processes.
+    // The embedded runtime re-executes this binary for its helper processes
+    // when no cri-shim-helper is installed next to it.
     cri_shim::reexec::run_child_role_if_requested();
 
     let flags = KubeletFlags::parse();

@@ -107,6 +107,45 @@ async fn wait_state(
     .await
 }
 
+/// `(pid, /proc/<pid>/exe)` of the helper processes in `role`
+/// (`__cri-shim-monitor`, `__cri-shim-infra`) whose command line names `id`.
+fn helper_processes(role: &str, id: &str) -> Vec<(u32, std::path::PathBuf)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_helper = args.get(1).is_some_and(|a| a == role)
+                && args.get(2).is_some_and(|spec| spec.contains(id));
+            is_helper.then(|| Some((pid, std::fs::read_link(e.path().join("exe")).ok()?)))?
+        })
+        .collect()
+}
+
+/// Fails unless `count` `role` processes name `id` and they run from the
+/// cri-shim-helper executable built next to cri-shim (not cri-shim itself);
+/// returns their pids.
+fn ensure_runs_from_helper(role: &str, id: &str, count: usize) -> anyhow::Result<Vec<u32>> {
+    let helper = harness::binary("cri-shim-helper")?.canonicalize()?;
+    let found = helper_processes(role, id);
+    ensure!(found.len() == count, "{role} processes of {id}: {found:?}");
+    for (pid, exe) in &found {
+        ensure!(
+            *exe == helper,
+            "{role} {pid} of {id} runs {} instead of {}",
+            exe.display(),
+            helper.display()
+        );
+    }
+    Ok(found.into_iter().map(|(pid, _)| pid).collect())
+}
+
 fn mounts_under(dir: &Path) -> Vec<String> {
     let prefix = dir.display().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -268,6 +307,8 @@ async fn sandbox_lifecycle_body(
         text.contains(&("Stdout".into(), "lifecycle".into())),
         "hostname not set: {text:?}"
     );
+    // The container's monitor is the small helper executable.
+    let monitor = ensure_runs_from_helper("__cri-shim-monitor", &id, 1)?;
 
     // Survives a kill -9 of the runtime and is adopted by the next one; a
     // container that exits while the runtime is down keeps its exit code.
@@ -295,6 +336,10 @@ async fn sandbox_lifecycle_body(
         "not running after restart"
     );
     ensure!(after.started_at == pid_before, "container was restarted");
+    ensure!(
+        ensure_runs_from_helper("__cri-shim-monitor", &id, 1)? == monitor,
+        "the monitor did not survive the restart"
+    );
     let brief_status = status(&mut cri, &brief).await?;
     ensure!(
         brief_status.state == cri::ContainerState::ContainerExited as i32
@@ -1189,11 +1234,17 @@ async fn pid_namespaces_body(
             namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Pod)),
             ..Default::default()
         });
-    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(shared.clone()),
-        runtime_handler: String::new(),
-    })
-    .await?;
+    let shared_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(shared.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    // The pod pid namespace is held by an infra process (the small helper)
+    // and its forked PID 1 of that namespace.
+    ensure_runs_from_helper("__cri-shim-infra", &shared_id, 2)?;
     // Names of different lengths sleep for different times, so ps tells them apart.
     let _a = run(&mut cri, &shared, "a", cri::NamespaceMode::Pod, "").await?;
     let bb = run(&mut cri, &shared, "bb", cri::NamespaceMode::Pod, "").await?;

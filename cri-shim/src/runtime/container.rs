@@ -16,7 +16,7 @@ use super::pidfd;
 use super::{Entry, ExecOutput, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
 use crate::monitor::{ExitRecord, MonitorReport, MonitorSpec, now_ns};
 use crate::oci::{self, PidNamespace, SpecInputs};
-use crate::reexec::MONITOR_ARG;
+use crate::reexec::{HelperExe, MONITOR_ARG};
 
 /// Container state as CRI reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +229,7 @@ impl Runtime {
             exit_file: dir.join("exit.json"),
             cgroup_path: record.cgroup_path.clone(),
         };
-        let (monitor_pid, pid) = spawn_monitor(&record.id, &monitor).await?;
+        let (monitor_pid, pid) = spawn_monitor(&self.inner.helper, &record.id, &monitor).await?;
         record.monitor_pid = monitor_pid;
         record.pid = pid;
         Ok(self.watch_exit(&record.id, &record.sandbox_id, monitor_pid))
@@ -729,17 +729,21 @@ fn mount_overlay(
 }
 
 /// Starts the monitor and waits for its report: `(monitor pid, container pid)`.
-async fn spawn_monitor(id: &str, spec: &MonitorSpec) -> Result<(i32, i32), RuntimeError> {
+async fn spawn_monitor(
+    helper: &HelperExe,
+    id: &str,
+    spec: &MonitorSpec,
+) -> Result<(i32, i32), RuntimeError> {
     let err = |message: String| RuntimeError::Create {
         container: id.to_owned(),
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
     // `runc create` pulls nothing, but a loaded machine can make it slow.
-    let (monitor_pid, line) =
-        crate::reexec::spawn_child("monitor", MONITOR_ARG, &spec_json, Duration::from_secs(60))
-            .await
-            .map_err(|e| err(e.to_string()))?;
+    let (monitor_pid, line) = helper
+        .spawn("monitor", MONITOR_ARG, &spec_json, Duration::from_secs(60))
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let report = serde_json::from_str::<MonitorReport>(&line)
         .map_err(|e| err(format!("bad monitor report {line:?}: {e}")))?;
     match report {

@@ -108,6 +108,9 @@ pub enum RuntimeError {
         #[source]
         source: cni_plugins::CniError,
     },
+    /// The configured helper executable cannot be used.
+    #[error("choosing the helper executable: {0}")]
+    Helper(#[source] crate::reexec::ChildError),
     /// The infra process did not come up.
     #[error("pod sandbox {sandbox}: infra process: {message}")]
     Infra {
@@ -207,6 +210,8 @@ struct Inner {
     images: ImageStore,
     cni: cni_plugins::Invoker,
     oci: OciRuntime,
+    /// What monitors and infra processes run from.
+    helper: crate::reexec::HelperExe,
     sandboxes: RwLock<HashMap<String, Arc<Entry<sandbox::SandboxRecord>>>>,
     containers: RwLock<HashMap<String, Arc<Entry<container::ContainerRecord>>>>,
     /// Exit notifications per container id (true once exited).
@@ -300,6 +305,8 @@ impl Runtime {
             let p = config.root.join(dir);
             std::fs::create_dir_all(&p).map_err(RuntimeError::io("creating", &p))?;
         }
+        let helper = crate::reexec::HelperExe::resolve(config.helper_path.as_deref())
+            .map_err(RuntimeError::Helper)?;
         let images = ImageStore::open(&config.root)?;
         let cni = cni_plugins::Invoker::new(
             config.cni_conf_dir.clone(),
@@ -321,6 +328,7 @@ impl Runtime {
                 images,
                 cni,
                 oci,
+                helper,
                 sandboxes: RwLock::default(),
                 containers: RwLock::default(),
                 exits: Mutex::default(),

@@ -15,7 +15,7 @@ use super::pidfd;
 use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
 use crate::infra::InfraSpec;
 use crate::monitor::now_ns;
-use crate::reexec::INFRA_ARG;
+use crate::reexec::{HelperExe, INFRA_ARG};
 
 /// How long an infra process may take to set up its namespaces.
 const INFRA_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -207,7 +207,7 @@ impl Runtime {
             new_uts: !host_network,
             new_pid: record.shared_pid(),
         };
-        let (pid, pid_holder) = spawn_infra(&id, &spec).await?;
+        let (pid, pid_holder) = spawn_infra(&self.inner.helper, &id, &spec).await?;
         record.infra_pid = Some(pid);
         record.pid_holder = pid_holder;
         write_json(&dir.join("sandbox.json"), record)?;
@@ -518,16 +518,20 @@ fn ignore_not_found(e: std::io::Error) -> std::io::Result<()> {
 
 /// Starts the infra process and waits for it to report readiness:
 /// `(infra pid, pid of the pod pid namespace's init if there is one)`.
-async fn spawn_infra(id: &str, spec: &InfraSpec) -> Result<(i32, Option<i32>), RuntimeError> {
+async fn spawn_infra(
+    helper: &HelperExe,
+    id: &str,
+    spec: &InfraSpec,
+) -> Result<(i32, Option<i32>), RuntimeError> {
     let err = |message: String| RuntimeError::Infra {
         sandbox: id.to_owned(),
         message,
     };
     let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
-    let (pid, report) =
-        crate::reexec::spawn_child("infra process", INFRA_ARG, &spec_json, INFRA_START_TIMEOUT)
-            .await
-            .map_err(|e| err(e.to_string()))?;
+    let (pid, report) = helper
+        .spawn("infra process", INFRA_ARG, &spec_json, INFRA_START_TIMEOUT)
+        .await
+        .map_err(|e| err(e.to_string()))?;
     let mut words = report.split_whitespace();
     match (words.next(), words.next().map(str::parse::<i32>)) {
         (Some("ready"), None) if !spec.new_pid => Ok((pid, None)),

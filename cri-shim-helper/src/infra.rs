@@ -1,6 +1,6 @@
 //! The sandbox infra process: pins a pod's network, IPC and UTS namespaces.
 //!
-//! It is this binary re-executed (no pause image is ever pulled). It leaves
+//! It runs from the helper executable (no pause image is ever pulled). It leaves
 //! the server's session, unshares the namespaces the pod does not share with
 //! the host, sets the hostname, brings up `lo`, prints `ready` on stdout and
 //! then sleeps until SIGTERM/SIGINT/SIGHUP. The namespaces live while it does
@@ -91,7 +91,7 @@ fn run(spec_json: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
     }
-    crate::reexec::detach_stdio();
+    crate::role::detach_stdio();
     loop {
         match signals.wait() {
             Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => break,
@@ -110,8 +110,8 @@ fn run(spec_json: &str) -> Result<(), String> {
 /// child's pid as the host sees it.
 fn fork_pid_namespace_init(signals: &SigSet) -> Result<i32, String> {
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
-    // SAFETY: this process is single-threaded (a freshly exec'd child role
-    // that has started no threads), so the child may run arbitrary code.
+    // SAFETY: this process is single-threaded (a freshly exec'd helper that
+    // has started no threads), so the child may run arbitrary code.
     match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
         nix::unistd::ForkResult::Parent { child } => Ok(child.as_raw()),
         nix::unistd::ForkResult::Child => pid_namespace_init(signals),
@@ -121,7 +121,7 @@ fn fork_pid_namespace_init(signals: &SigSet) -> Result<i32, String> {
 /// PID 1 of the pod's pid namespace: reaps orphans until told to stop.
 fn pid_namespace_init(signals: &SigSet) -> ! {
     // The parent reports to the server; this process keeps no pipe open.
-    crate::reexec::detach_stdio();
+    crate::role::detach_stdio();
     let mut waited = *signals;
     waited.add(Signal::SIGCHLD);
     let _ = waited.thread_block();
