@@ -5,7 +5,9 @@
 //!   over `--cycles` pods started and stopped one at a time;
 //! - memory with `--pods` pods running: the sum of RSS of the runtime's own
 //!   processes (cri-shim + its monitors and infra processes; containerd + its
-//!   containerd-shim-runc-v2 processes; containers themselves excluded).
+//!   containerd-shim-runc-v2 processes; containers themselves excluded), with
+//!   the cri-shim figures also per process kind (server, monitor, infra) and
+//!   the executable the helpers run from.
 //!
 //! Pods are configured as a kubelet configures them (pod network and IPC,
 //! a pid namespace per container).
@@ -89,16 +91,52 @@ fn processes() -> Vec<(u32, u32, String)> {
 }
 
 /// cri-shim server + its direct children (monitors and infra processes):
-/// ((RSS, PSS), helper count).
+/// ((RSS, PSS), helper count), after printing the figures per process kind.
 fn cri_shim_memory(server: u32) -> ((u64, u64), usize) {
     let procs = processes();
-    let helpers: Vec<u32> = procs
+    let helpers: Vec<(u32, &str)> = procs
         .iter()
         .filter(|(_, ppid, cmd)| *ppid == server && cmd.contains("__cri-shim-"))
-        .map(|(pid, _, _)| *pid)
+        .map(|(pid, _, cmd)| {
+            let role = cmd.split(' ').nth(1).unwrap_or_default();
+            (*pid, role.trim_start_matches("__cri-shim-"))
+        })
         .collect();
+    let kib = |v: u64| format!("{:.2} MiB", v as f64 / 1024.0);
+    let (rss, pss) = memory_kib(server);
+    println!(
+        "  server           RSS {:>10}  PSS {:>10}",
+        kib(rss),
+        kib(pss)
+    );
+    for role in ["monitor", "infra"] {
+        let pids: Vec<u32> = helpers
+            .iter()
+            .filter(|(_, r)| *r == role)
+            .map(|(pid, _)| *pid)
+            .collect();
+        if pids.is_empty() {
+            continue;
+        }
+        let exe = std::fs::read_link(format!("/proc/{}/exe", pids[0]))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let (rss, pss) = sum_memory(pids.iter().copied());
+        let n = pids.len() as u64;
+        println!(
+            "  {role:<7} x{:<4}   RSS {:>10}  PSS {:>10}  (each: RSS {}, PSS {}; {exe})",
+            n,
+            kib(rss),
+            kib(pss),
+            kib(rss / n),
+            kib(pss / n),
+        );
+    }
     let count = helpers.len();
-    (sum_memory(std::iter::once(server).chain(helpers)), count)
+    (
+        sum_memory(std::iter::once(server).chain(helpers.iter().map(|(pid, _)| *pid))),
+        count,
+    )
 }
 
 /// containerd + the shims started for it (they name its socket):
@@ -165,6 +203,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         "\nmemory with {} pods running (the runtime's own processes, containers excluded)",
         args.pods
     );
+    let mut totals = Vec::new();
     for (label, endpoint) in &runtimes {
         let mut cri = harness::cri_client(endpoint).await?;
         let log_dir = dir
@@ -177,6 +216,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
         // Let lazily allocated state settle before reading RSS.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("{label}");
         let ((rss, pss), helpers) = if *label == "cri-shim" {
             cri_shim_memory(shim.pid())
         } else {
@@ -189,9 +229,17 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             pss as f64 / 1024.0,
             helpers,
         );
+        totals.push((rss, pss));
         for s in &sandboxes {
             stop_pod(&mut cri, s).await?;
         }
+    }
+    if let [(shim_rss, shim_pss), (ctrd_rss, ctrd_pss)] = totals[..] {
+        println!(
+            "cri-shim / containerd: RSS {:.2}x, PSS {:.2}x",
+            shim_rss as f64 / ctrd_rss as f64,
+            shim_pss as f64 / ctrd_pss as f64
+        );
     }
     ensure!(
         harness::list_sandboxes(&mut shim.client().await?, None)
