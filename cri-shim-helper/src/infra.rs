@@ -1,13 +1,18 @@
-//! The sandbox infra process: pins a pod's network, IPC and UTS namespaces.
+//! The sandbox infra process: holds a pod-level pid namespace.
 //!
-//! It runs from the helper executable (no pause image is ever pulled). It leaves
-//! the server's session, unshares the namespaces the pod does not share with
-//! the host, sets the hostname, brings up `lo`, prints `ready` on stdout and
-//! then sleeps until SIGTERM/SIGINT/SIGHUP. The namespaces live while it does
-//! (and the network namespace longer, through the bind mount the server makes).
-//! With a pod pid namespace it forks the namespace's PID 1 and reports
-//! `ready <pid>`; stopping the infra process stops that child, and the kernel
-//! then kills every process left in the pod's pid namespace.
+//! Only a pod with one pid namespace for all its containers (CRI pid mode
+//! POD, `shareProcessNamespace`) needs it: its network, IPC and UTS
+//! namespaces are pinned by bind mounts (see [`crate::pin`]), but a pid
+//! namespace needs a live PID 1. It runs from the helper executable (no pause
+//! image is ever pulled), leaves the server's session, forks the namespace's
+//! PID 1, prints `ready <pid>` on stdout and then sleeps until
+//! SIGTERM/SIGINT/SIGHUP; stopping it stops that child, and the kernel then
+//! kills every process left in the pod's pid namespace.
+//!
+//! It can still unshare network, IPC and UTS namespaces too (and then reports
+//! `ready` without a pid namespace): servers before the pin helper held every
+//! pod's namespaces this way, and their sandboxes keep running across an
+//! upgrade.
 
 use std::io::Write;
 
@@ -74,7 +79,7 @@ fn run(spec_json: &str) -> Result<(), String> {
             .map_err(|e| format!("sethostname {:?}: {e}", spec.hostname))?;
     }
     if spec.new_net {
-        loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
+        crate::pin::loopback_up().map_err(|e| format!("bringing up lo: {e}"))?;
     }
     let pid_holder = if spec.new_pid {
         Some(fork_pid_namespace_init(&signals)?)
@@ -141,31 +146,4 @@ fn pid_namespace_init(signals: &SigSet) -> ! {
             _ => continue,
         }
     }
-}
-
-/// Sets IFF_UP on `lo` in the current network namespace.
-fn loopback_up() -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: `req` is a valid ifreq naming "lo"; the fd is an open socket.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: as above; the kernel reads the name and flags.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

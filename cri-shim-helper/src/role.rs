@@ -4,6 +4,8 @@
 pub const INFRA_ARG: &str = "__cri-shim-infra";
 /// First argument that selects the container monitor role.
 pub const MONITOR_ARG: &str = "__cri-shim-monitor";
+/// First argument that selects the namespace pinning role.
+pub const PIN_ARG: &str = "__cri-shim-pin";
 
 /// If this process was started in a helper role (`<role argument> <spec>`),
 /// runs it and exits; otherwise returns. Call first thing in `main`, before
@@ -13,7 +15,8 @@ pub fn run_if_requested() {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [INFRA_ARG, spec] => crate::infra::main(spec),
         [MONITOR_ARG, spec] => crate::monitor::main(spec),
-        [INFRA_ARG] | [MONITOR_ARG] => {
+        [PIN_ARG, spec] => crate::pin::main(spec),
+        [INFRA_ARG] | [MONITOR_ARG] | [PIN_ARG] => {
             eprintln!("{}: missing spec argument", args[0]);
             std::process::exit(2)
         }

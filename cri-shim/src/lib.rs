@@ -22,7 +22,7 @@ pub mod stats;
 pub mod v1alpha2;
 
 pub use config::Config;
-pub use cri_shim_helper::{infra, logs, monitor};
+pub use cri_shim_helper::{infra, logs, monitor, pin};
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;

@@ -1,5 +1,5 @@
-//! Starting the helper processes (container monitors, sandbox infra
-//! processes): the small `cri-shim-helper` executable when there is one, else
+//! Starting the helper processes (container monitors, namespace pinning,
+//! sandbox infra processes): the small `cri-shim-helper` executable when there is one, else
 //! this executable re-executed with the same hidden first argument.
 //!
 //! Either way the command line is `<exe> <role argument> <spec JSON>`, so a
@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 pub use cri_shim_helper::HELPER_BIN_NAME;
-pub use cri_shim_helper::role::{INFRA_ARG, MONITOR_ARG};
+pub use cri_shim_helper::role::{INFRA_ARG, MONITOR_ARG, PIN_ARG};
 
 /// If this process was started in a helper role (the fallback re-execution),
 /// runs it and exits; otherwise returns so `main` carries on. Call before

@@ -340,6 +340,26 @@ async fn sandbox_lifecycle_body(
         ensure_runs_from_helper("__cri-shim-monitor", &id, 1)? == monitor,
         "the monitor did not survive the restart"
     );
+    // The pod's namespaces are pinned by bind mounts, not held by a process,
+    // and the restarted runtime still reports the sandbox Ready.
+    ensure!(
+        helper_processes("__cri-shim-infra", &sandbox_id).is_empty(),
+        "an infra process for a pod without a pod pid namespace"
+    );
+    let sandbox_state = cri
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no sandbox status")?
+        .state;
+    ensure!(
+        sandbox_state == cri::PodSandboxState::SandboxReady as i32,
+        "sandbox not ready after the restart: {sandbox_state}"
+    );
     let brief_status = status(&mut cri, &brief).await?;
     ensure!(
         brief_status.state == cri::ContainerState::ContainerExited as i32
@@ -1263,11 +1283,18 @@ async fn pid_namespaces_body(
     );
 
     let private = sandbox_config("private", &dir.join("logs"));
-    cri.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(private.clone()),
-        runtime_handler: String::new(),
-    })
-    .await?;
+    let private_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(private.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    ensure!(
+        helper_processes("__cri-shim-infra", &private_id).is_empty(),
+        "an infra process for a pod without a pod pid namespace"
+    );
     let ccc = run(&mut cri, &private, "ccc", cri::NamespaceMode::Container, "").await?;
     let dddd = run(
         &mut cri,
@@ -1290,6 +1317,41 @@ async fn pid_namespaces_body(
         seen.contains("sleep 304") && !seen.contains("sleep 303"),
         "CONTAINER: dddd sees\n{seen}"
     );
+    // Both containers are in the pod's network, IPC and UTS namespaces: the
+    // ones bind-mounted by the pin helper, not the host's.
+    let sandbox_dir = shim.root.join("sandboxes").join(&private_id);
+    let netns = Path::new("/run/netns").join(format!("cri-shim-{}", &private_id[..16]));
+    for (kind, pin) in [
+        ("net", netns),
+        ("ipc", sandbox_dir.join("ipcns")),
+        ("uts", sandbox_dir.join("utsns")),
+    ] {
+        let pinned = format!(
+            "{kind}:[{}]",
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&pin)?)
+        );
+        let host = std::fs::read_link(format!("/proc/self/ns/{kind}"))?;
+        ensure!(
+            Path::new(&pinned) != host,
+            "{} is not a pinned {kind} namespace",
+            pin.display()
+        );
+        for c in [&ccc, &dddd] {
+            let out = cri
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: c.clone(),
+                    cmd: vec!["readlink".into(), format!("/proc/self/ns/{kind}")],
+                    timeout: 5,
+                })
+                .await?
+                .into_inner();
+            let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            ensure!(
+                seen == pinned,
+                "{kind} namespace of {c}: {seen}, pinned {pinned}"
+            );
+        }
+    }
     let seen = ps(&mut cri, &eeeee).await?;
     ensure!(
         seen.contains("sleep 303") && seen.contains("sleep 305"),

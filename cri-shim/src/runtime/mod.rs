@@ -111,6 +111,14 @@ pub enum RuntimeError {
     /// The configured helper executable cannot be used.
     #[error("choosing the helper executable: {0}")]
     Helper(#[source] crate::reexec::ChildError),
+    /// The pod's namespaces could not be made and pinned.
+    #[error("pod sandbox {sandbox}: pinning the namespaces: {message}")]
+    Pin {
+        /// Sandbox id.
+        sandbox: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The infra process did not come up.
     #[error("pod sandbox {sandbox}: infra process: {message}")]
     Infra {

@@ -1,6 +1,16 @@
-//! Pod sandboxes: an infra process pinning the namespaces, a bind-mounted
-//! network namespace under `/run/netns`, CNI attachment, and the per-sandbox
-//! `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//! Pod sandboxes: the pod's namespaces pinned by bind mounts (network under
+//! `/run/netns`, IPC and UTS in the sandbox directory), CNI attachment, and
+//! the per-sandbox `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`.
+//!
+//! A short-lived pin helper creates the namespaces and bind-mounts them (the
+//! model of CRI-O's `pinns`); no process stays for them. Only a pod with a
+//! pod-level pid namespace (pid mode POD) gets an infra process, whose child
+//! is that namespace's PID 1. Sandboxes made by earlier versions, whose infra
+//! process holds every namespace, keep working: their containers join its
+//! `/proc/<pid>/ns/*`.
+//!
+//! A sandbox is Ready while its record says so, its infra process (if any)
+//! lives and every pinned namespace is still mounted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,10 +25,13 @@ use super::pidfd;
 use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
 use crate::infra::InfraSpec;
 use crate::monitor::now_ns;
-use crate::reexec::{HelperExe, INFRA_ARG};
+use crate::pin::{PINNED, PinSpec};
+use crate::reexec::{HelperExe, INFRA_ARG, PIN_ARG};
 
 /// How long an infra process may take to set up its namespaces.
 const INFRA_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the pin helper may take to create and pin the namespaces.
+const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where sandbox network namespaces are pinned (visible to `ip netns`).
 pub const NETNS_DIR: &str = "/run/netns";
@@ -52,6 +65,17 @@ pub struct SandboxRecord {
     /// PID 1 of the pod's pid namespace (pid mode POD), a child of the infra.
     #[serde(default)]
     pub(super) pid_holder: Option<i32>,
+    /// Bind-mounted IPC namespace; `None` with host IPC, and in sandboxes
+    /// whose infra process holds it (made before namespaces were pinned).
+    #[serde(default)]
+    pub(super) ipcns: Option<PathBuf>,
+    /// Bind-mounted UTS namespace; `None` with host network, and in
+    /// sandboxes whose infra process holds it.
+    #[serde(default)]
+    pub(super) utsns: Option<PathBuf>,
+    /// RunPodSandbox has not finished: found so at start, it is half-made.
+    #[serde(default)]
+    pub(super) setting_up: bool,
 }
 
 impl SandboxRecord {
@@ -142,12 +166,16 @@ impl Runtime {
             network_attached: false,
             shm: None,
             pid_holder: None,
+            ipcns: None,
+            utsns: None,
+            setting_up: true,
         };
         let span = tracing::info_span!("run_pod_sandbox", sandbox.id = %id, pod.name = %meta.name, pod.namespace = %meta.namespace, pod.uid = %meta.uid);
         async {
             match self.set_up_sandbox(&mut record).await {
                 Ok(()) => {
                     record.state = SandboxState::Ready;
+                    record.setting_up = false;
                     write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
                     self.inner
                         .sandboxes
@@ -199,27 +227,44 @@ impl Runtime {
         }
 
         let host_network = record.host_network();
-        let spec = InfraSpec {
+        let pins = PinSpec {
             id: id.clone(),
             hostname: hostname.clone(),
-            new_net: !host_network,
-            new_ipc: !record.host_ipc(),
-            new_uts: !host_network,
-            new_pid: record.shared_pid(),
+            net: (!host_network).then(|| netns_path(&id)),
+            ipc: (!record.host_ipc()).then(|| dir.join("ipcns")),
+            uts: (!host_network).then(|| dir.join("utsns")),
         };
-        let (pid, pid_holder) = spawn_infra(&self.inner.helper, &id, &spec).await?;
-        record.infra_pid = Some(pid);
-        record.pid_holder = pid_holder;
-        write_json(&dir.join("sandbox.json"), record)?;
-
-        if host_network {
-            return Ok(());
+        if pins.net.is_some() || pins.ipc.is_some() || pins.uts.is_some() {
+            if pins.net.is_some() {
+                std::fs::create_dir_all(NETNS_DIR)
+                    .map_err(RuntimeError::io("creating", Path::new(NETNS_DIR)))?;
+            }
+            // Recorded before they exist, so whatever a failure or a crash
+            // leaves is unmounted by the teardown.
+            record.netns = pins.net.clone();
+            record.ipcns = pins.ipc.clone();
+            record.utsns = pins.uts.clone();
+            write_json(&dir.join("sandbox.json"), record)?;
+            pin_namespaces(&self.inner.helper, &pins).await?;
         }
-        let netns = netns_path(&id);
-        bind_netns(pid, &netns)?;
-        record.netns = Some(netns.clone());
-        write_json(&dir.join("sandbox.json"), record)?;
+        if record.shared_pid() {
+            let spec = InfraSpec {
+                id: id.clone(),
+                hostname: hostname.clone(),
+                new_net: false,
+                new_ipc: false,
+                new_uts: false,
+                new_pid: true,
+            };
+            let (pid, pid_holder) = spawn_infra(&self.inner.helper, &id, &spec).await?;
+            record.infra_pid = Some(pid);
+            record.pid_holder = pid_holder;
+            write_json(&dir.join("sandbox.json"), record)?;
+        }
 
+        let Some(netns) = record.netns.clone() else {
+            return Ok(());
+        };
         let net = self
             .inner
             .cni
@@ -256,8 +301,8 @@ impl Runtime {
         super::network::runtime_conf(&r.id, &r.config, netns, &self.pod_cidrs())
     }
 
-    /// Releases network, infra process and netns; returns what failed and
-    /// keeps going after each failure.
+    /// Releases network, infra process and the pinned namespaces; returns
+    /// what failed and keeps going after each failure.
     async fn tear_down_sandbox(&self, record: &mut SandboxRecord) -> Vec<RuntimeError> {
         let mut errors = Vec::new();
         if record.network_attached {
@@ -294,10 +339,12 @@ impl Runtime {
                 }),
             }
         }
-        if let Some(netns) = record.netns.clone() {
-            match unmount_and_remove(&netns) {
-                Ok(()) => record.netns = None,
-                Err(e) => errors.push(e),
+        for pinned in [&mut record.netns, &mut record.ipcns, &mut record.utsns] {
+            if let Some(path) = pinned.clone() {
+                match unmount_and_remove(&path) {
+                    Ok(()) => *pinned = None,
+                    Err(e) => errors.push(e),
+                }
             }
         }
         errors
@@ -360,14 +407,19 @@ impl Runtime {
         Ok(self.sandbox_status(&entry.get()))
     }
 
-    /// The state CRI reports: Ready only while the infra process (and so the
-    /// pod's namespaces) is alive.
+    /// The state CRI reports: Ready only while the pod's namespaces exist:
+    /// its infra process (if it has one) is alive and every pinned namespace
+    /// is still mounted.
     pub(super) fn sandbox_cri_state(&self, r: &SandboxRecord) -> cri::PodSandboxState {
-        match (r.state, r.infra_pid) {
-            (SandboxState::Ready, Some(pid)) if pidfd::alive_with(pid, &r.id) => {
-                cri::PodSandboxState::SandboxReady
-            }
-            _ => cri::PodSandboxState::SandboxNotready,
+        let infra_alive = r.infra_pid.is_none_or(|pid| pidfd::alive_with(pid, &r.id));
+        let pinned = [&r.netns, &r.ipcns, &r.utsns]
+            .into_iter()
+            .flatten()
+            .all(|path| is_pinned_namespace(path));
+        if r.state == SandboxState::Ready && infra_alive && pinned {
+            cri::PodSandboxState::SandboxReady
+        } else {
+            cri::PodSandboxState::SandboxNotready
         }
     }
 
@@ -436,12 +488,24 @@ impl Runtime {
     /// Paths and settings a container of this sandbox needs.
     pub(super) fn sandbox_paths(&self, r: &SandboxRecord) -> crate::oci::SandboxPaths {
         let dir = self.sandbox_dir(&r.id);
-        let pid = r.infra_pid.unwrap_or(0);
         let host_network = r.host_network();
+        // Pinned, or held by the infra process of an older sandbox.
+        let infra_ns = |kind: &str| {
+            r.infra_pid
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/{kind}")))
+        };
         crate::oci::SandboxPaths {
             netns: r.netns.clone(),
-            ipcns: (!r.host_ipc()).then(|| PathBuf::from(format!("/proc/{pid}/ns/ipc"))),
-            utsns: (!host_network).then(|| PathBuf::from(format!("/proc/{pid}/ns/uts"))),
+            ipcns: if r.host_ipc() {
+                None
+            } else {
+                r.ipcns.clone().or_else(|| infra_ns("ipc"))
+            },
+            utsns: if host_network {
+                None
+            } else {
+                r.utsns.clone().or_else(|| infra_ns("uts"))
+            },
             hosts: Some(if host_network {
                 PathBuf::from("/etc/hosts")
             } else {
@@ -487,7 +551,11 @@ impl Runtime {
                 let _ = std::fs::remove_dir_all(dir.join(&id));
                 continue;
             };
-            if record.state == SandboxState::NotReady && record.infra_pid.is_some() {
+            // (Sandboxes of older versions have no `setting_up`; for them an
+            // infra pid in a NotReady record tells the same.)
+            if record.setting_up
+                || (record.state == SandboxState::NotReady && record.infra_pid.is_some())
+            {
                 // Crashed during RunPodSandbox: the caller never got the id.
                 tracing::warn!(sandbox.id = %id, "removing sandbox that was never completed");
                 for e in self.tear_down_sandbox(&mut record).await {
@@ -540,6 +608,25 @@ async fn spawn_infra(
     }
 }
 
+/// Runs the pin helper, which creates the namespaces `spec` asks for and
+/// bind-mounts them at the paths it names.
+async fn pin_namespaces(helper: &HelperExe, spec: &PinSpec) -> Result<(), RuntimeError> {
+    let err = |message: String| RuntimeError::Pin {
+        sandbox: spec.id.clone(),
+        message,
+    };
+    let spec_json = serde_json::to_string(spec).map_err(|e| err(e.to_string()))?;
+    let (_, report) = helper
+        .spawn("namespace pin helper", PIN_ARG, &spec_json, PIN_TIMEOUT)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    if report == PINNED {
+        Ok(())
+    } else {
+        Err(err(report.trim_start_matches("error: ").to_owned()))
+    }
+}
+
 /// Size of a pod's `/dev/shm`, as containerd's default.
 const SHM_SIZE: &str = "size=65536k";
 
@@ -587,24 +674,11 @@ fn mount_shm(path: &Path) -> Result<(), RuntimeError> {
     })
 }
 
-/// Pins the network namespace of `pid` at `path`.
-fn bind_netns(pid: i32, path: &Path) -> Result<(), RuntimeError> {
-    std::fs::create_dir_all(NETNS_DIR)
-        .map_err(RuntimeError::io("creating", Path::new(NETNS_DIR)))?;
-    std::fs::File::create(path).map_err(RuntimeError::io("creating", path))?;
-    let source = PathBuf::from(format!("/proc/{pid}/ns/net"));
-    nix::mount::mount(
-        Some(&source),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|source| RuntimeError::Mount {
-        op: "bind-mounting netns at",
-        path: path.to_owned(),
-        source,
-    })
+/// Whether `path` is a mounted namespace (nsfs), not the empty file left
+/// after an unmount.
+fn is_pinned_namespace(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 fn unmount_and_remove(path: &Path) -> Result<(), RuntimeError> {
@@ -678,6 +752,18 @@ mod tests {
         let h = hosts_file("web", &["10.88.0.5".into()]);
         assert!(h.starts_with("127.0.0.1\tlocalhost\n"));
         assert!(h.ends_with("10.88.0.5\tweb\n"));
+    }
+
+    #[test]
+    fn only_a_mounted_namespace_counts_as_pinned() {
+        // Any process's namespace files are on nsfs; a plain file (what is
+        // left after an unmount) or a missing path is not.
+        assert!(is_pinned_namespace(Path::new("/proc/self/ns/uts")));
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir.path().join("utsns");
+        std::fs::write(&left, "").unwrap();
+        assert!(!is_pinned_namespace(&left));
+        assert!(!is_pinned_namespace(&dir.path().join("missing")));
     }
 
     #[test]

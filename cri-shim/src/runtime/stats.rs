@@ -127,11 +127,10 @@ impl Runtime {
             .iter()
             .filter_map(|c| c.cpu.as_ref()?.usage_nano_cores.as_ref().map(|v| v.value))
             .reduce(|a, b| a + b);
-        // The infra process sits in the pod's network namespace.
         let interfaces: Vec<cri::NetworkInterfaceUsage> = r
-            .infra_pid
-            .filter(|_| r.netns.is_some())
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/net/dev")).ok())
+            .netns
+            .as_deref()
+            .and_then(net_dev_in)
             .map(|text| stats::parse_net_dev(&text))
             .unwrap_or_default()
             .into_iter()
@@ -172,6 +171,24 @@ impl Runtime {
             windows: None,
         }
     }
+}
+
+/// `/proc/net/dev` as seen in the network namespace pinned at `netns`: read
+/// by a short-lived thread that joins it (no process lives in a pinned
+/// namespace to read `/proc/<pid>/net/dev` of). The namespace switch ends
+/// with the thread.
+fn net_dev_in(netns: &std::path::Path) -> Option<String> {
+    let ns = std::fs::File::open(netns).ok()?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+                std::fs::read_to_string("/proc/thread-self/net/dev").ok()
+            })
+            .join()
+            .ok()
+            .flatten()
+    })
 }
 
 fn memory_usage(timestamp: i64, u: &CgroupUsage) -> cri::MemoryUsage {
