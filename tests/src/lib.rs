@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod cni_shim;
 pub mod harness;
+pub mod helper_procs;
 pub mod image;
 pub mod registry;
 pub mod upstream;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use e2e::harness::{self, CniNetwork, CriClient, CriShim, read_cri_log};
+use e2e::helper_procs::{INFRA, MONITOR, ensure_runs_from_helper, helper_processes};
 use k8s_cri::v1 as cri;
 use libtest_mimic::{Arguments, Trial};
 
@@ -105,45 +106,6 @@ async fn wait_state(
         },
     )
     .await
-}
-
-/// `(pid, /proc/<pid>/exe)` of the helper processes in `role`
-/// (`__cri-shim-monitor`, `__cri-shim-infra`) whose command line names `id`.
-fn helper_processes(role: &str, id: &str) -> Vec<(u32, std::path::PathBuf)> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|b| *b == 0)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let is_helper = args.get(1).is_some_and(|a| a == role)
-                && args.get(2).is_some_and(|spec| spec.contains(id));
-            is_helper.then(|| Some((pid, std::fs::read_link(e.path().join("exe")).ok()?)))?
-        })
-        .collect()
-}
-
-/// Fails unless `count` `role` processes name `id` and they run from the
-/// cri-shim-helper executable built next to cri-shim (not cri-shim itself);
-/// returns their pids.
-fn ensure_runs_from_helper(role: &str, id: &str, count: usize) -> anyhow::Result<Vec<u32>> {
-    let helper = harness::binary("cri-shim-helper")?.canonicalize()?;
-    let found = helper_processes(role, id);
-    ensure!(found.len() == count, "{role} processes of {id}: {found:?}");
-    for (pid, exe) in &found {
-        ensure!(
-            *exe == helper,
-            "{role} {pid} of {id} runs {} instead of {}",
-            exe.display(),
-            helper.display()
-        );
-    }
-    Ok(found.into_iter().map(|(pid, _)| pid).collect())
 }
 
 fn mounts_under(dir: &Path) -> Vec<String> {
@@ -308,7 +270,7 @@ async fn sandbox_lifecycle_body(
         "hostname not set: {text:?}"
     );
     // The container's monitor is the small helper executable.
-    let monitor = ensure_runs_from_helper("__cri-shim-monitor", &id, 1)?;
+    let monitor = ensure_runs_from_helper(MONITOR, &id, 1)?;
 
     // Survives a kill -9 of the runtime and is adopted by the next one; a
     // container that exits while the runtime is down keeps its exit code.
@@ -337,13 +299,13 @@ async fn sandbox_lifecycle_body(
     );
     ensure!(after.started_at == pid_before, "container was restarted");
     ensure!(
-        ensure_runs_from_helper("__cri-shim-monitor", &id, 1)? == monitor,
+        ensure_runs_from_helper(MONITOR, &id, 1)? == monitor,
         "the monitor did not survive the restart"
     );
     // The pod's namespaces are pinned by bind mounts, not held by a process,
     // and the restarted runtime still reports the sandbox Ready.
     ensure!(
-        helper_processes("__cri-shim-infra", &sandbox_id).is_empty(),
+        helper_processes(INFRA, &sandbox_id).is_empty(),
         "an infra process for a pod without a pod pid namespace"
     );
     let sandbox_state = cri
@@ -1264,7 +1226,7 @@ async fn pid_namespaces_body(
         .pod_sandbox_id;
     // The pod pid namespace is held by an infra process (the small helper)
     // and its forked PID 1 of that namespace.
-    ensure_runs_from_helper("__cri-shim-infra", &shared_id, 2)?;
+    ensure_runs_from_helper(INFRA, &shared_id, 2)?;
     // Names of different lengths sleep for different times, so ps tells them apart.
     let _a = run(&mut cri, &shared, "a", cri::NamespaceMode::Pod, "").await?;
     let bb = run(&mut cri, &shared, "bb", cri::NamespaceMode::Pod, "").await?;
@@ -1292,7 +1254,7 @@ async fn pid_namespaces_body(
         .into_inner()
         .pod_sandbox_id;
     ensure!(
-        helper_processes("__cri-shim-infra", &private_id).is_empty(),
+        helper_processes(INFRA, &private_id).is_empty(),
         "an infra process for a pod without a pod pid namespace"
     );
     let ccc = run(&mut cri, &private, "ccc", cri::NamespaceMode::Container, "").await?;

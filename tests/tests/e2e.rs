@@ -18,6 +18,7 @@ use e2e::harness::{
     container_status, list_containers, list_sandboxes, pod_log_path, read_cri_log, restart_count,
     running_pod,
 };
+use e2e::helper_procs::{MONITOR, ensure_runs_from_helper};
 use k8s_cri::v1::ContainerState;
 use libtest_mimic::{Arguments, Completion, Trial};
 
@@ -247,7 +248,16 @@ async fn get_index_page(node: &Node, ip: IpAddr) -> anyhow::Result<String> {
 }
 
 fn static_pod_web_embedded_runtime() -> anyhow::Result<()> {
-    on_node(RuntimeKind::Embedded, web_pod_serves_and_logs)
+    on_node(RuntimeKind::Embedded, async |node| {
+        web_pod_serves_and_logs(node).await?;
+        // The embedded runtime runs the container's monitor from the small
+        // cri-shim-helper next to the kubelet, not the kubelet re-executed.
+        let mut cri = node.cri().await?;
+        let containers = list_containers(&mut cri, Some(&node.kubelet.pod_name("web"))).await?;
+        ensure!(containers.len() == 1, "web containers: {containers:?}");
+        ensure_runs_from_helper(MONITOR, &containers[0].id, 1)?;
+        Ok(())
+    })
 }
 
 fn static_pod_web_containerd() -> anyhow::Result<()> {
