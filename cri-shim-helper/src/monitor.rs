@@ -187,6 +187,17 @@ fn run(spec: &MonitorSpec) -> i32 {
             ));
         }
     };
+    // SIGCHLD and SIGUSR1 are taken through a signalfd. Blocked only now,
+    // after `runc create`, so the container never inherits the mask, and
+    // before the report, so a ReopenContainerLog right after the create
+    // cannot kill us (SIGUSR1's default action). A SIGCHLD that came before
+    // is not lost: the first reap runs after the mask is in place.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGCHLD);
+    signals.add(Signal::SIGUSR1);
+    let signal_fd = signals.thread_block().ok().and_then(|()| {
+        SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
+    });
     report(&MonitorReport::Created { pid });
     crate::role::detach_stdio();
 
@@ -194,23 +205,22 @@ fn run(spec: &MonitorSpec) -> i32 {
         spec,
         Pid::from_raw(pid),
         [(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        signal_fd,
     );
     write_exit(&spec.exit_file, &exit);
     0
 }
 
 /// Copies the container's output into the log until the container init has
-/// exited and its output is drained; returns the exit record.
-fn watch(spec: &MonitorSpec, init: Pid, streams: [(OwnedFd, Stream); 2]) -> ExitRecord {
-    // Blocked only now, after `runc create`, so the container never inherits
-    // the mask. A SIGCHLD that came before is not lost: the first reap below
-    // runs after the mask is in place.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGCHLD);
-    signals.add(Signal::SIGUSR1);
-    let signal_fd = signals.thread_block().ok().and_then(|()| {
-        SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok()
-    });
+/// exited and its output is drained; returns the exit record. Without a
+/// signalfd (it could not be made) it polls for the exit every
+/// [`FALLBACK_TICK`] and cannot reopen the log.
+fn watch(
+    spec: &MonitorSpec,
+    init: Pid,
+    streams: [(OwnedFd, Stream); 2],
+    signal_fd: Option<SignalFd>,
+) -> ExitRecord {
     let mut log = LogWriter {
         path: spec.log_path.clone(),
         file: spec.log_path.as_deref().and_then(open_log),
