@@ -50,3 +50,100 @@ pub fn ensure_runs_from_helper(role: &str, id: &str, count: usize) -> anyhow::Re
     }
     Ok(found.into_iter().map(|(pid, _)| pid).collect())
 }
+
+/// A cri-shim server run from a hard link (or copy) of the built binary in
+/// a directory of its own, with no `cri-shim-helper` beside it: it falls
+/// back to re-executing itself for its helpers.
+#[derive(Debug)]
+pub struct LoneCriShim {
+    child: std::process::Child,
+    /// The executable the server (and so each helper) runs.
+    pub exe: PathBuf,
+    /// `unix://<dir>/cri.sock`.
+    pub endpoint: String,
+    /// The server's stderr.
+    pub log: PathBuf,
+}
+
+impl LoneCriShim {
+    /// Imports busybox into `<dir>/root` and starts the server on `net`.
+    pub fn start(dir: &std::path::Path, net: &harness::CniNetwork) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let bin_dir = dir.join("bin");
+        std::fs::create_dir_all(&bin_dir)?;
+        let exe = bin_dir.join("cri-shim");
+        let built = harness::binary("cri-shim")?;
+        if std::fs::hard_link(&built, &exe).is_err() {
+            std::fs::copy(&built, &exe).context("copying cri-shim")?;
+        }
+        let root = dir.join("root");
+        let images = harness::TestImages::get()?;
+        let status = std::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&root)
+            .arg("import")
+            .arg(images.busybox())
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        ensure!(status.success(), "cri-shim import failed");
+        let socket = dir.join("cri.sock");
+        let log = dir.join("cri-shim.log");
+        let child = std::process::Command::new(&exe)
+            .arg("--root")
+            .arg(&root)
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--cni-conf-dir")
+            .arg(&net.conf_dir)
+            .arg("--cni-bin-dir")
+            .arg("/usr/lib/cni")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?;
+        let mut shim = LoneCriShim {
+            child,
+            exe,
+            endpoint: format!("unix://{}", socket.display()),
+            log,
+        };
+        let start = std::time::Instant::now();
+        while !socket.exists() {
+            if let Some(status) = shim.child.try_wait()? {
+                anyhow::bail!(
+                    "cri-shim exited with {status}: {}",
+                    harness::tail(&shim.log, 20)
+                );
+            }
+            ensure!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "cri-shim socket did not appear"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(shim)
+    }
+
+    /// A CRI client for it.
+    pub async fn client(&self) -> anyhow::Result<harness::CriClient> {
+        harness::cri_client(&self.endpoint).await
+    }
+
+    /// Removes every sandbox (and so container) through the CRI.
+    pub async fn remove_everything(&self) -> anyhow::Result<()> {
+        let mut cri = self.client().await?;
+        for s in harness::list_sandboxes(&mut cri, None).await? {
+            cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                pod_sandbox_id: s.id,
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for LoneCriShim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

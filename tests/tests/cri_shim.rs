@@ -1,7 +1,10 @@
 //! cri-shim over its CRI socket: a sandbox with a real network namespace and
 //! CNI (reference plugins), containers run by runc, CRI-format logs, stop with
 //! SIGKILL escalation, AlreadyExists/NotFound, survival of a cri-shim restart,
-//! and nothing left behind after RemovePodSandbox.
+//! and nothing left behind after RemovePodSandbox. The helper processes run
+//! from `cri-shim-helper` (or, without one, from cri-shim re-executed), and a
+//! pod's namespaces are pinned by bind mounts, with an infra process only for
+//! a pod pid namespace.
 //!
 //! Needs root; when not root every trial is reported as ignored, by name.
 
@@ -11,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use e2e::harness::{self, CniNetwork, CriClient, CriShim, read_cri_log};
-use e2e::helper_procs::{INFRA, MONITOR, ensure_runs_from_helper, helper_processes};
+use e2e::helper_procs::{INFRA, LoneCriShim, MONITOR, ensure_runs_from_helper, helper_processes};
 use k8s_cri::v1 as cri;
 use libtest_mimic::{Arguments, Trial};
 
@@ -1335,6 +1338,91 @@ async fn pid_namespaces_body(
     Ok(())
 }
 
+/// Without a cri-shim-helper beside it, cri-shim re-executes itself for its
+/// helpers (and says so in its log); pods work the same and leave nothing.
+async fn without_helper() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("cri-shim-lone-")
+        .tempdir()?;
+    let net = CniNetwork::create_unique(dir.path())?;
+    let shim = LoneCriShim::start(dir.path(), &net)?;
+    let result = without_helper_body(&shim, dir.path()).await;
+    let cleanup = shim
+        .remove_everything()
+        .await
+        .context("cleaning up after the trial");
+    result.and(cleanup)
+}
+
+async fn without_helper_body(shim: &LoneCriShim, dir: &Path) -> anyhow::Result<()> {
+    let log = std::fs::read_to_string(&shim.log)?;
+    ensure!(
+        log.contains("no cri-shim-helper next to this executable"),
+        "no fallback warning in the log:\n{log}"
+    );
+    let mut cri = shim.client().await?;
+    let config = sandbox_config("lone", &dir.join("logs"));
+    let sandbox_id = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = cri
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.clone(),
+            config: Some(container_config("c", "echo from-lone; exec sleep 300")),
+            sandbox_config: Some(config),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(cri::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    wait_state(&mut cri, &id, cri::ContainerState::ContainerRunning).await?;
+    let monitors = helper_processes(MONITOR, &id);
+    ensure!(
+        monitors.len() == 1 && monitors[0].1 == shim.exe.canonicalize()?,
+        "monitor of {id}: {monitors:?}, want one running {}",
+        shim.exe.display()
+    );
+    let log_path = dir.join("logs/c/0.log");
+    harness::wait_until(
+        "the container's line is logged",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            Ok(read_cri_log(&log_path)?
+                .iter()
+                .any(|l| l.content == "from-lone")
+                .then_some(()))
+        },
+    )
+    .await?;
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox_id.clone(),
+    })
+    .await?;
+    // The monitor exits right after it recorded the exit StopContainer waited for.
+    harness::wait_until(
+        "the monitor exits after RemovePodSandbox",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        async || Ok(helper_processes(MONITOR, &id).is_empty().then_some(())),
+    )
+    .await?;
+    ensure!(
+        mounts_under(dir).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(dir)
+    );
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -1365,6 +1453,9 @@ fn main() {
             "cri_shim_pid_namespace_modes",
             || Box::pin(pid_namespaces()),
         ),
+        trial("cri_shim_without_helper_re_executes_itself", || {
+            Box::pin(without_helper())
+        }),
         trial("cri_shim_200_pod_cycles_leave_nothing", || {
             Box::pin(cycles_leave_nothing())
         }),
