@@ -106,6 +106,11 @@ pub struct KubeletFlags {
     /// this binary; without one, this binary re-executed].
     #[arg(long, value_name = "PATH")]
     pub cri_shim_helper_path: Option<PathBuf>,
+    /// A registry the embedded runtime may reach over plain HTTP (or HTTPS
+    /// without verifying its certificate), as `host[:port]`; repeatable.
+    /// Loopback registries always may.
+    #[arg(long = "cri-shim-insecure-registry", value_name = "HOST[:PORT]")]
+    pub cri_shim_insecure_registries: Vec<String>,
     /// Timeout of every CRI request except image pulls [default: 2m].
     #[arg(long, value_name = "DURATION")]
     pub runtime_request_timeout: Option<String>,
@@ -171,6 +176,9 @@ pub struct EmbeddedRuntimeConfig {
     /// The helper executable (`--cri-shim-helper-path`); `None`: cri-shim's
     /// default lookup next to this executable.
     pub helper_path: Option<PathBuf>,
+    /// Registries pulled from without TLS verification
+    /// (`--cri-shim-insecure-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// Everything the kubelet library needs, resolved from flags.
@@ -248,6 +256,7 @@ impl KubeletFlags {
                 cni_conf_dir: self.cni_conf_dir,
                 cni_bin_dirs: self.cni_bin_dir,
                 helper_path: self.cri_shim_helper_path,
+                insecure_registries: self.cri_shim_insecure_registries,
             }),
         };
         let pod_manifest_path = self
@@ -452,6 +461,9 @@ mod tests {
             "Node1",
             "--cni-bin-dir",
             "/a,/b",
+            "--cri-shim-insecure-registry",
+            "registry.lan:5000",
+            "--cri-shim-insecure-registry=10.0.0.7",
         ]);
         let config = flags.into_config().unwrap();
         assert_eq!(config.node_name, "node1");
@@ -469,6 +481,7 @@ mod tests {
                 cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
                 cni_bin_dirs: vec![PathBuf::from("/a"), PathBuf::from("/b")],
                 helper_path: None,
+                insecure_registries: vec!["registry.lan:5000".into(), "10.0.0.7".into()],
             })
         );
     }

@@ -182,6 +182,7 @@ fn start_embedded_runtime(
         cni_conf_dir: config.cni_conf_dir.clone(),
         cni_bin_dirs: config.cni_bin_dirs.clone(),
         helper_path: config.helper_path.clone(),
+        insecure_registries: config.insecure_registries.clone(),
         ..cri_shim::Config::default()
     };
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "starting embedded runtime");

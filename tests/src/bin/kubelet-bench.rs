@@ -3,7 +3,8 @@
 //!
 //! - static pod start latency, manifest written -> all containers running
 //!   *and* `/pods` reporting the pod Running: `--sequential` pods one at a
-//!   time (each left running) and `--concurrent` pods written at once;
+//!   time (each left running) and `--concurrent` pods written at once,
+//!   over `--rounds` rounds that alternate which path goes first;
 //!   p50/p99 next to the runtime's own RunPodSandbox + CreateContainer +
 //!   StartContainer time for the same pods (CRI calls from this process,
 //!   without the kubelet), so the difference is what the kubelet adds;
@@ -17,7 +18,7 @@
 //! would cost the measured process CPU.
 //!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
-//! [--runtime embedded|containerd|both] [--poll-ms 10]`; needs root.
+//! [--runtime embedded|containerd|both] [--poll-ms 10] [--rounds 3]`; needs root.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,11 @@ struct Args {
     /// 2-core machine reading too often slows the start being measured.
     #[arg(long, default_value_t = 10)]
     poll_ms: u64,
+    /// Rounds of the concurrent comparison. Under a saturated runtime one
+    /// round's p99 varies by a second from run to run, so rounds alternate
+    /// which path goes first and the median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Copy each kubelet's log into this directory (to see where the time went).
     #[arg(long)]
     keep_log: Option<std::path::PathBuf>,
@@ -219,6 +225,8 @@ struct Figures {
     kubelet_sequential: Vec<Duration>,
     direct_concurrent: Vec<Duration>,
     kubelet_concurrent: Vec<Duration>,
+    /// Every concurrent round: (direct, through the kubelet).
+    concurrent_rounds: Vec<(Vec<Duration>, Vec<Duration>)>,
     rss_mib: f64,
     cpu_cores: f64,
     /// CPU seconds of the kubelet process while the concurrent pods
@@ -255,21 +263,44 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
     remove_all(&node, &mut cri, &sequential).await?;
 
     let pid = node.kubelet.pid().context("the kubelet is not running")?;
-    let cpu_at_start = cpu_seconds(pid)?;
-    let direct_concurrent = direct_starts(
-        &node.kubelet.endpoint,
-        &log_dir,
-        "con",
-        args.concurrent,
-        true,
-    )
-    .await?;
-    let concurrent: Vec<String> = (0..args.concurrent).map(|i| format!("con{i}")).collect();
-    // The direct phase also stops its pods; only starts are compared.
-    let cpu_direct = cpu_seconds(pid)? - cpu_at_start;
-    let cpu_before = cpu_seconds(pid)?;
-    let kubelet_concurrent = start_static_pods(&node, &concurrent, poll).await?;
-    let cpu_kubelet = cpu_seconds(pid)? - cpu_before;
+    let rounds = args.rounds.max(1);
+    let mut concurrent_rounds = Vec::with_capacity(rounds);
+    let (mut cpu_direct, mut cpu_kubelet) = (0.0, 0.0);
+    let mut concurrent = Vec::new();
+    for round in 0..rounds {
+        // Fresh names each round: a static pod of the same name and content
+        // would wait for the previous one's worker to finish.
+        concurrent = (0..args.concurrent)
+            .map(|i| format!("con{round}x{i}"))
+            .collect();
+        let mut direct = Vec::new();
+        let mut through_kubelet = Vec::new();
+        for kubelet_first in [round % 2 == 1, round % 2 == 0] {
+            if kubelet_first {
+                let cpu_before = cpu_seconds(pid)?;
+                through_kubelet = start_static_pods(&node, &concurrent, poll).await?;
+                cpu_kubelet = cpu_seconds(pid)? - cpu_before;
+                if round + 1 < rounds {
+                    remove_all(&node, &mut cri, &concurrent).await?;
+                }
+            } else {
+                // The direct phase also stops its pods; only starts are compared.
+                let cpu_before = cpu_seconds(pid)?;
+                direct = direct_starts(
+                    &node.kubelet.endpoint,
+                    &log_dir,
+                    &format!("d{round}x"),
+                    args.concurrent,
+                    true,
+                )
+                .await?;
+                cpu_direct = cpu_seconds(pid)? - cpu_before;
+            }
+        }
+        concurrent_rounds.push((direct, through_kubelet));
+    }
+    let (direct_concurrent, kubelet_concurrent) =
+        concurrent_rounds.last().cloned().unwrap_or_default();
 
     // Idle with every pod running.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -296,6 +327,7 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
         kubelet_sequential,
         direct_concurrent,
         kubelet_concurrent,
+        concurrent_rounds,
         rss_mib: rss_kib as f64 / 1024.0,
         cpu_cores,
         start_cpu: (cpu_direct, cpu_kubelet),
@@ -373,6 +405,30 @@ fn main() -> anyhow::Result<()> {
                 k50,
                 k99,
                 k99 - d99
+            );
+        }
+    }
+    println!(
+        "\n{} pods at once, {} rounds (alternating which path goes first), ms",
+        args.concurrent, args.rounds
+    );
+    for f in &mut all {
+        let mut adds = Vec::new();
+        for (round, (direct, kubelet)) in f.concurrent_rounds.iter_mut().enumerate() {
+            let (d50, d99) = quantiles(direct);
+            let (k50, k99) = quantiles(kubelet);
+            adds.push(k99 - d99);
+            println!(
+                "{:<18} round {round}: CRI p50/p99 {d50:>7.1}/{d99:>7.1}  kubelet p50/p99 {k50:>7.1}/{k99:>7.1}  adds p99 {:>7.1}",
+                f.label,
+                k99 - d99
+            );
+        }
+        adds.sort_by(f64::total_cmp);
+        if let Some(median) = adds.get(adds.len() / 2) {
+            println!(
+                "{:<18} median round: kubelet adds {median:.1} ms p99",
+                f.label
             );
         }
     }
