@@ -1085,6 +1085,218 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
     Ok(obs)
 }
 
+/// Runs `script` with `sh -c` in container `id`; its trimmed stdout.
+async fn exec_out(cri: &mut CriClient, id: &str, script: &str) -> anyhow::Result<String> {
+    let out = cri
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Namespace modes: a pod on the node's network, PID and IPC namespaces
+/// sees the node's; a pod with a shared PID namespace lets one container
+/// see another's processes, one with a PID namespace per container does not.
+async fn namespaces_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut obs: Observations = Vec::new();
+    let mut cri = harness::cri_client(endpoint).await?;
+    let node = |what: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{what}"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    for (label, mode) in [
+        ("node namespaces", cri::NamespaceMode::Node),
+        ("pod namespaces", cri::NamespaceMode::Pod),
+        ("container pid namespaces", cri::NamespaceMode::Container),
+    ] {
+        let mut config = sandbox_config(&dir.join("logs").join(label.replace(' ', "-")));
+        config.metadata.get_or_insert_default().name = label.replace(' ', "-");
+        if mode == cri::NamespaceMode::Node {
+            // The node's UTS namespace comes with its network: no hostname
+            // of the pod's own (runc refuses one without a private UTS).
+            config.hostname = String::new();
+        }
+        let namespaces = cri::NamespaceOption {
+            network: if mode == cri::NamespaceMode::Node {
+                mode as i32
+            } else {
+                cri::NamespaceMode::Pod as i32
+            },
+            pid: mode as i32,
+            ipc: if mode == cri::NamespaceMode::Node {
+                mode as i32
+            } else {
+                cri::NamespaceMode::Pod as i32
+            },
+            ..Default::default()
+        };
+        config
+            .linux
+            .get_or_insert_default()
+            .security_context
+            .get_or_insert_default()
+            .namespace_options = Some(namespaces.clone());
+        let sandbox = cri
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let with_namespaces = |name: &str, script: &str| {
+            let mut c = container_config(name, script);
+            c.linux
+                .get_or_insert_default()
+                .security_context
+                .get_or_insert_default()
+                .namespace_options = Some(namespaces.clone());
+            c
+        };
+        let first = start(
+            &mut cri,
+            &sandbox,
+            &config,
+            with_namespaces("first", "exec sleep 301"),
+        )
+        .await?;
+        let second = start(
+            &mut cri,
+            &sandbox,
+            &config,
+            with_namespaces("second", "exec sleep 302"),
+        )
+        .await?;
+        for what in ["net", "pid", "ipc"] {
+            let inside =
+                exec_out(&mut cri, &first, &format!("readlink /proc/self/ns/{what}")).await?;
+            obs.push((
+                format!("{label}: node's {what}"),
+                (inside == node(what)).to_string(),
+            ));
+        }
+        let sees = exec_out(
+            &mut cri,
+            &second,
+            "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null | grep -c 'sleep 30[1]'",
+        )
+        .await?;
+        obs.push((
+            format!("{label}: second sees the first's sleep"),
+            (sees != "0").to_string(),
+        ));
+        let own = exec_out(
+            &mut cri,
+            &first,
+            "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null | grep -c 'sleep 30[2]'",
+        )
+        .await?;
+        obs.push((
+            format!("{label}: first sees the second's sleep"),
+            (own != "0").to_string(),
+        ));
+        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sandbox,
+        })
+        .await?;
+    }
+    Ok(obs)
+}
+
+/// ReopenContainerLog after the log file was moved away (as the kubelet's
+/// rotation does): new output goes to a new file at the log path; a stopped
+/// container cannot reopen.
+async fn reopen_log_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut obs: Observations = Vec::new();
+    let mut cri = harness::cri_client(endpoint).await?;
+    let log_dir = dir.join("logs");
+    let config = sandbox_config(&log_dir);
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = start(
+        &mut cri,
+        &sandbox,
+        &config,
+        container_config(
+            "ticker",
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+        ),
+    )
+    .await?;
+    let log = log_dir.join("ticker.log");
+    let rotated = log_dir.join("ticker.log.1");
+    harness::wait_until(
+        "the first ticks",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            Ok(harness::read_cri_log(&log)
+                .is_ok_and(|l| l.len() >= 3)
+                .then_some(()))
+        },
+    )
+    .await?;
+    std::fs::rename(&log, &rotated)?;
+    let reopened = cri
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await;
+    obs.push(("reopen: code".into(), code_of(&reopened)));
+    harness::wait_until(
+        "ticks in the new file",
+        harness::DEADLINE,
+        Duration::from_millis(50),
+        async || {
+            Ok(harness::read_cri_log(&log)
+                .is_ok_and(|l| l.len() >= 3)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let old = harness::read_cri_log(&rotated)?;
+    let new = harness::read_cri_log(&log)?;
+    let number = |line: &harness::CriLogLine| {
+        line.content
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    // No tick lost or repeated across the two files.
+    let continues = old.last().and_then(number).map(|n| n + 1) == new.first().and_then(number);
+    obs.push((
+        "the new file continues the old one".into(),
+        continues.to_string(),
+    ));
+    cri.stop_container(cri::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await?;
+    let reopened = cri
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id })
+        .await;
+    obs.push((
+        "reopen of a stopped container: refused".into(),
+        (code_of(&reopened) != "OK").to_string(),
+    ));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 async fn lifecycle_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
     scenario(endpoint, &dir.join("logs")).await
 }
@@ -1132,6 +1344,12 @@ fn main() {
             "side_by_side_oom_and_resource_updates_match_containerd",
             || block_on(matches_containerd(resources_scenario, 212)),
         ),
+        trial("side_by_side_namespace_modes_match_containerd", || {
+            block_on(matches_containerd(namespaces_scenario, 214))
+        }),
+        trial("side_by_side_log_reopen_matches_containerd", || {
+            block_on(matches_containerd(reopen_log_scenario, 216))
+        }),
     ];
     libtest_mimic::run(&args, trials).exit();
 }
