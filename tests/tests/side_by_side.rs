@@ -1297,6 +1297,122 @@ async fn reopen_log_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
     Ok(obs)
 }
 
+/// Which parts of a stats answer are filled in: "field=yes/no" pairs.
+fn container_stats_shape(stats: &cri::ContainerStats) -> String {
+    let has = |v: Option<&cri::UInt64Value>| match v {
+        Some(v) if v.value > 0 => "yes",
+        Some(_) => "zero",
+        None => "no",
+    };
+    format!(
+        "id={} name={} cpu={} memory.working_set={} memory.usage={} writable_layer.used={} writable_layer.inodes={}",
+        stats.attributes.as_ref().is_some_and(|a| !a.id.is_empty()),
+        stats
+            .attributes
+            .as_ref()
+            .and_then(|a| a.metadata.as_ref())
+            .map(|m| m.name.as_str())
+            .unwrap_or_default(),
+        has(stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())),
+        has(stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())),
+        has(stats.memory.as_ref().and_then(|m| m.usage_bytes.as_ref())),
+        stats
+            .writable_layer
+            .as_ref()
+            .map_or("no", |w| if w.used_bytes.is_some() { "yes" } else { "no" }),
+        stats
+            .writable_layer
+            .as_ref()
+            .map_or("no", |w| if w.inodes_used.is_some() { "yes" } else { "no" }),
+    )
+}
+
+/// ContainerStats and ListContainerStats of a running container that has
+/// used CPU, memory and its writable layer: which fields are filled in.
+/// Amounts are not compared: containerd 1.6 reports the writable layer as
+/// of its last periodic snapshot scan, cri-shim as of the call.
+async fn stats_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
+    let mut obs: Observations = Vec::new();
+    let mut cri = harness::cri_client(endpoint).await?;
+    let config = sandbox_config(&dir.join("logs"));
+    let sandbox = cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let busy = start(
+        &mut cri,
+        &sandbox,
+        &config,
+        container_config(
+            "busy",
+            "head -c 4194304 /dev/urandom > /tmp/written; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 300",
+        ),
+    )
+    .await?;
+    // Until the writes and the loop are done (the stats then settle).
+    harness::wait_until(
+        "the container settles",
+        harness::DEADLINE,
+        Duration::from_millis(100),
+        async || {
+            let out = exec_out(&mut cri, &busy, "cat /proc/1/comm").await?;
+            Ok((out == "sleep").then_some(()))
+        },
+    )
+    .await?;
+    let stats = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: busy.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .context("no stats")?;
+    obs.push(("ContainerStats".into(), container_stats_shape(&stats)));
+    let listed = cri
+        .list_container_stats(cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: sandbox.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    obs.push((
+        "ListContainerStats of the pod".into(),
+        listed
+            .iter()
+            .map(container_stats_shape)
+            .collect::<Vec<_>>()
+            .join("; "),
+    ));
+    let unknown = cri
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: "0000000000000000".into(),
+        })
+        .await;
+    obs.push((
+        "stats of an unknown container: code".into(),
+        code_of(&unknown),
+    ));
+    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox,
+    })
+    .await?;
+    Ok(obs)
+}
+
 async fn lifecycle_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observations> {
     scenario(endpoint, &dir.join("logs")).await
 }
@@ -1349,6 +1465,9 @@ fn main() {
         }),
         trial("side_by_side_log_reopen_matches_containerd", || {
             block_on(matches_containerd(reopen_log_scenario, 216))
+        }),
+        trial("side_by_side_container_stats_match_containerd", || {
+            block_on(matches_containerd(stats_scenario, 218))
         }),
     ];
     libtest_mimic::run(&args, trials).exit();
