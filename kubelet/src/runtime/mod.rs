@@ -209,6 +209,15 @@ pub enum RuntimeError {
         #[source]
         source: crate::cgroups::CgroupError,
     },
+    /// A blocking cgroup task panicked.
+    #[error("cgroup task of pod {pod_uid} ended abnormally")]
+    CgroupTask {
+        /// Pod UID.
+        pod_uid: String,
+        /// Join error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// A blocking volume task panicked.
     #[error("volume task of pod {pod_uid} ended abnormally")]
     VolumeTask {
@@ -1327,8 +1336,19 @@ impl<R: RuntimeService> RuntimeManager<R> {
         self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
             .await?;
         if let Some((manager, layout)) = &self.cgroups {
-            manager
-                .ensure(&layout.pod(pod), &crate::cgroups::pod_limits(pod))
+            // A dozen mkdirs and writes in cgroupfs: off the async workers,
+            // which the embedded runtime shares.
+            let (manager, path, limits) = (
+                manager.clone(),
+                layout.pod(pod),
+                crate::cgroups::pod_limits(pod),
+            );
+            tokio::task::spawn_blocking(move || manager.ensure(&path, &limits))
+                .await
+                .map_err(|source| RuntimeError::CgroupTask {
+                    pod_uid: pod_ref.uid.clone(),
+                    source,
+                })?
                 .map_err(|source| RuntimeError::PodCgroup {
                     pod_uid: pod_ref.uid.clone(),
                     source,
