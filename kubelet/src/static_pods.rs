@@ -128,6 +128,19 @@ pub enum ManifestError {
         /// The values allowed, quoted and comma-separated.
         supported: &'static str,
     },
+    /// A field a pod may not have when it is created (upstream validation's
+    /// `Forbidden`), e.g. ephemeral containers, which only the API adds.
+    #[error("{path}: pod {name:?}: {field}: Forbidden: {reason}")]
+    Forbidden {
+        /// Manifest file.
+        path: PathBuf,
+        /// Pod name from the manifest.
+        name: String,
+        /// Field path.
+        field: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A field that the Pod type does not have (a misspelling, usually).
     #[error("{path}: unknown field {field:?}")]
     UnknownField {
@@ -320,6 +333,17 @@ fn validate(path: &Path, pod: &Pod) -> Result<(), ManifestError> {
         });
     }
     let spec = pod.spec.as_ref();
+    if spec
+        .and_then(|s| s.ephemeral_containers.as_ref())
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err(ManifestError::Forbidden {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            field: "spec.ephemeralContainers".to_owned(),
+            reason: "cannot be set on create",
+        });
+    }
     let unsupported =
         |field: String, value: &str, supported: &'static str| ManifestError::UnsupportedValue {
             path: path.to_owned(),
@@ -846,6 +870,11 @@ spec:
                 "sidecar.yaml",
                 "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: i, restartPolicy: Always}]}\n",
                 "spec.containers[0].restartPolicy",
+            ),
+            (
+                "ephemeral.yaml",
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: e}\nspec: {containers: [{name: c, image: i}], ephemeralContainers: [{name: debug, image: i}]}\n",
+                "pod \"e\": spec.ephemeralContainers: Forbidden: cannot be set on create",
             ),
             (
                 "initdup.yaml",
