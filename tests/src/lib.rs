@@ -5,4 +5,5 @@ pub mod harness;
 pub mod helper_procs;
 pub mod image;
 pub mod registry;
+pub mod token_server;
 pub mod upstream;

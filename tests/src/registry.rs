@@ -39,6 +39,34 @@ pub struct RegistryOptions {
     /// PEM CA certificate (trusted by the pusher), server certificate and
     /// key: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// Bearer token auth from this token server (`auth.token`) instead of
+    /// htpasswd. The pusher has no token client: push before, with a
+    /// registry on the same dir without it.
+    pub token: Option<TokenAuth>,
+}
+
+/// The `auth.token` settings of a registry.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// Where clients get tokens.
+    pub realm: String,
+    /// The registry's service name (the tokens' audience).
+    pub service: String,
+    /// The tokens' issuer.
+    pub issuer: String,
+    /// PEM certificates the tokens' signatures must chain to.
+    pub root_bundle: PathBuf,
+}
+
+impl From<&crate::token_server::TokenServer> for TokenAuth {
+    fn from(server: &crate::token_server::TokenServer) -> Self {
+        Self {
+            realm: server.realm.clone(),
+            service: server.service.clone(),
+            issuer: server.issuer.clone(),
+            root_bundle: server.certificate.clone(),
+        }
+    }
 }
 
 impl Default for RegistryOptions {
@@ -47,6 +75,7 @@ impl Default for RegistryOptions {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             users: Vec::new(),
             tls: None,
+            token: None,
         }
     }
 }
@@ -134,6 +163,14 @@ impl Registry {
             }
             fs::write(&htpasswd, lines)?;
             config["auth"] = json!({ "htpasswd": { "realm": "registry-e2e", "path": htpasswd } });
+        }
+        if let Some(token) = &options.token {
+            config["auth"] = json!({ "token": {
+                "realm": token.realm,
+                "service": token.service,
+                "issuer": token.issuer,
+                "rootcertbundle": token.root_bundle,
+            } });
         }
         let mut http = reqwest::Client::builder();
         if let Some((ca, cert, key)) = &options.tls {

@@ -1,7 +1,8 @@
 //! Image pulls from a real registry (Debian's `docker-registry` on a free
 //! port) through the CRI socket of a real cri-shim: by tag and by digest,
 //! `RepoTags`/`RepoDigests`, a container run from the pulled image,
-//! RemoveImage, Basic auth with right and wrong credentials, one download for
+//! RemoveImage, Basic auth and Bearer tokens from a token server with right
+//! and wrong credentials, one download for
 //! concurrent pulls, zstd layers, plain HTTP only for loopback and
 //! `--insecure-registry`, HTTPS with a trusted certificate, and containerd
 //! pulling the same images reporting the same names and IDs.
@@ -18,9 +19,10 @@ use anyhow::{Context, ensure};
 use e2e::harness::{self, CniNetwork, Containerd, CriClient, CriShim, TestImages, read_cri_log};
 use e2e::image::{ImageBuilder, ImageConfig, Layer, LayerBuilder, OciImage, sha256_digest};
 use e2e::registry::{
-    ImageClient, LocalAddress, PullingCriShim, Registry, RegistryOptions, image_client,
+    ImageClient, LocalAddress, PullingCriShim, Registry, RegistryOptions, TokenAuth, image_client,
     read_layout_tar, test_certificates,
 };
+use e2e::token_server::TokenServer;
 use k8s_cri::v1 as cri;
 use libtest_mimic::{Arguments, Trial};
 use serde_json::Value;
@@ -699,6 +701,95 @@ async fn side_by_side_with_containerd() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bearer token auth against a registry that trusts a token server: the
+/// token server sees the CRI `AuthConfig` credentials and the repository
+/// scope, the registry takes its signed token; without credentials, or with
+/// wrong ones, the token server refuses and the pull fails, leaving nothing.
+async fn token_auth() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("registry-e2e-").tempdir()?;
+    let net = CniNetwork::create_unique(dir.path())?;
+    let shim = CriShim::start(dir.path(), &net)?;
+    let registry_dir = dir.path().join("registry");
+    let busybox = busybox_image()?;
+    // The pusher has no token client: push anonymously first, then serve the
+    // same storage behind token auth.
+    let pushed = {
+        let open = Registry::start(&registry_dir, RegistryOptions::default()).await?;
+        open.push(&busybox, "private/busybox", "1", false).await?
+    };
+    let tokens = TokenServer::start(
+        &dir.path().join("token"),
+        vec![("e2e".into(), "s3cret".into())],
+    )
+    .await?;
+    let registry = Registry::start(
+        &registry_dir,
+        RegistryOptions {
+            token: Some(TokenAuth::from(&tokens)),
+            ..RegistryOptions::default()
+        },
+    )
+    .await?;
+    let reference = format!("{}/private/busybox:1", registry.host);
+    let mut images = image_client(&shim.endpoint).await?;
+    remove_image(&mut images, "busybox").await?;
+
+    let err = pull(&mut images, &reference, None)
+        .await
+        .expect_err("anonymous pull behind token auth");
+    ensure!(
+        err.message().contains("401 Unauthorized"),
+        "anonymous: {err:?}"
+    );
+    let wrong = cri::AuthConfig {
+        username: "e2e".into(),
+        password: "guess".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &reference, Some(wrong))
+        .await
+        .expect_err("wrong password");
+    ensure!(
+        err.message().contains("401 Unauthorized"),
+        "wrong password: {err:?}"
+    );
+    ensure!(list_images(&mut images).await?.is_empty());
+
+    let right = cri::AuthConfig {
+        username: "e2e".into(),
+        password: "s3cret".into(),
+        ..Default::default()
+    };
+    let id = pull(&mut images, &reference, Some(right)).await?;
+    ensure!(
+        id == pushed.image_id,
+        "pulled {id}, pushed {}",
+        pushed.image_id
+    );
+    let requests = tokens.requests();
+    let granted: Vec<_> = requests.iter().filter(|r| r.granted).collect();
+    ensure!(
+        granted
+            .iter()
+            .any(|r| r.user.as_deref() == Some("e2e")
+                && r.scope == "repository:private/busybox:pull"),
+        "no token for the repository scope was issued: {requests:?}"
+    );
+    ensure!(
+        requests.iter().any(|r| !r.granted && r.user.is_none()),
+        "the anonymous attempt never reached the token server: {requests:?}"
+    );
+    // The registry served the manifest to the bearer of the token.
+    ensure!(
+        registry
+            .access_log()?
+            .iter()
+            .any(|l| l.path.contains("/private/busybox/manifests/") && l.status == 200),
+        "the registry did not serve the manifest"
+    );
+    Ok(())
+}
+
 /// A trial body: a boxed future so trials fit in one list.
 type TrialFn = fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>;
 
@@ -719,6 +810,7 @@ fn main() {
             Box::pin(pull_tag_digest_run_remove())
         }),
         trial("registry_pull_with_basic_auth", || Box::pin(basic_auth())),
+        trial("registry_pull_with_token_auth", || Box::pin(token_auth())),
         trial("registry_concurrent_pulls_download_once_and_zstd", || {
             Box::pin(concurrent_pulls_and_zstd())
         }),
