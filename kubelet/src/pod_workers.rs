@@ -110,6 +110,10 @@ struct PodWorker<R> {
     /// The observation the last sync acted on and what it made, for the
     /// sync that follows at once: it asks for the new objects only.
     made: Option<(ObservedPod, Made)>,
+    /// The runtime had nothing of this pod at the last relist before the
+    /// worker started, and only this worker makes objects for its UID: the
+    /// first sync starts from an empty observation instead of listing.
+    known_empty: bool,
 }
 
 /// The upstream waiting reason a failed action leaves its container in.
@@ -212,7 +216,9 @@ impl<R: RuntimeService> PodWorker<R> {
     }
 
     async fn sync(&mut self, intent: &WorkerIntent) -> Result<SyncOutcome, Vec<RuntimeError>> {
+        let known_empty = std::mem::take(&mut self.known_empty);
         let mut observed = match self.made.take() {
+            _ if known_empty => ObservedPod::default(),
             Some((before, made)) => {
                 match self
                     .runtime
@@ -579,12 +585,13 @@ impl<R: RuntimeService> PodWorkers<R> {
                         Err(e) => (e.id(), Some(e)),
                     };
                     if let Some(uid) = self.task_pods.remove(&id) {
-                        if let Some(panic) = panic {
+                        if let Some(panic) = &panic {
                             tracing::error!(pod.uid = uid, error = %panic, "pod worker failed");
                         }
                         self.workers.remove(&uid);
-                        // Confirmed gone (or unknown after a panic: the PLEG will tell).
-                        if let Some(pods) = self.runtime_pods.as_mut() {
+                        // Confirmed gone; after a panic unknown, so kept until
+                        // the PLEG tells (a new worker then lists first).
+                        if let (None, Some(pods)) = (&panic, self.runtime_pods.as_mut()) {
                             pods.remove(&uid);
                         }
                         self.reconcile();
@@ -658,7 +665,11 @@ impl<R: RuntimeService> PodWorkers<R> {
                     pod.name = pod.name,
                     "tearing down orphaned pod"
                 );
-                self.spawn(pod.clone(), WorkerIntent::Terminate { grace_period: None });
+                self.spawn(
+                    pod.clone(),
+                    WorkerIntent::Terminate { grace_period: None },
+                    false,
+                );
             }
         }
         for (uid, pod) in desired.iter() {
@@ -685,7 +696,8 @@ impl<R: RuntimeService> PodWorkers<R> {
                 continue;
             }
             self.reported_waiting.remove(uid);
-            self.spawn(pod_ref, WorkerIntent::Run(pod.clone()));
+            let known_empty = !runtime_pods.contains_key(uid);
+            self.spawn(pod_ref, WorkerIntent::Run(pod.clone()), known_empty);
         }
         self.reported_waiting
             .retain(|uid| desired.contains_key(uid));
@@ -711,7 +723,7 @@ impl<R: RuntimeService> PodWorkers<R> {
         });
     }
 
-    fn spawn(&mut self, pod: PodRef, intent: WorkerIntent) {
+    fn spawn(&mut self, pod: PodRef, intent: WorkerIntent, known_empty: bool) {
         let (intent_tx, intent_rx) = watch::channel(intent);
         let wake = Arc::new(Notify::new());
         let worker = PodWorker {
@@ -727,6 +739,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             clock: self.clock,
             cancel: self.cancel.child_token(),
             made: None,
+            known_empty,
         };
         let task = self.tasks.spawn(worker.run());
         self.task_pods.insert(task.id(), pod.uid.clone());
