@@ -56,59 +56,11 @@ pub enum BandwidthError {
 }
 
 /// A Kubernetes quantity's `Value()`: the amount rounded up to a whole
-/// number. Decimal (`k M G T P E`, `m u n`) and binary (`Ki` .. `Ei`)
-/// suffixes and decimal exponents (`1e6`); exact integer arithmetic.
+/// number (the kubelet's parser, so both read quantities alike).
 fn quantity_value(text: &str) -> Option<i128> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let (negative, digits) = match number.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, number.strip_prefix('+').unwrap_or(number)),
-    };
-    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if (int_part.is_empty() && frac_part.is_empty())
-        || !all_digits(int_part)
-        || !all_digits(frac_part)
-    {
-        return None;
-    }
-    let mantissa: i128 = format!("{int_part}{frac_part}").parse().ok()?;
-    let mut exp10 = -(frac_part.len() as i32);
-    let mut exp2 = 0u32;
-    match suffix {
-        "" => {}
-        "n" => exp10 -= 9,
-        "u" => exp10 -= 6,
-        "m" => exp10 -= 3,
-        "k" => exp10 += 3,
-        "M" => exp10 += 6,
-        "G" => exp10 += 9,
-        "T" => exp10 += 12,
-        "P" => exp10 += 15,
-        "E" => exp10 += 18,
-        "Ki" => exp2 = 10,
-        "Mi" => exp2 = 20,
-        "Gi" => exp2 = 30,
-        "Ti" => exp2 = 40,
-        "Pi" => exp2 = 50,
-        "Ei" => exp2 = 60,
-        exponent if exponent.starts_with(['e', 'E']) => {
-            exp10 += exponent[1..].parse::<i32>().ok()?
-        }
-        _ => return None,
-    }
-    let scaled = mantissa.checked_mul(1i128.checked_shl(exp2)?)?;
-    let value = if exp10 >= 0 {
-        scaled.checked_mul(10i128.checked_pow(exp10 as u32)?)?
-    } else {
-        let divisor = 10i128.checked_pow((-exp10) as u32)?;
-        // Rounded up, as `Value()` does.
-        (scaled + divisor - 1) / divisor
-    };
-    Some(if negative { -value } else { value })
+    volume_drivers::quantity::parse(text)
+        .ok()
+        .map(volume_drivers::quantity::Amount::value)
 }
 
 /// The `bandwidth` capability from the pod annotations, as containerd
