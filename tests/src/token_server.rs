@@ -130,19 +130,20 @@ impl Signer {
         Ok(format!("{input}.{}", b64url(&signature)))
     }
 
-    /// The user of a valid `Authorization: Basic` header value.
-    fn check(&self, authorization: Option<&str>) -> Option<String> {
-        let encoded = authorization?.strip_prefix("Basic ")?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (user, password) = text.split_once(':')?;
-        self.users
-            .iter()
-            .any(|(u, p)| u == user && p == password)
-            .then(|| user.to_owned())
+    /// Whether `credentials` are a known user's.
+    fn check(&self, credentials: Option<&(String, String)>) -> bool {
+        credentials.is_some_and(|c| self.users.contains(c))
     }
+}
+
+/// `(user, password)` of an `Authorization: Basic` header value.
+fn basic_credentials(authorization: Option<&str>) -> Option<(String, String)> {
+    let encoded = authorization?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 /// Token ids are unique within the test process.
@@ -241,9 +242,11 @@ async fn serve(
         .map(|(_, v)| v.into_owned())
         .collect::<Vec<_>>()
         .join(" ");
-    let user = signer.check(authorization.as_deref());
-    let response = match &user {
-        Some(user) => {
+    let credentials = basic_credentials(authorization.as_deref());
+    let granted = signer.check(credentials.as_ref());
+    let user = credentials.map(|(user, _)| user);
+    let response = match (&user, granted) {
+        (Some(user), true) => {
             let token = signer.token(user, &scope)?;
             let body =
                 json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
@@ -252,7 +255,7 @@ async fn serve(
                 body.len()
             )
         }
-        None => {
+        _ => {
             let body =
                 r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
             format!(
@@ -265,18 +268,9 @@ async fn serve(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(TokenRequest {
-            user: authorization
-                .as_deref()
-                .and_then(|a| a.strip_prefix("Basic "))
-                .and_then(|e| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(e.trim())
-                        .ok()
-                })
-                .and_then(|d| String::from_utf8(d).ok())
-                .and_then(|t| t.split_once(':').map(|(u, _)| u.to_owned())),
+            user,
             scope,
-            granted: user.is_some(),
+            granted,
         });
     socket.write_all(response.as_bytes()).await?;
     socket.shutdown().await?;

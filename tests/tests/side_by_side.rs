@@ -105,14 +105,7 @@ async fn scenario(endpoint: &str, log_dir: &Path) -> anyhow::Result<Observations
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(log_dir);
 
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let status = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -356,28 +349,9 @@ async fn probe_pod(
     label: &str,
 ) -> anyhow::Result<Observations> {
     let mut cri = harness::cri_client(endpoint).await?;
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     container.command = vec!["sleep".into(), "300".into()];
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.clone(),
-            config: Some(container),
-            sandbox_config: Some(config),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
+    let id = start(&mut cri, &sandbox, &config, container).await?;
     let out = cri
         .exec_sync(cri::ExecSyncRequest {
             container_id: id,
@@ -506,14 +480,7 @@ async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
     )?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let mut obs: Observations = Vec::new();
     for (name, kind) in [
         ("unconfined", ProfileType::Unconfined),
@@ -639,6 +606,21 @@ where
     Ok(())
 }
 
+/// Runs a sandbox of `config`; its id.
+async fn run_sandbox(
+    cri: &mut CriClient,
+    config: &cri::PodSandboxConfig,
+) -> anyhow::Result<String> {
+    Ok(cri
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
 /// Starts a container of `config` in `sandbox` (with `sandbox_config`).
 async fn start(
     cri: &mut CriClient,
@@ -708,15 +690,7 @@ async fn filters_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
     let (config_a, config_b) = (pod("pod-a"), pod("pod-b"));
     let mut sandboxes = Vec::new();
     for config in [&config_a, &config_b] {
-        sandboxes.push(
-            cri.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id,
-        );
+        sandboxes.push(run_sandbox(&mut cri, config).await?);
     }
     let again = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -866,14 +840,7 @@ async fn exec_and_logs_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Ob
     let mut cri = harness::cri_client(endpoint).await?;
     let log_dir = dir.join("logs");
     let config = sandbox_config(&log_dir);
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     // 20000 characters on one line, then a short one.
     let long = start(
         &mut cri,
@@ -960,14 +927,7 @@ async fn bad_input_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let mut missing_image = container_config("noimage", "true");
     missing_image.image = Some(cri::ImageSpec {
         image: "docker.io/library/not-pulled-here:v0".into(),
@@ -1000,14 +960,7 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let limited = |name: &str, script: &str, memory: i64| {
         let mut c = container_config(name, script);
         c.linux.get_or_insert_default().resources = Some(cri::LinuxContainerResources {
@@ -1044,20 +997,8 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
         /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.shares 2>/dev/null \
         || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max";
     let read_limits = async |cri: &mut CriClient| {
-        let out = cri
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: running.clone(),
-                cmd: vec!["sh".into(), "-c".into(), READ_LIMITS.into()],
-                timeout: 10,
-            })
-            .await?
-            .into_inner();
-        anyhow::Ok(
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
+        let out = exec_out(cri, &running, READ_LIMITS).await?;
+        anyhow::Ok(out.split_whitespace().collect::<Vec<_>>().join(" "))
     };
     obs.push(("limits at start".into(), read_limits(&mut cri).await?));
     let update = cri
@@ -1141,14 +1082,7 @@ async fn namespaces_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
             .security_context
             .get_or_insert_default()
             .namespace_options = Some(namespaces.clone());
-        let sandbox = cri
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let sandbox = run_sandbox(&mut cri, &config).await?;
         let with_namespaces = |name: &str, script: &str| {
             let mut c = container_config(name, script);
             c.linux
@@ -1216,14 +1150,7 @@ async fn reopen_log_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
     let mut cri = harness::cri_client(endpoint).await?;
     let log_dir = dir.join("logs");
     let config = sandbox_config(&log_dir);
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let id = start(
         &mut cri,
         &sandbox,
@@ -1341,14 +1268,7 @@ async fn stats_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observatio
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = run_sandbox(&mut cri, &config).await?;
     let busy = start(
         &mut cri,
         &sandbox,
