@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
-use crate::harness::{
-    CriClient, TestImages, binary, cri_client, list_containers, list_sandboxes, tail,
-};
+use crate::harness::{CriClient, TestImages, binary, cri_client, remove_everything_at, tail};
 
 /// A cri-shim process with a chosen CNI conf dir and bin dir.
 #[derive(Debug)]
@@ -126,18 +124,7 @@ impl CniShim {
 
     /// Removes every container and sandbox through the CRI.
     pub async fn remove_everything(&self) -> anyhow::Result<()> {
-        let mut cri = self.client().await?;
-        for c in list_containers(&mut cri, None).await? {
-            cri.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: c.id })
-                .await?;
-        }
-        for s in list_sandboxes(&mut cri, None).await? {
-            cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
-                pod_sandbox_id: s.id,
-            })
-            .await?;
-        }
-        Ok(())
+        remove_everything_at(&self.endpoint).await
     }
 }
 

@@ -2038,19 +2038,25 @@ impl CriShim {
     /// Removes every sandbox and container through the CRI, so a failed
     /// trial leaves no infra process, netns, veth or mount behind.
     pub async fn remove_everything(&self) -> anyhow::Result<()> {
-        let mut cri = self.client().await?;
-        for c in list_containers(&mut cri, None).await? {
-            cri.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: c.id })
-                .await?;
-        }
-        for s in list_sandboxes(&mut cri, None).await? {
-            cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
-                pod_sandbox_id: s.id,
-            })
-            .await?;
-        }
-        Ok(())
+        remove_everything_at(&self.endpoint).await
     }
+}
+
+/// Removes every container, then every sandbox, of the CRI runtime at
+/// `endpoint`.
+pub async fn remove_everything_at(endpoint: &str) -> anyhow::Result<()> {
+    let mut cri = cri_client(endpoint).await?;
+    for c in list_containers(&mut cri, None).await? {
+        cri.remove_container(k8s_cri::v1::RemoveContainerRequest { container_id: c.id })
+            .await?;
+    }
+    for s in list_sandboxes(&mut cri, None).await? {
+        cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+            pod_sandbox_id: s.id,
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 impl Drop for CriShim {

@@ -130,14 +130,7 @@ impl LoneCriShim {
 
     /// Removes every sandbox (and so container) through the CRI.
     pub async fn remove_everything(&self) -> anyhow::Result<()> {
-        let mut cri = self.client().await?;
-        for s in harness::list_sandboxes(&mut cri, None).await? {
-            cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
-                pod_sandbox_id: s.id,
-            })
-            .await?;
-        }
-        Ok(())
+        harness::remove_everything_at(&self.endpoint).await
     }
 }
 
