@@ -1645,6 +1645,8 @@ pub enum RuntimeKind {
     Embedded,
     /// A private containerd started for the test.
     Containerd,
+    /// A standalone cri-shim process (the kubelet's `--container-runtime-endpoint`).
+    CriShimProcess,
 }
 
 /// One test node: a kubelet, maybe a containerd, a network and a temp dir.
@@ -1653,6 +1655,11 @@ pub enum RuntimeKind {
 pub struct Node {
     /// The kubelet.
     pub kubelet: Kubelet,
+    /// The recording proxy between the kubelet and its runtime, for
+    /// [`Node::start_tapped`].
+    pub tap: Option<crate::cri_tap::CriTap>,
+    /// The standalone cri-shim, for [`RuntimeKind::CriShimProcess`].
+    pub cri_shim: Option<CriShim>,
     /// The private containerd, for [`RuntimeKind::Containerd`].
     pub containerd: Option<Containerd>,
     /// The node's pod network.
@@ -1663,23 +1670,68 @@ pub struct Node {
 impl Node {
     /// Brings up a node with a unique name and network.
     pub async fn start(runtime: RuntimeKind) -> anyhow::Result<Self> {
+        Self::start_inner(runtime, false).await
+    }
+
+    /// [`Node::start`] with a [`crate::cri_tap::CriTap`] between the kubelet
+    /// and its runtime (not for the embedded runtime, which the kubelet
+    /// reaches in-process). [`Kubelet::endpoint`] stays the runtime's own.
+    pub async fn start_tapped(runtime: RuntimeKind) -> anyhow::Result<Self> {
+        ensure!(
+            runtime != RuntimeKind::Embedded,
+            "the embedded runtime cannot be tapped"
+        );
+        Self::start_inner(runtime, true).await
+    }
+
+    async fn start_inner(runtime: RuntimeKind, tapped: bool) -> anyhow::Result<Self> {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let index = NEXT.fetch_add(1, Ordering::Relaxed);
         let node_name = format!("e2e-{}-{index}", std::process::id());
         let images = TestImages::get()?;
         let scratch = ScratchDir::new()?;
         let network = CniNetwork::create_unique(scratch.path())?;
-        let (containerd, runtime) = match runtime {
-            RuntimeKind::Embedded => (None, Runtime::Embedded),
-            RuntimeKind::Containerd => {
-                let containerd = Containerd::start(scratch.path(), &network, images).await?;
-                let endpoint = containerd.endpoint.clone();
-                (Some(containerd), Runtime::Remote(endpoint))
+        let (mut containerd, mut cri_shim) = (None, None);
+        let runtime = match runtime {
+            RuntimeKind::Embedded => Runtime::Embedded,
+            RuntimeKind::Containerd => Runtime::Remote(
+                containerd
+                    .insert(Containerd::start(scratch.path(), &network, images).await?)
+                    .endpoint
+                    .clone(),
+            ),
+            RuntimeKind::CriShimProcess => {
+                let dir = scratch.path().join("cri-shim");
+                fs::create_dir_all(&dir)?;
+                let archives = [images.busybox(), images.busybox_httpd()];
+                let shim = CriShim::start_with_images(&dir, &network, &archives)?;
+                Runtime::Remote(cri_shim.insert(shim).endpoint.clone())
             }
         };
-        let kubelet = Kubelet::start(scratch.path(), &node_name, runtime, &network, images).await?;
+        let (tap, kubelet_runtime) = match &runtime {
+            Runtime::Remote(endpoint) if tapped => {
+                let tap =
+                    crate::cri_tap::CriTap::start(&scratch.path().join("tap.sock"), endpoint)?;
+                let through = Runtime::Remote(tap.endpoint.clone());
+                (Some(tap), through)
+            }
+            _ => (None, runtime.clone()),
+        };
+        let mut kubelet = Kubelet::start(
+            scratch.path(),
+            &node_name,
+            kubelet_runtime,
+            &network,
+            images,
+        )
+        .await?;
+        if let Runtime::Remote(endpoint) = runtime {
+            kubelet.endpoint = endpoint;
+        }
         Ok(Node {
             kubelet,
+            tap,
+            cri_shim,
             containerd,
             network,
             scratch,
@@ -1763,6 +1815,13 @@ impl Node {
     /// after the teardown (so they show how the kubelet stopped).
     pub async fn shutdown_with_logs(mut self) -> (anyhow::Result<()>, String) {
         let mut problems = self.kubelet.teardown().await;
+        self.tap = None;
+        if let Some(shim) = &mut self.cri_shim {
+            if let Err(e) = shim.remove_everything().await {
+                problems.push(format!("removing what is left in cri-shim: {e:#}"));
+            }
+            shim.kill9();
+        }
         if let Some(containerd) = &mut self.containerd {
             problems.extend(containerd.stop());
         }
@@ -1954,28 +2013,47 @@ pub struct CriShim {
 impl CriShim {
     /// Imports busybox into `<dir>/root` and starts the server.
     pub fn start(dir: &Path, net: &CniNetwork) -> anyhow::Result<Self> {
-        let root = dir.join("root");
-        let images = TestImages::get()?;
-        let bin = binary("cri-shim")?;
-        let status = Command::new(&bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("import")
-            .arg(images.busybox())
-            .stdout(Stdio::null())
-            .status()?;
-        ensure!(status.success(), "cri-shim import failed");
+        Self::start_with_images(dir, net, &[TestImages::get()?.busybox()])
+    }
+
+    /// Imports the image archives `images` into `<dir>/root` and starts the server.
+    pub fn start_with_images(
+        dir: &Path,
+        net: &CniNetwork,
+        images: &[PathBuf],
+    ) -> anyhow::Result<Self> {
         let socket = dir.join("cri.sock");
         let endpoint = format!("unix://{}", socket.display());
         let mut shim = CriShim {
             child: Command::new("true").spawn()?,
-            root,
+            root: dir.join("root"),
             endpoint,
             conf_dir: net.conf_dir.clone(),
             log: dir.join("cri-shim.log"),
         };
+        for image in images {
+            shim.import(image)?;
+        }
         shim.restart()?;
         Ok(shim)
+    }
+
+    /// Imports an image archive into the root (`cri-shim import`), while
+    /// the server is stopped.
+    fn import(&self, archive: &Path) -> anyhow::Result<()> {
+        let status = Command::new(binary("cri-shim")?)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("import")
+            .arg(archive)
+            .stdout(Stdio::null())
+            .status()?;
+        ensure!(
+            status.success(),
+            "cri-shim import of {} failed",
+            archive.display()
+        );
+        Ok(())
     }
 
     /// (Re)starts the server process and waits for its socket.

@@ -1,6 +1,7 @@
 //! End-to-end test fixtures.
 pub mod bench;
 pub mod cni_shim;
+pub mod cri_tap;
 pub mod harness;
 pub mod helper_procs;
 pub mod image;

@@ -77,6 +77,10 @@ const TRIALS: &[(&str, TrialFn)] = &[
         static_pod_web_embedded_runtime,
     ),
     ("static_pod_web_containerd", static_pod_web_containerd),
+    (
+        "static_pod_web_cri_shim_process_through_tap",
+        static_pod_web_cri_shim_process_through_tap,
+    ),
     ("manifest_edit_replaces_pod", manifest_edit_replaces_pod),
     ("manifest_delete_removes_pod", manifest_delete_removes_pod),
     (
@@ -262,6 +266,50 @@ fn static_pod_web_embedded_runtime() -> anyhow::Result<()> {
 
 fn static_pod_web_containerd() -> anyhow::Result<()> {
     on_node(RuntimeKind::Containerd, web_pod_serves_and_logs)
+}
+
+/// The kubelet on a cri-shim of its own process, through the benchmarks'
+/// recording CRI proxy: the pod works as on the embedded runtime, and the
+/// proxy attributes the pod's RunPodSandbox, CreateContainer and
+/// StartContainer to it, in that order, once each.
+fn static_pod_web_cri_shim_process_through_tap() -> anyhow::Result<()> {
+    use e2e::cri_tap::TimedMethod;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    tokio.block_on(async {
+        let node = Node::start_tapped(RuntimeKind::CriShimProcess).await?;
+        let outcome = web_pod_serves_and_logs(&node).await;
+        let tap = node.tap.as_ref().context("the node has no tap")?;
+        let (timed, calls) = tap.take();
+        let pod = node.kubelet.pod_name("web");
+        let (teardown, logs) = node.shutdown_with_logs().await;
+        outcome
+            .and(teardown)
+            .map_err(|e| anyhow::anyhow!("{}\n{logs}", report(&e)))?;
+        let seen: Vec<(TimedMethod, &str)> =
+            timed.iter().map(|c| (c.method, c.pod.as_str())).collect();
+        ensure!(
+            seen == [
+                (TimedMethod::RunPodSandbox, pod.as_str()),
+                (TimedMethod::CreateContainer, pod.as_str()),
+                (TimedMethod::StartContainer, pod.as_str()),
+            ],
+            "timed calls: {seen:?}"
+        );
+        ensure!(
+            timed.windows(2).all(|w| w[0].end <= w[1].start),
+            "the calls overlap: {timed:?}"
+        );
+        ensure!(
+            calls
+                .get("/runtime.v1.RuntimeService/Version")
+                .is_some_and(|&n| n >= 1),
+            "the tap did not count the kubelet's Version call: {calls:?}"
+        );
+        Ok(())
+    })
 }
 
 /// The web pod runs, answers HTTP on its pod IP, and its log file holds the
@@ -521,7 +569,7 @@ async fn wait_for_reported(
 
 fn runtime_scheme(kind: RuntimeKind) -> &'static str {
     match kind {
-        RuntimeKind::Embedded => "cri-shim://",
+        RuntimeKind::Embedded | RuntimeKind::CriShimProcess => "cri-shim://",
         RuntimeKind::Containerd => "containerd://",
     }
 }

@@ -8,6 +8,15 @@
 //!   p50/p99 next to the runtime's own RunPodSandbox + CreateContainer +
 //!   StartContainer time for the same pods (CRI calls from this process,
 //!   without the kubelet), so the difference is what the kubelet adds;
+//! - where a runtime runs in its own process (`cri-shim` as a standalone
+//!   runtime, containerd), the kubelet reaches it through a recording proxy
+//!   (`e2e::cri_tap`), and every pod's start through the kubelet is split
+//!   within the same run: the runtime's own RunPodSandbox + CreateContainer
+//!   + StartContainer time for that pod, and the rest (what the kubelet
+//!   adds: noticing the manifest, its own work and other CRI calls, and
+//!   `/pods` showing Running). Unlike the comparison with the direct starts,
+//!   this does not depend on how fast the saturated runtime happened to be
+//!   in one round or the other;
 //! - the kubelet process's RSS and CPU with the `--concurrent` pods running,
 //!   idle, over `--idle-seconds`. On the embedded runtime the kubelet process
 //!   also holds the cri-shim server (its per-container helpers are separate
@@ -18,13 +27,16 @@
 //! would cost the measured process CPU.
 //!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
-//! [--runtime embedded|containerd|both] [--poll-ms 10] [--rounds 3]`; needs root.
+//! [--runtime embedded,cri-shim,containerd] [--poll-ms 10] [--rounds 3]`;
+//! needs root.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use clap::{Parser, ValueEnum};
 use e2e::bench::{memory_kib, percentile, start_pod, stop_pod};
+use e2e::cri_tap::{TimedCall, TimedMethod};
 use e2e::harness::{self, CriClient, Node, RuntimeKind};
 
 #[derive(Parser)]
@@ -38,9 +50,14 @@ struct Args {
     /// Idle period for the CPU figure.
     #[arg(long, default_value_t = 30)]
     idle_seconds: u64,
-    /// Which runtimes to measure.
-    #[arg(long, value_enum, default_value_t = Which::Both)]
-    runtime: Which,
+    /// Which runtimes to measure, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "embedded,cri-shim,containerd"
+    )]
+    runtime: Vec<Which>,
     /// How often `/pods` is read while pods start, in ms. Every read makes
     /// the kubelet serialise every pod, and this process parse them: on a
     /// 2-core machine reading too often slows the start being measured.
@@ -58,9 +75,12 @@ struct Args {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Which {
+    /// The kubelet's embedded cri-shim.
     Embedded,
+    /// cri-shim in its own process, behind the recording proxy.
+    CriShim,
+    /// containerd 1.6, behind the recording proxy.
     Containerd,
-    Both,
 }
 
 fn manifest(name: &str) -> String {
@@ -116,33 +136,123 @@ fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Writes the manifests of `names` at once and returns, per pod, the time
-/// until `/pods` reports it Running.
+/// One static pod's start through the kubelet.
+#[derive(Clone)]
+struct Started {
+    /// The pod's name (`<manifest name>-<node>`).
+    pod: String,
+    /// When its manifest was written.
+    written: Instant,
+    /// When `/pods` first reported it Running.
+    running: Instant,
+}
+
+impl Started {
+    fn latency(&self) -> Duration {
+        self.running - self.written
+    }
+}
+
+/// Writes the manifests of `names` at once and returns, per pod, when its
+/// manifest was written and when `/pods` first reported it Running.
 async fn start_static_pods(
     node: &Node,
     names: &[String],
     poll: Duration,
-) -> anyhow::Result<Vec<Duration>> {
+) -> anyhow::Result<Vec<Started>> {
     let t0 = Instant::now();
+    let mut pending = Vec::with_capacity(names.len());
     for name in names {
         node.kubelet
             .write_manifest(&format!("{name}.yaml"), &manifest(name))?;
+        pending.push((node.kubelet.pod_name(name), Instant::now()));
     }
-    let mut pending: Vec<String> = names.iter().map(|n| node.kubelet.pod_name(n)).collect();
-    let mut samples = Vec::with_capacity(names.len());
+    let mut started = Vec::with_capacity(names.len());
     while !pending.is_empty() {
         ensure!(
             t0.elapsed() < Duration::from_secs(300),
             "pods did not start: {pending:?}"
         );
         let running = running_pods(node)?;
-        let before = pending.len();
-        pending.retain(|p| !running.contains(p));
-        let elapsed = t0.elapsed();
-        samples.extend(std::iter::repeat_n(elapsed, before - pending.len()));
+        let now = Instant::now();
+        pending.retain(|(pod, written)| {
+            if !running.contains(pod) {
+                return true;
+            }
+            started.push(Started {
+                pod: pod.clone(),
+                written: *written,
+                running: now,
+            });
+            false
+        });
         tokio::time::sleep(poll).await;
     }
-    Ok(samples)
+    Ok(started)
+}
+
+/// Per pod through the kubelet, in ms, from the recording proxy's timings.
+#[derive(Default)]
+struct Breakdown {
+    /// Manifest written -> `/pods` Running.
+    total: Vec<f64>,
+    /// The runtime's RunPodSandbox + CreateContainer + StartContainer.
+    runtime: Vec<f64>,
+    /// `total - runtime`.
+    adds: Vec<f64>,
+    /// Manifest written -> RunPodSandbox sent.
+    before_sandbox: Vec<f64>,
+    /// StartContainer answered -> `/pods` Running.
+    after_start: Vec<f64>,
+    /// CRI calls per pod start, by method (the whole phase's calls).
+    calls_per_pod: Vec<(String, f64)>,
+}
+
+fn breakdown(
+    started: &[Started],
+    timed: &[TimedCall],
+    calls: &HashMap<String, usize>,
+) -> anyhow::Result<Breakdown> {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut by_pod: HashMap<&str, Vec<&TimedCall>> = HashMap::new();
+    for call in timed {
+        by_pod.entry(call.pod.as_str()).or_default().push(call);
+    }
+    let mut out = Breakdown::default();
+    for pod in started {
+        let calls = by_pod
+            .get(pod.pod.as_str())
+            .with_context(|| format!("the proxy saw no start of {}", pod.pod))?;
+        let first = |method| {
+            calls
+                .iter()
+                .find(|c| c.method == method)
+                .with_context(|| format!("the proxy saw no {method:?} of {}", pod.pod))
+        };
+        let (sandbox, start) = (
+            first(TimedMethod::RunPodSandbox)?,
+            first(TimedMethod::StartContainer)?,
+        );
+        let total = ms(pod.latency());
+        let runtime: f64 = calls.iter().map(|c| ms(c.end - c.start)).sum();
+        out.total.push(total);
+        out.runtime.push(runtime);
+        out.adds.push(total - runtime);
+        out.before_sandbox
+            .push(ms(sandbox.start.saturating_duration_since(pod.written)));
+        out.after_start
+            .push(ms(pod.running.saturating_duration_since(start.end)));
+    }
+    let mut per_method: Vec<(String, f64)> = calls
+        .iter()
+        .map(|(path, n)| {
+            let method = path.rsplit('/').next().unwrap_or(path).to_owned();
+            (method, *n as f64 / started.len().max(1) as f64)
+        })
+        .collect();
+    per_method.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.calls_per_pod = per_method;
+    Ok(out)
 }
 
 async fn remove_all(node: &Node, cri: &mut CriClient, names: &[String]) -> anyhow::Result<()> {
@@ -232,34 +342,61 @@ struct Figures {
     /// CPU seconds of the kubelet process while the concurrent pods
     /// started: (direct CRI starts and stops, through the kubelet).
     start_cpu: (f64, f64),
+    /// Per-pod splits of the kubelet phases (runtime behind the proxy).
+    breakdowns: Vec<(String, Breakdown)>,
 }
 
-async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow::Result<Figures> {
-    let node = Node::start(kind).await.context("starting the test node")?;
+fn latencies(started: &[Started]) -> Vec<Duration> {
+    started.iter().map(Started::latency).collect()
+}
+
+/// The proxy's timings since the last call, split per pod of `started`
+/// (`None` without a proxy).
+fn split(node: &Node, started: &[Started]) -> anyhow::Result<Option<Breakdown>> {
+    let Some(tap) = &node.tap else {
+        return Ok(None);
+    };
+    let (timed, calls) = tap.take();
+    breakdown(started, &timed, &calls).map(Some)
+}
+
+async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Result<Figures> {
+    let node = match kind {
+        Which::Embedded => Node::start(RuntimeKind::Embedded).await,
+        Which::CriShim => Node::start_tapped(RuntimeKind::CriShimProcess).await,
+        Which::Containerd => Node::start_tapped(RuntimeKind::Containerd).await,
+    }
+    .context("starting the test node")?;
+    // The direct starts go through the proxy too, where there is one, so
+    // both paths pay its hop.
+    let endpoint = node
+        .tap
+        .as_ref()
+        .map_or(node.kubelet.endpoint.clone(), |t| t.endpoint.clone());
+    let endpoint = endpoint.as_str();
     let mut cri = harness::cri_client(&node.kubelet.endpoint).await?;
     let log_dir = node.kubelet.root_dir.join("bench-logs");
     let poll = Duration::from_millis(args.poll_ms);
+    let mut breakdowns = Vec::new();
 
     // Warm-up through both paths.
-    direct_starts(&node.kubelet.endpoint, &log_dir, "warm", 1, false).await?;
+    direct_starts(endpoint, &log_dir, "warm", 1, false).await?;
     let warm = vec!["warm".to_owned()];
     start_static_pods(&node, &warm, poll).await?;
     remove_all(&node, &mut cri, &warm).await?;
 
-    let direct_sequential = direct_starts(
-        &node.kubelet.endpoint,
-        &log_dir,
-        "seq",
-        args.sequential,
-        false,
-    )
-    .await?;
-    let mut kubelet_sequential = Vec::with_capacity(args.sequential);
+    let direct_sequential =
+        direct_starts(endpoint, &log_dir, "seq", args.sequential, false).await?;
+    let mut started = Vec::with_capacity(args.sequential);
     let sequential: Vec<String> = (0..args.sequential).map(|i| format!("seq{i}")).collect();
+    split(&node, &[])?;
     for name in &sequential {
-        kubelet_sequential
-            .extend(start_static_pods(&node, std::slice::from_ref(name), poll).await?);
+        started.extend(start_static_pods(&node, std::slice::from_ref(name), poll).await?);
     }
+    if let Some(split) = split(&node, &started)? {
+        breakdowns.push((format!("sequential ({})", args.sequential), split));
+    }
+    let kubelet_sequential = latencies(&started);
     remove_all(&node, &mut cri, &sequential).await?;
 
     let pid = node.kubelet.pid().context("the kubelet is not running")?;
@@ -277,9 +414,14 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
         let mut through_kubelet = Vec::new();
         for kubelet_first in [round % 2 == 1, round % 2 == 0] {
             if kubelet_first {
+                split(&node, &[])?;
                 let cpu_before = cpu_seconds(pid)?;
-                through_kubelet = start_static_pods(&node, &concurrent, poll).await?;
+                let started = start_static_pods(&node, &concurrent, poll).await?;
                 cpu_kubelet = cpu_seconds(pid)? - cpu_before;
+                if let Some(split) = split(&node, &started)? {
+                    breakdowns.push((format!("{} at once, round {round}", args.concurrent), split));
+                }
+                through_kubelet = latencies(&started);
                 if round + 1 < rounds {
                     remove_all(&node, &mut cri, &concurrent).await?;
                 }
@@ -287,7 +429,7 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
                 // The direct phase also stops its pods; only starts are compared.
                 let cpu_before = cpu_seconds(pid)?;
                 direct = direct_starts(
-                    &node.kubelet.endpoint,
+                    endpoint,
                     &log_dir,
                     &format!("d{round}x"),
                     args.concurrent,
@@ -331,7 +473,17 @@ async fn measure(kind: RuntimeKind, label: &'static str, args: &Args) -> anyhow:
         rss_mib: rss_kib as f64 / 1024.0,
         cpu_cores,
         start_cpu: (cpu_direct, cpu_kubelet),
+        breakdowns,
     })
+}
+
+/// The `p` quantile of sorted values, nearest rank (NaN if empty).
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
 }
 
 fn quantiles(samples: &mut [Duration]) -> (f64, f64) {
@@ -346,14 +498,15 @@ fn main() -> anyhow::Result<()> {
         harness::is_root(),
         "kubelet-bench needs root (runc, network namespaces, CNI)"
     );
-    let kinds: &[(RuntimeKind, &str)] = match args.runtime {
-        Which::Embedded => &[(RuntimeKind::Embedded, "embedded cri-shim")],
-        Which::Containerd => &[(RuntimeKind::Containerd, "containerd 1.6")],
-        Which::Both => &[
-            (RuntimeKind::Embedded, "embedded cri-shim"),
-            (RuntimeKind::Containerd, "containerd 1.6"),
-        ],
-    };
+    let kinds: Vec<(Which, &str)> = args
+        .runtime
+        .iter()
+        .map(|&kind| match kind {
+            Which::Embedded => (kind, "embedded cri-shim"),
+            Which::CriShim => (kind, "cri-shim process"),
+            Which::Containerd => (kind, "containerd 1.6"),
+        })
+        .collect();
     if std::env::var_os(harness::KUBELET_VERBOSITY_ENV).is_none() {
         // SAFETY: no other thread runs yet (the tokio runtime is made
         // below), so nothing reads the environment concurrently.
@@ -362,7 +515,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let mut all = Vec::new();
     for (kind, label) in kinds {
-        all.push(rt.block_on(measure(*kind, label, &args))?);
+        all.push(rt.block_on(measure(kind, label, &args))?);
     }
     println!(
         "pod start: CRI calls alone vs static pod through the kubelet (manifest -> /pods Running), ms"
@@ -429,6 +582,47 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "{:<18} median round: kubelet adds {median:.1} ms p99",
                 f.label
+            );
+        }
+    }
+    println!("\nper pod through the kubelet, runtime behind the recording proxy: p50/p99 ms");
+    println!(
+        "{:<18} {:<24} {:>15} {:>15} {:>15} {:>15} {:>15}",
+        "runtime",
+        "",
+        "manifest->Running",
+        "runtime's 3 calls",
+        "kubelet adds",
+        "->RunPodSandbox",
+        "Started->/pods"
+    );
+    for f in &mut all {
+        for (phase, b) in &mut f.breakdowns {
+            let cells: Vec<String> = [
+                &mut b.total,
+                &mut b.runtime,
+                &mut b.adds,
+                &mut b.before_sandbox,
+                &mut b.after_start,
+            ]
+            .into_iter()
+            .map(|v| {
+                v.sort_by(f64::total_cmp);
+                format!("{:>7.1}/{:<7.1}", pct(v, 0.5), pct(v, 0.99))
+            })
+            .collect();
+            println!("{:<18} {:<24} {}", f.label, phase, cells.join(" "));
+        }
+        if let Some((phase, b)) = f.breakdowns.last() {
+            let calls: Vec<String> = b
+                .calls_per_pod
+                .iter()
+                .map(|(method, n)| format!("{method} {n:.1}"))
+                .collect();
+            println!(
+                "{:<18} CRI calls per pod ({phase}): {}",
+                f.label,
+                calls.join(", ")
             );
         }
     }
