@@ -11,8 +11,8 @@
 //! - where a runtime runs in its own process (`cri-shim` as a standalone
 //!   runtime, containerd), the kubelet reaches it through a recording proxy
 //!   (`e2e::cri_tap`), and every pod's start through the kubelet is split
-//!   within the same run: the runtime's own RunPodSandbox + CreateContainer
-//!   + StartContainer time for that pod, and the rest (what the kubelet
+//!   within the same run: the runtime's own time for that pod's
+//!   RunPodSandbox, CreateContainer and StartContainer, and the rest (what the kubelet
 //!   adds: noticing the manifest, its own work and other CRI calls, and
 //!   `/pods` showing Running). Unlike the comparison with the direct starts,
 //!   this does not depend on how fast the saturated runtime happened to be
