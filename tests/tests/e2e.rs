@@ -47,6 +47,7 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
         "environment_and_resources_from_the_pod",
         environment_and_resources_from_the_pod,
     ),
+    ("hosts_file_and_host_aliases", hosts_file_and_host_aliases),
     (
         "probes_drive_readiness_and_restarts",
         probes_drive_readiness_and_restarts,
@@ -546,6 +547,129 @@ async fn wait_for_log_lines(
     })
     .await
     .with_context(|| format!("want lines {want:?} in {}", log.display()))
+}
+
+/// The lines the container printed before a `---` line, once it has.
+async fn log_lines_before_marker(
+    node: &Node,
+    what: &str,
+    log: &std::path::Path,
+) -> anyhow::Result<Vec<String>> {
+    node.wait_until(what, async || {
+        let lines: Vec<String> = match read_cri_log(log) {
+            Ok(lines) => lines.into_iter().map(|l| l.content).collect(),
+            Err(_) => return Ok(None),
+        };
+        Ok(lines
+            .iter()
+            .position(|l| l == "---")
+            .map(|end| lines[..end].to_vec()))
+    })
+    .await
+}
+
+/// The kubelet writes each pod's `/etc/hosts` as upstream does and mounts
+/// it into the containers: the managed file with the pod's IP and hostname
+/// and the `hostAliases` for a pod on the pod network; the node's file
+/// under the host-network header, with the aliases, for a host-network pod,
+/// whose `status.podIP` is the node's IP.
+fn hosts_file_and_host_aliases(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let aliases = "hostAliases:\n    - {ip: 127.0.0.1, hostnames: [foo.local, bar.local]}\n    - {ip: 10.1.2.3, hostnames: [foo.remote]}";
+        let pod_manifest = |name: &str, extra: &str| {
+            format!(
+                r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  {extra}
+  {aliases}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "cat /etc/hosts; echo ---; echo MY_POD_IP=$MY_POD_IP; sleep 3600"]
+      env:
+        - {{name: MY_POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+"#
+            )
+        };
+        node.kubelet
+            .write_manifest("named.yaml", &pod_manifest("named", "hostname: db-0"))?;
+        node.kubelet.write_manifest(
+            "hostnet.yaml",
+            &pod_manifest("hostnet", "hostNetwork: true"),
+        )?;
+        let alias_lines = [
+            "",
+            "# Entries added by HostAliases.",
+            "127.0.0.1\tfoo.local\tbar.local",
+            "10.1.2.3\tfoo.remote",
+        ];
+
+        let named = wait_for_reported(node, "named", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let pod_ip = text(&named, &["status", "podIP"]).to_owned();
+        let uid = text(&named, &["metadata", "uid"]);
+        let log = pod_log_path("default", &node.kubelet.pod_name("named"), uid, "main", 0);
+        let seen = log_lines_before_marker(node, "named printed /etc/hosts", &log).await?;
+        let mut want: Vec<String> = [
+            "# Kubernetes-managed hosts file.",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            "fe00::0\tip6-localnet",
+            "fe00::0\tip6-mcastprefix",
+            "fe00::1\tip6-allnodes",
+            "fe00::2\tip6-allrouters",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        want.push(format!("{pod_ip}\tdb-0"));
+        want.extend(alias_lines.map(str::to_owned));
+        ensure!(
+            seen == want,
+            "named's /etc/hosts: {seen:#?}, want {want:#?}"
+        );
+        let hosts_file = node.kubelet.root_dir.join(format!("pods/{uid}/etc-hosts"));
+        ensure!(
+            hosts_file.is_file(),
+            "no hosts file at {}",
+            hosts_file.display()
+        );
+
+        let hostnet = wait_for_reported(node, "hostnet", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let host_ip = text(&hostnet, &["status", "hostIP"]).to_owned();
+        ensure!(
+            text(&hostnet, &["status", "podIP"]) == host_ip,
+            "a host-network pod's IP is the node's: {}",
+            hostnet["status"]
+        );
+        let uid = text(&hostnet, &["metadata", "uid"]);
+        let log = pod_log_path("default", &node.kubelet.pod_name("hostnet"), uid, "main", 0);
+        let seen = log_lines_before_marker(node, "hostnet printed /etc/hosts", &log).await?;
+        let node_hosts = std::fs::read_to_string("/etc/hosts")?;
+        let mut want = vec!["# Kubernetes-managed hosts file (host network).".to_owned()];
+        want.extend(node_hosts.lines().map(str::to_owned));
+        want.extend(alias_lines.map(str::to_owned));
+        ensure!(
+            seen == want,
+            "hostnet's /etc/hosts: {seen:#?}, want {want:#?}"
+        );
+        wait_for_log_lines(
+            node,
+            "hostnet printed its pod IP",
+            &log,
+            &[format!("MY_POD_IP={host_ip}")],
+        )
+        .await
+    })
 }
 
 /// Waits until `/pods` reports static pod `name` in a state `accept` likes.

@@ -8,9 +8,11 @@
 
 pub mod container;
 pub mod cri;
+pub mod etc_hosts;
 pub mod sandbox;
 
 use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -188,6 +190,17 @@ pub enum RuntimeError {
         /// Everything that failed.
         #[source]
         source: volume_drivers::TeardownError,
+    },
+    /// The pod's hosts file could not be written.
+    #[error("writing the hosts file {path} of pod {pod_uid}")]
+    EtcHosts {
+        /// Pod UID.
+        pod_uid: String,
+        /// File.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
     },
     /// The termination message file could not be made.
     #[error("creating the termination message file {path} of pod {pod_uid}")]
@@ -677,6 +690,58 @@ impl<R: RuntimeService> RuntimeManager<R> {
         }))
     }
 
+    /// Writes `<pod dir>/etc-hosts` and returns its mount at `/etc/hosts`
+    /// for `container` (see [`etc_hosts`]); `None` without a volume manager
+    /// (no pod directory), without pod IPs, or when the container mounts a
+    /// volume there. Rewritten at every container start, as upstream.
+    async fn etc_hosts_mount(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        pod_ips: &[String],
+    ) -> Result<Option<cri_api::Mount>, RuntimeError> {
+        let Some(manager) = self.volumes.as_ref() else {
+            return Ok(None);
+        };
+        if !etc_hosts::is_mounted(container, pod_ips) {
+            return Ok(None);
+        }
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let dir = manager.dirs().pod_dir(uid);
+        let path = dir.join(etc_hosts::FILE_NAME);
+        let io_error = |source| RuntimeError::EtcHosts {
+            pod_uid: uid.to_owned(),
+            path: path.clone(),
+            source,
+        };
+        let node_hosts = match sandbox::host_network(pod) {
+            true => Some(
+                tokio::fs::read_to_string(etc_hosts::CONTAINER_PATH)
+                    .await
+                    .map_err(io_error)?,
+            ),
+            false => None,
+        };
+        let text = etc_hosts::content(
+            pod,
+            &sandbox::pod_hostname(pod),
+            etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
+            pod_ips,
+            node_hosts.as_deref(),
+        );
+        tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
+        tokio::fs::write(&path, text).await.map_err(io_error)?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .await
+            .map_err(io_error)?;
+        Ok(Some(cri_api::Mount {
+            container_path: etc_hosts::CONTAINER_PATH.to_owned(),
+            host_path: path.display().to_string(),
+            selinux_relabel: true,
+            ..Default::default()
+        }))
+    }
+
     /// Replaces the message of exited containers with their termination
     /// message: the file at `terminationMessagePath` (at most 4096 bytes),
     /// or with `FallbackToLogsOnError` after a failure, the last 80 lines of
@@ -1016,7 +1081,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     })
                                     .collect();
                                 let set_up_volumes = !starting.is_empty() && pod_volumes.is_none();
-                                let need_ips = starting.iter().any(|c| container::needs_pod_ips(c));
+                                // Every container gets the pod's hosts file
+                                // naming its IPs (with a pod directory).
+                                let need_ips = !sandbox::host_network(pod)
+                                    && (self.volumes.is_some()
+                                        || starting.iter().any(|c| container::needs_pod_ips(c)));
                                 let (sandbox, pulled, volumes) = tokio::join!(
                                     self.run_pod_sandbox(pod, *attempt, &config, need_ips),
                                     // One after the other, in container
@@ -1469,8 +1538,14 @@ impl<R: RuntimeService> RuntimeManager<R> {
             Some(checked) => checked?,
             None => self.ensure_image(uid, container, sandbox_config).await?,
         }
+        // A host-network pod's IPs are the node's (upstream sets them so
+        // in the pod status, and starts containers with them).
+        let pod_ips = match sandbox::host_network(pod) {
+            true => self.node.host_ips.clone(),
+            false => sandbox.pod_ips.clone(),
+        };
         let context = container::EnvContext {
-            pod_ips: sandbox.pod_ips.clone(),
+            pod_ips,
             ..self.node.clone()
         };
         let mut config = container::container_config(pod, container, restart_count, &context)
@@ -1490,6 +1565,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     .await?;
                 if let Some(mount) = self
                     .termination_log_mount(uid, container, restart_count)
+                    .await?
+                {
+                    config.mounts.push(mount);
+                }
+                if let Some(mount) = self
+                    .etc_hosts_mount(pod, container, &context.pod_ips)
                     .await?
                 {
                     config.mounts.push(mount);

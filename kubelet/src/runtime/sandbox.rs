@@ -81,7 +81,8 @@ pub fn namespace_options(pod: &Pod) -> cri::NamespaceOption {
     }
 }
 
-fn host_network(pod: &Pod) -> bool {
+/// Whether the pod uses the node's network namespace.
+pub fn host_network(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.host_network)
