@@ -330,6 +330,7 @@ async fn run_with_runtime(
             node_allocatable.memory_bytes as f64,
         )
         .with_volumes(Arc::new(volume_manager(config, node_allocatable)))
+        .with_seccomp_root(config.root_dir.join("seccomp"))
         .with_cgroups_from(config, &node_allocatable)?
         .with_cluster_dns(runtime::sandbox::ClusterDns {
             servers: config.cluster_dns.iter().map(ToString::to_string).collect(),

@@ -49,6 +49,10 @@ const ON_BOTH_RUNTIMES: &[(&str, ScenarioFn)] = &[
     ),
     ("hosts_file_and_host_aliases", hosts_file_and_host_aliases),
     (
+        "security_context_reaches_the_container",
+        security_context_reaches_the_container,
+    ),
+    (
         "probes_drive_readiness_and_restarts",
         probes_drive_readiness_and_restarts,
     ),
@@ -1053,6 +1057,93 @@ spec:
         ensure!(
             message.contains("env[PASSWORD].valueFrom.secretKeyRef"),
             "message does not name the field: {message}"
+        );
+        Ok(())
+    })
+}
+
+/// The pod's and container's securityContext reach the process: user,
+/// group, supplemental groups with the fsGroup, a RuntimeDefault seccomp
+/// filter; `runAsNonRoot` with an image that runs as root is refused with
+/// upstream's CreateContainerConfigError message.
+fn security_context_reaches_the_container(kind: RuntimeKind) -> anyhow::Result<()> {
+    on_node(kind, async |node| {
+        let secure = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: secure
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+    supplementalGroups: [4000]
+    runAsNonRoot: true
+    seccompProfile: {{type: RuntimeDefault}}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sh", "-c", "grep -E '^(Uid|Gid|Groups|Seccomp):' /proc/self/status; echo ---; sleep 3600"]
+"#
+        );
+        node.kubelet.write_manifest("secure.yaml", &secure)?;
+        let rooted = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: rooted
+spec:
+  terminationGracePeriodSeconds: {GRACE_SECONDS}
+  containers:
+    - name: main
+      image: {BUSYBOX_IMAGE}
+      imagePullPolicy: IfNotPresent
+      command: ["sleep", "3600"]
+      securityContext: {{runAsNonRoot: true}}
+"#
+        );
+        node.kubelet.write_manifest("rooted.yaml", &rooted)?;
+
+        let pod = wait_for_reported(node, "secure", "Running", |p| {
+            text(p, &["status", "phase"]) == "Running"
+        })
+        .await?;
+        let uid = text(&pod, &["metadata", "uid"]);
+        let log = pod_log_path("default", &node.kubelet.pod_name("secure"), uid, "main", 0);
+        let lines = log_lines_before_marker(node, "secure printed its ids", &log).await?;
+        let field = |name: &str| -> Vec<String> {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        ensure!(field("Uid:") == ["1000"; 4], "uids: {lines:?}");
+        ensure!(field("Gid:") == ["3000"; 4], "gids: {lines:?}");
+        let groups = field("Groups:");
+        ensure!(
+            ["2000", "4000"]
+                .iter()
+                .all(|g| groups.iter().any(|x| x == g)),
+            "supplemental groups (with the fsGroup): {lines:?}"
+        );
+        ensure!(field("Seccomp:") == ["2"], "a seccomp filter: {lines:?}");
+
+        let rooted = wait_for_reported(node, "rooted", "CreateContainerConfigError", |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+        .await?;
+        let message = text(
+            &rooted["status"]["containerStatuses"][0],
+            &["state", "waiting", "message"],
+        );
+        ensure!(
+            message.starts_with("container has runAsNonRoot and image will run as root (pod: "),
+            "message: {message}"
         );
         Ok(())
     })

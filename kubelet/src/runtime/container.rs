@@ -5,6 +5,7 @@
 //! volumes); a spec that cannot be honoured is a [`ContainerConfigError`].
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -61,6 +62,23 @@ pub enum ContainerConfigError {
         /// The resource as given.
         resource: String,
     },
+    /// A `Localhost` seccomp profile without `localhostProfile`.
+    #[error("{field}: localhostProfile must be set if seccomp profile type is Localhost")]
+    SeccompLocalhostProfile {
+        /// `spec.securityContext.seccompProfile` or the container's.
+        field: &'static str,
+    },
+    /// An unknown seccomp profile type.
+    #[error("{field}: unsupported seccomp profile type {value:?}")]
+    SeccompProfileType {
+        /// `spec.securityContext.seccompProfile.type` or the container's.
+        field: &'static str,
+        /// The type as given.
+        value: String,
+    },
+    /// `runAsNonRoot` cannot hold (upstream `verifyRunAsNonRoot`'s texts).
+    #[error("{0}")]
+    RunAsNonRoot(String),
     /// A ConfigMap or Secret is referenced, which this pod cannot use (static
     /// pods may not reference API objects; API mode resolves them).
     #[error("{field}: {kind} {object:?} cannot be referenced: static pods may not use API objects")]
@@ -314,10 +332,164 @@ fn environment(
     Ok(envs)
 }
 
+/// The CRI seccomp profile of a container (upstream `getSeccompProfile`):
+/// the container's `seccompProfile`, else the pod's, else `Unconfined`;
+/// a `Localhost` profile is a file under `root` (`<root-dir>/seccomp`).
+/// For the sandbox, pass no container profile.
+pub fn seccomp_profile(
+    pod: &Pod,
+    container: Option<&Container>,
+    root: &Path,
+) -> Result<cri::SecurityProfile, ContainerConfigError> {
+    use cri::security_profile::ProfileType;
+    let from_container = container
+        .and_then(|c| c.security_context.as_ref())
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| (p, "securityContext.seccompProfile"));
+    let from_pod = || {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .map(|p| (p, "spec.securityContext.seccompProfile"))
+    };
+    let Some((profile, field)) = from_container.or_else(from_pod) else {
+        return Ok(cri::SecurityProfile {
+            profile_type: ProfileType::Unconfined as i32,
+            localhost_ref: String::new(),
+        });
+    };
+    let profile_type = match profile.type_.as_str() {
+        "Unconfined" => ProfileType::Unconfined,
+        "RuntimeDefault" => ProfileType::RuntimeDefault,
+        "Localhost" => ProfileType::Localhost,
+        other => {
+            return Err(ContainerConfigError::SeccompProfileType {
+                field,
+                value: other.to_owned(),
+            });
+        }
+    };
+    let localhost_ref = match profile_type {
+        ProfileType::Localhost => match profile.localhost_profile.as_deref() {
+            Some(name) if !name.is_empty() => root.join(name).display().to_string(),
+            _ => return Err(ContainerConfigError::SeccompLocalhostProfile { field }),
+        },
+        _ => String::new(),
+    };
+    Ok(cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref,
+    })
+}
+
+/// Upstream `verifyRunAsNonRoot`: with an effective `runAsNonRoot: true`,
+/// the container must not run as uid 0, by its `runAsUser` or else the
+/// image's user: its uid, or a non-numeric user name that cannot be
+/// checked; an image with neither (or none found) counts as root, as
+/// upstream's `getImageUser` has it. The image matters only when
+/// [`needs_image_user`].
+pub fn verify_run_as_non_root(
+    pod: &Pod,
+    container: &Container,
+    image: Option<&cri::Image>,
+) -> Result<(), ContainerConfigError> {
+    let (image_uid, image_user) = match image {
+        Some(i) if i.uid.is_some() => (i.uid.as_ref().map(|u| u.value), ""),
+        Some(i) if !i.username.is_empty() => (None, i.username.as_str()),
+        _ => (Some(0), ""),
+    };
+    let (non_root, run_as_user) = run_as_non_root(pod, container);
+    if !non_root {
+        return Ok(());
+    }
+    let meta = &pod.metadata;
+    let pod_text = format!(
+        "{}_{}({})",
+        meta.name.as_deref().unwrap_or_default(),
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default()
+    );
+    let name = &container.name;
+    let message = match (run_as_user, image_uid) {
+        (Some(0), _) => format!(
+            "container's runAsUser breaks non-root policy (pod: {pod_text:?}, container: {name})"
+        ),
+        (Some(_), _) => return Ok(()),
+        (None, Some(0)) => format!(
+            "container has runAsNonRoot and image will run as root (pod: {pod_text:?}, container: {name})"
+        ),
+        (None, None) if !image_user.is_empty() => format!(
+            "container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root (pod: {pod_text:?}, container: {name})"
+        ),
+        (None, _) => return Ok(()),
+    };
+    Err(ContainerConfigError::RunAsNonRoot(message))
+}
+
+/// Whether [`verify_run_as_non_root`] needs the image's user: `runAsNonRoot`
+/// is in effect and no `runAsUser` decides it.
+pub fn needs_image_user(pod: &Pod, container: &Container) -> bool {
+    matches!(run_as_non_root(pod, container), (true, None))
+}
+
+/// The effective `(runAsNonRoot, runAsUser)`: the container's, else the pod's.
+fn run_as_non_root(pod: &Pod, container: &Container) -> (bool, Option<i64>) {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = container.security_context.as_ref();
+    let non_root = sc
+        .and_then(|s| s.run_as_non_root)
+        .or(pod_sc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
+    let user = sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    (non_root, user)
+}
+
+/// The pod's supplemental groups, with `fsGroup` added (upstream
+/// `DetermineEffectiveSecurityContext` and the sandbox config do so).
+pub fn supplemental_groups(pod: &Pod) -> Vec<i64> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let mut groups = pod_sc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default();
+    if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
+        groups.push(fs_group);
+    }
+    groups
+}
+
+/// The CRI SELinux options of a container: its own, else the pod's.
+fn selinux_options(pod: &Pod, container: Option<&Container>) -> Option<cri::SeLinuxOption> {
+    let options = container
+        .and_then(|c| c.security_context.as_ref())
+        .and_then(|s| s.se_linux_options.as_ref())
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.se_linux_options.as_ref())
+        })?;
+    Some(cri::SeLinuxOption {
+        user: options.user.clone().unwrap_or_default(),
+        role: options.role.clone().unwrap_or_default(),
+        r#type: options.type_.clone().unwrap_or_default(),
+        level: options.level.clone().unwrap_or_default(),
+    })
+}
+
+/// The pod-level SELinux options, for the sandbox.
+pub fn pod_selinux_options(pod: &Pod) -> Option<cri::SeLinuxOption> {
+    selinux_options(pod, None)
+}
+
 fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecurityContext {
     let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let sc = container.security_context.as_ref();
     let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
+    // `procMount: Unmasked` leaves /proc as is (upstream sends no paths).
+    let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
     let strings = |v: Option<&Vec<String>>| v.cloned().unwrap_or_default();
     let capabilities = sc
         .and_then(|s| s.capabilities.as_ref())
@@ -327,7 +499,7 @@ fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecu
             add_ambient_capabilities: Vec::new(),
         });
     let paths = |list: &[&str]| {
-        if privileged {
+        if privileged || unmasked {
             Vec::new()
         } else {
             list.iter().map(|p| (*p).to_owned()).collect()
@@ -348,9 +520,8 @@ fn security_context(pod: &Pod, container: &Container) -> cri::LinuxContainerSecu
         readonly_rootfs: sc
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
-        supplemental_groups: pod_sc
-            .and_then(|s| s.supplemental_groups.clone())
-            .unwrap_or_default(),
+        supplemental_groups: supplemental_groups(pod),
+        selinux_options: selinux_options(pod, Some(container)),
         no_new_privs: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
         masked_paths: paths(DEFAULT_MASKED_PATHS),
         readonly_paths: paths(DEFAULT_READONLY_PATHS),
@@ -731,5 +902,108 @@ spec:
         assert_eq!(sc.run_as_group, Some(cri::Int64Value { value: 1000 }));
         assert!(sc.privileged);
         assert!(sc.masked_paths.is_empty());
+    }
+
+    fn pod_with(pod_sc: &str, container_sc: &str) -> (Pod, Container) {
+        let mut pod: Pod = serde_yaml::from_str(POD).unwrap();
+        pod.spec.as_mut().unwrap().security_context = Some(serde_yaml::from_str(pod_sc).unwrap());
+        pod.spec.as_mut().unwrap().containers[0].security_context =
+            Some(serde_yaml::from_str(container_sc).unwrap());
+        let container = pod.spec.as_ref().unwrap().containers[0].clone();
+        (pod, container)
+    }
+
+    #[test]
+    fn seccomp_profile_from_the_container_else_the_pod() {
+        use cri::security_profile::ProfileType;
+        let root = Path::new("/var/lib/kubelet/seccomp");
+        let (pod, container) = pod_with(
+            "{seccompProfile: {type: RuntimeDefault}}",
+            "{seccompProfile: {type: Localhost, localhostProfile: profiles/audit.json}}",
+        );
+        let own = seccomp_profile(&pod, Some(&container), root).unwrap();
+        assert_eq!(own.profile_type, ProfileType::Localhost as i32);
+        assert_eq!(
+            own.localhost_ref,
+            "/var/lib/kubelet/seccomp/profiles/audit.json"
+        );
+        let sandbox = seccomp_profile(&pod, None, root).unwrap();
+        assert_eq!(sandbox.profile_type, ProfileType::RuntimeDefault as i32);
+
+        let (pod, container) = pod_with("{}", "{}");
+        let unset = seccomp_profile(&pod, Some(&container), root).unwrap();
+        assert_eq!(unset.profile_type, ProfileType::Unconfined as i32);
+
+        let (pod, container) = pod_with("{}", "{seccompProfile: {type: Localhost}}");
+        let error = seccomp_profile(&pod, Some(&container), root).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "securityContext.seccompProfile: localhostProfile must be set if seccomp profile type is Localhost"
+        );
+        let (pod, container) = pod_with("{seccompProfile: {type: Strict}}", "{}");
+        assert!(matches!(
+            seccomp_profile(&pod, Some(&container), root),
+            Err(ContainerConfigError::SeccompProfileType {
+                field: "spec.securityContext.seccompProfile",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn run_as_non_root_follows_upstream() {
+        let image = |uid: Option<i64>, username: &str| cri::Image {
+            uid: uid.map(|value| cri::Int64Value { value }),
+            username: username.into(),
+            ..Default::default()
+        };
+        // Not asked for: anything goes, and the image is not needed.
+        let (pod, c) = pod_with("{}", "{}");
+        assert!(!needs_image_user(&pod, &c));
+        assert!(verify_run_as_non_root(&pod, &c, None).is_ok());
+        // runAsUser decides without the image.
+        let (pod, c) = pod_with("{runAsNonRoot: true}", "{runAsUser: 1000}");
+        assert!(!needs_image_user(&pod, &c));
+        assert!(verify_run_as_non_root(&pod, &c, Some(&image(Some(0), ""))).is_ok());
+        let (pod, c) = pod_with("{runAsNonRoot: true, runAsUser: 0}", "{}");
+        let error = verify_run_as_non_root(&pod, &c, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("container's runAsUser breaks non-root policy (pod: "),
+            "{error}"
+        );
+        // Else the image's user.
+        let (pod, c) = pod_with("{}", "{runAsNonRoot: true}");
+        assert!(needs_image_user(&pod, &c));
+        assert!(verify_run_as_non_root(&pod, &c, Some(&image(Some(65534), ""))).is_ok());
+        let root = verify_run_as_non_root(&pod, &c, Some(&image(Some(0), ""))).unwrap_err();
+        assert!(
+            root.to_string()
+                .starts_with("container has runAsNonRoot and image will run as root")
+        );
+        // An image with no user at all counts as root, as upstream.
+        assert!(verify_run_as_non_root(&pod, &c, Some(&image(None, ""))).is_err());
+        let named = verify_run_as_non_root(&pod, &c, Some(&image(None, "nobody"))).unwrap_err();
+        assert!(
+            named.to_string().starts_with(
+                "container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root"
+            ),
+            "{named}"
+        );
+    }
+
+    #[test]
+    fn fs_group_selinux_and_unmasked_proc_reach_the_cri() {
+        let (pod, c) = pod_with(
+            "{supplementalGroups: [5, 6], fsGroup: 2000, seLinuxOptions: {level: \"s0:c1,c2\"}}",
+            "{procMount: Unmasked, seLinuxOptions: {type: spc_t}}",
+        );
+        let config = container_config(&pod, &c, 0, &EnvContext::default()).unwrap();
+        let sc = config.linux.unwrap().security_context.unwrap();
+        assert_eq!(sc.supplemental_groups, [5, 6, 2000]);
+        assert_eq!(sc.selinux_options.unwrap().r#type, "spc_t");
+        assert!(sc.masked_paths.is_empty() && sc.readonly_paths.is_empty());
+        assert_eq!(pod_selinux_options(&pod).unwrap().level, "s0:c1,c2");
     }
 }

@@ -250,6 +250,15 @@ pub enum RuntimeError {
         /// What the hook reported.
         message: String,
     },
+    /// The pod's sandbox config could not be built from its spec.
+    #[error("building the sandbox config of pod {pod_uid}")]
+    SandboxConfig {
+        /// Pod UID.
+        pod_uid: String,
+        /// What is wrong.
+        #[source]
+        source: container::ContainerConfigError,
+    },
     /// The container's config could not be built from its spec.
     #[error("building the config of container {container_name} of pod {pod_uid}")]
     ContainerConfig {
@@ -471,12 +480,26 @@ pub struct Made {
     pub containers: Vec<(String, String)>,
 }
 
+/// The CRI spec of a container's image.
+fn image_spec(container: &Container) -> cri_api::ImageSpec {
+    let image = container.image.clone().unwrap_or_default();
+    cri_api::ImageSpec {
+        image: image.clone(),
+        user_specified_image: image,
+        ..Default::default()
+    }
+}
+
+/// Upstream's `Localhost` seccomp profile root under the default root dir.
+const DEFAULT_SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
+
 /// What a container start uses that the execution prepared.
 struct StartInputs<'a> {
     sandbox_config: &'a cri_api::PodSandboxConfig,
     volumes: Option<&'a Arc<PodVolumes>>,
-    /// The image check made while the sandbox was made; `None`: check now.
-    image: Option<Result<(), RuntimeError>>,
+    /// The image check made while the sandbox was made (with the image's
+    /// status when it was present already); `None`: check now.
+    image: Option<Result<Option<cri_api::Image>, RuntimeError>>,
 }
 
 /// Carries out pod actions on a CRI runtime.
@@ -491,6 +514,8 @@ pub struct RuntimeManager<R> {
     volumes: Option<Arc<VolumeManager>>,
     /// The cluster's DNS for `ClusterFirst` pods.
     cluster_dns: sandbox::ClusterDns,
+    /// Where `Localhost` seccomp profiles are (`<root-dir>/seccomp`).
+    seccomp_root: PathBuf,
     /// Pod cgroups (`cgroupsPerQOS`); `None`: the runtime's default parent.
     cgroups: Option<(Arc<dyn CgroupManager>, PodCgroups)>,
     /// Per pod UID, the IPs of its latest ready sandbox as `(sandbox id,
@@ -510,6 +535,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             node: container::EnvContext::default(),
             volumes: None,
             cluster_dns: sandbox::ClusterDns::default(),
+            seccomp_root: PathBuf::from(DEFAULT_SECCOMP_ROOT),
             cgroups: None,
             sandbox_ips: Default::default(),
         }
@@ -578,6 +604,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     .err()
             })
             .collect()
+    }
+
+    /// Looks up `Localhost` seccomp profiles under `root` (upstream:
+    /// `<root-dir>/seccomp`).
+    pub fn with_seccomp_root(mut self, root: PathBuf) -> Self {
+        self.seccomp_root = root;
+        self
     }
 
     /// Resolves `ClusterFirst` pods through `cluster_dns`.
@@ -968,8 +1001,20 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let host_dns = self.host_dns(uid).await?;
         let dns = sandbox::pod_dns_config(pod, &host_dns, &self.cluster_dns);
         let mut config = sandbox::pod_sandbox_config(pod, attempt, &self.pod_logs_dir, &dns);
-        if let (Some((_, layout)), Some(linux)) = (&self.cgroups, config.linux.as_mut()) {
-            linux.cgroup_parent = layout.pod(pod);
+        if let Some(linux) = config.linux.as_mut() {
+            if let Some((_, layout)) = &self.cgroups {
+                linux.cgroup_parent = layout.pod(pod);
+            }
+            if let Some(sc) = linux.security_context.as_mut() {
+                sc.seccomp = Some(
+                    container::seccomp_profile(pod, None, &self.seccomp_root).map_err(
+                        |source| RuntimeError::SandboxConfig {
+                            pod_uid: uid.to_owned(),
+                            source,
+                        },
+                    )?,
+                );
+            }
         }
         Ok(config)
     }
@@ -1007,7 +1052,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let mut configs: HashMap<u32, Arc<cri_api::PodSandboxConfig>> = HashMap::new();
         // Image checks (and pulls) done while the new sandbox was made, by
         // container name.
-        let mut images: HashMap<String, Result<(), RuntimeError>> = HashMap::new();
+        let mut images: HashMap<String, Result<Option<cri_api::Image>, RuntimeError>> =
+            HashMap::new();
         let mut index = 0;
         while index < actions.len() {
             let action = &actions[index];
@@ -1455,18 +1501,16 @@ impl<R: RuntimeService> RuntimeManager<R> {
         Ok((sandbox_id, pod_ips))
     }
 
+    /// Makes the container's image present by its pull policy; returns the
+    /// image's status when it was present already (`None` after a pull).
     async fn ensure_image(
         &self,
         pod_uid: &str,
         container: &Container,
         sandbox_config: &cri_api::PodSandboxConfig,
-    ) -> Result<(), RuntimeError> {
+    ) -> Result<Option<cri_api::Image>, RuntimeError> {
         let image = container.image.clone().unwrap_or_default();
-        let spec = cri_api::ImageSpec {
-            image: image.clone(),
-            user_specified_image: image.clone(),
-            ..Default::default()
-        };
+        let spec = image_spec(container);
         let image_error = |source| RuntimeError::Image {
             pod_uid: pod_uid.to_owned(),
             container_name: container.name.clone(),
@@ -1475,14 +1519,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
         };
         let policy = image_pull_policy(container);
         if policy != PullPolicy::Always
-            && self
+            && let Some(present) = self
                 .service
                 .image_status(spec.clone())
                 .await
                 .map_err(image_error)?
-                .is_some()
         {
-            return Ok(());
+            return Ok(Some(present));
         }
         if policy == PullPolicy::Never {
             return Err(RuntimeError::ImageNeverPull {
@@ -1511,7 +1554,41 @@ impl<R: RuntimeService> RuntimeManager<R> {
             event = "Pulled",
             "pulled image"
         );
-        Ok(())
+        Ok(None)
+    }
+
+    /// Upstream `verifyRunAsNonRoot`, with the image's user from `inspected`
+    /// or, when the pull gave none, from one more `ImageStatus`.
+    async fn verify_run_as_non_root(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        inspected: Option<cri_api::Image>,
+    ) -> Result<(), RuntimeError> {
+        if !container::needs_image_user(pod, container) {
+            return Ok(());
+        }
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        let image = match inspected {
+            Some(image) => Some(image),
+            None => self
+                .service
+                .image_status(image_spec(container))
+                .await
+                .map_err(|source| RuntimeError::Image {
+                    pod_uid: uid.to_owned(),
+                    container_name: container.name.clone(),
+                    image: container.image.clone().unwrap_or_default(),
+                    source,
+                })?,
+        };
+        container::verify_run_as_non_root(pod, container, image.as_ref()).map_err(|source| {
+            RuntimeError::ContainerConfig {
+                pod_uid: uid.to_owned(),
+                container_name: container.name.clone(),
+                source,
+            }
+        })
     }
 
     async fn start_container(
@@ -1534,10 +1611,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
             pod_uid: uid.to_owned(),
             container_name: name.to_owned(),
         })?;
-        match image {
+        let inspected = match image {
             Some(checked) => checked?,
             None => self.ensure_image(uid, container, sandbox_config).await?,
-        }
+        };
+        self.verify_run_as_non_root(pod, container, inspected)
+            .await?;
         // A host-network pod's IPs are the node's (upstream sets them so
         // in the pod status, and starts containers with them).
         let pod_ips = match sandbox::host_network(pod) {
@@ -1548,12 +1627,22 @@ impl<R: RuntimeService> RuntimeManager<R> {
             pod_ips,
             ..self.node.clone()
         };
+        let config_error = |source| RuntimeError::ContainerConfig {
+            pod_uid: uid.to_owned(),
+            container_name: name.to_owned(),
+            source,
+        };
         let mut config = container::container_config(pod, container, restart_count, &context)
-            .map_err(|source| RuntimeError::ContainerConfig {
-                pod_uid: uid.to_owned(),
-                container_name: name.to_owned(),
-                source,
-            })?;
+            .map_err(config_error)?;
+        let seccomp = container::seccomp_profile(pod, Some(container), &self.seccomp_root)
+            .map_err(config_error)?;
+        if let Some(sc) = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+        {
+            sc.seccomp = Some(seccomp);
+        }
         let has_mounts = container
             .volume_mounts
             .as_ref()

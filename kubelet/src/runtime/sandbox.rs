@@ -264,9 +264,8 @@ pub fn pod_sandbox_config(
         run_as_group: pod_security
             .and_then(|s| s.run_as_group)
             .map(|value| cri::Int64Value { value }),
-        supplemental_groups: pod_security
-            .and_then(|s| s.supplemental_groups.clone())
-            .unwrap_or_default(),
+        supplemental_groups: super::container::supplemental_groups(pod),
+        selinux_options: super::container::pod_selinux_options(pod),
         privileged,
         ..Default::default()
     };
