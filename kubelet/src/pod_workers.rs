@@ -163,6 +163,7 @@ impl<R: RuntimeService> PodWorker<R> {
                 tracing::info_span!("sync_pod", pod.uid = %self.pod.uid, pod.name = %self.pod.name);
             let cancel = self.cancel.clone();
             let outcome = tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return,
                 outcome = self.sync(&intent).instrument(span) => outcome,
             };
@@ -558,6 +559,9 @@ impl<R: RuntimeService> PodWorkers<R> {
         let mut pleg_open = true;
         loop {
             tokio::select! {
+                // First: a worker that ends because of the shutdown must not
+                // be replaced.
+                biased;
                 _ = self.cancel.cancelled() => break,
                 changed = desired.changed(), if source_open => {
                     match changed {
@@ -628,6 +632,11 @@ impl<R: RuntimeService> PodWorkers<R> {
         else {
             return;
         };
+        // Shutting down: workers end and none starts (a new one would act
+        // on a pod the next kubelet adopts).
+        if self.cancel.is_cancelled() {
+            return;
+        }
         if !self.pod_dirs_cleaned {
             self.pod_dirs_cleaned = true;
             let active: HashSet<String> =
