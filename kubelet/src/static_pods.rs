@@ -189,9 +189,27 @@ fn is_manifest_file_name(name: &str) -> bool {
             .any(|ext| name.len() > ext.len() && name.ends_with(ext))
 }
 
+/// Valid manifests parsed before, by path and content digest: a re-list
+/// parses only the files whose content changed (110 manifests written at
+/// once would otherwise be parsed again at each of the re-lists they cause).
+#[derive(Debug, Default)]
+pub struct ManifestCache {
+    parsed: HashMap<PathBuf, ([u8; 16], Pod)>,
+}
+
 /// Reads every manifest in `dir`. A missing directory lists as empty (as
 /// upstream, so the source still counts as seen); other directory errors fail.
 pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, ManifestError> {
+    list_manifests_cached(dir, node_name, &mut ManifestCache::default())
+}
+
+/// [`list_manifests`], parsing only what `cache` does not hold; the cache
+/// is left holding exactly the valid manifests of this listing.
+pub fn list_manifests_cached(
+    dir: &Path,
+    node_name: &str,
+    cache: &mut ManifestCache,
+) -> Result<ManifestListing, ManifestError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ManifestListing::default()),
@@ -217,6 +235,7 @@ pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, Ma
     paths.sort();
 
     let mut listing = ManifestListing::default();
+    let mut parsed = HashMap::with_capacity(paths.len());
     let mut full_names: HashMap<(String, String), PathBuf> = HashMap::new();
     for path in paths {
         let data = match std::fs::read(&path) {
@@ -231,7 +250,14 @@ pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, Ma
             }
         };
         let digest: [u8; 16] = Md5::digest(&data).into();
-        let pod = static_pod_from_manifest(&path, &data, node_name).and_then(|pod| {
+        let pod = match cache.parsed.remove(&path) {
+            Some((seen, pod)) if seen == digest => Ok(pod),
+            _ => static_pod_from_manifest(&path, &data, node_name),
+        };
+        if let Ok(pod) = &pod {
+            parsed.insert(path.clone(), (digest, pod.clone()));
+        }
+        let pod = pod.and_then(|pod| {
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
             let name = pod.metadata.name.clone().unwrap_or_default();
             match full_names.get(&(namespace.clone(), name.clone())) {
@@ -252,6 +278,7 @@ pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, Ma
             Err(error) => listing.errors.push((path, digest, error)),
         }
     }
+    cache.parsed = parsed;
     Ok(listing)
 }
 
@@ -595,6 +622,8 @@ pub struct StaticPodSource {
     node_name: String,
     file_check_frequency: Duration,
     state: StaticPodState,
+    /// Taken by the blocking re-list and put back.
+    cache: Option<ManifestCache>,
 }
 
 type EventStream = inotify::EventStream<[u8; 4096]>;
@@ -607,6 +636,7 @@ impl StaticPodSource {
             node_name,
             file_check_frequency,
             state: StaticPodState::default(),
+            cache: Some(ManifestCache::default()),
         }
     }
 
@@ -636,7 +666,16 @@ impl StaticPodSource {
     async fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
         let dir = self.dir.clone();
         let node_name = self.node_name.clone();
-        let listing = tokio::task::spawn_blocking(move || list_manifests(&dir, &node_name)).await;
+        let mut cache = self.cache.take().unwrap_or_default();
+        let listing = tokio::task::spawn_blocking(move || {
+            let listing = list_manifests_cached(&dir, &node_name, &mut cache);
+            (listing, cache)
+        })
+        .await
+        .map(|(listing, cache)| {
+            self.cache = Some(cache);
+            listing
+        });
         match listing {
             Ok(Ok(listing)) => {
                 if let Some(desired) = self.state.apply(listing, chrono::Utc::now()) {
@@ -922,6 +961,40 @@ spec:
         assert_eq!(names, ["other-node1", "web-node1"]);
         assert_eq!(listing.errors.len(), 1);
         assert_eq!(listing.errors[0].0, dir.path().join("bad.yaml"));
+    }
+
+    #[test]
+    fn cached_listing_reparses_only_changed_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = ManifestCache::default();
+        write(dir.path(), "web.yaml", WEB);
+        let first = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        assert_eq!(cache.parsed.len(), 1);
+        // Unchanged: the same pod as a fresh parse.
+        let again = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        assert_eq!(again.pods, first.pods);
+        assert_eq!(again.pods, list_manifests(dir.path(), NODE).unwrap().pods);
+        // Changed content is parsed again.
+        write(
+            dir.path(),
+            "web.yaml",
+            &WEB.replace("busybox-httpd", "busybox"),
+        );
+        let changed = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        let image = |l: &ManifestListing| {
+            l.pods[0].1.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+        };
+        assert_eq!(
+            image(&changed).as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        // A file that turns invalid, and one removed, leave the cache.
+        write(dir.path(), "web.yaml", "kind: Pod\n");
+        let broken = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        assert_eq!((broken.pods.len(), broken.errors.len()), (0, 1));
+        assert!(cache.parsed.is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -63,8 +63,10 @@ pub struct TimedCall {
 
 #[derive(Default)]
 struct TapLog {
-    /// Calls per gRPC method path.
-    calls: HashMap<String, usize>,
+    /// Per gRPC method path, how long each call took (to the response's
+    /// headers for calls passed through: for unary calls, when the runtime
+    /// answered).
+    calls: HashMap<String, Vec<Duration>>,
     timed: Vec<TimedCall>,
     sandbox_pod: HashMap<String, String>,
     container_pod: HashMap<String, String>,
@@ -105,9 +107,9 @@ impl CriTap {
         })
     }
 
-    /// The timed calls so far, and the call count per method path; both
-    /// are cleared.
-    pub fn take(&self) -> (Vec<TimedCall>, HashMap<String, usize>) {
+    /// The timed calls so far, and every call's duration per method path;
+    /// both are cleared.
+    pub fn take(&self) -> (Vec<TimedCall>, HashMap<String, Vec<Duration>>) {
         let mut log = self.log.lock().expect("tap log poisoned");
         (
             std::mem::take(&mut log.timed),
@@ -167,22 +169,27 @@ async fn forward(
     request: Request<Incoming>,
 ) -> Result<Response<TapBody>, hyper::Error> {
     let path = request.uri().path().to_owned();
-    *log.lock()
-        .expect("tap log poisoned")
-        .calls
-        .entry(path.clone())
-        .or_default() += 1;
+    let start = Instant::now();
+    let took = |log: &Mutex<TapLog>| {
+        log.lock()
+            .expect("tap log poisoned")
+            .calls
+            .entry(path.clone())
+            .or_default()
+            .push(start.elapsed());
+    };
     let Some(method) = TimedMethod::of_path(&path) else {
         let response = sender.send_request(request.map(BodyExt::boxed)).await?;
+        took(&log);
         return Ok(response.map(BodyExt::boxed));
     };
-    let start = Instant::now();
     let (parts, body) = request.into_parts();
     let request_bytes = body.collect().await?.to_bytes();
     let upstream_request = Request::from_parts(parts, full(request_bytes.clone()));
     let (parts, body) = sender.send_request(upstream_request).await?.into_parts();
     let collected = body.collect().await?;
     let end = Instant::now();
+    took(&log);
     let trailers = collected.trailers().cloned();
     let response_bytes = collected.to_bytes();
     record(&log, method, &request_bytes, &response_bytes, start, end);

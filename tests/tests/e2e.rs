@@ -310,7 +310,7 @@ fn static_pod_web_cri_shim_process_through_tap() -> anyhow::Result<()> {
         ensure!(
             calls
                 .get("/runtime.v1.RuntimeService/Version")
-                .is_some_and(|&n| n >= 1),
+                .is_some_and(|took| !took.is_empty()),
             "the tap did not count the kubelet's Version call: {calls:?}"
         );
         Ok(())

@@ -49,46 +49,69 @@ pub fn is_mounted(container: &k8s_openapi::api::core::v1::Container, pod_ips: &[
             .any(|m| m.mount_path == CONTAINER_PATH)
 }
 
-/// The content of the pod's hosts file. `hostname` is the pod's hostname
-/// (see [`super::sandbox::pod_hostname`]), `pod_ips` its IPs (the node's for
-/// a host-network pod), `node_hosts` the node's `/etc/hosts` (read only for
-/// a host-network pod).
-pub fn content(
-    pod: &Pod,
-    hostname: &str,
-    domain: Option<&str>,
-    pod_ips: &[String],
-    node_hosts: Option<&str>,
-) -> String {
-    let spec = pod.spec.as_ref();
-    let mut text = String::new();
-    if spec.and_then(|s| s.host_network).unwrap_or(false) {
-        text.push_str(MANAGED_HEADER_HOST_NETWORK);
-        text.push_str(node_hosts.unwrap_or_default());
-    } else {
-        text.push_str(MANAGED_HEADER);
-        text.push_str("127.0.0.1\tlocalhost\n");
-        text.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
-        text.push_str("fe00::0\tip6-localnet\n");
-        text.push_str("fe00::0\tip6-mcastprefix\n");
-        text.push_str("fe00::1\tip6-allnodes\n");
-        text.push_str("fe00::2\tip6-allrouters\n");
-        for ip in pod_ips {
-            match domain {
-                Some(domain) => text.push_str(&format!("{ip}\t{hostname}.{domain}\t{hostname}\n")),
-                None => text.push_str(&format!("{ip}\t{hostname}\n")),
-            }
+/// What to write as the pod's hosts file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// The whole content (a pod on the pod network).
+    Managed(String),
+    /// A host-network pod's: the node's `/etc/hosts` under the header, then
+    /// these alias lines (see [`host_network_content`]).
+    HostNetwork {
+        /// The `hostAliases` part.
+        aliases: String,
+    },
+}
+
+/// The pod's hosts file but for the node's file a host-network pod's
+/// includes. `hostname` is the pod's hostname (see
+/// [`super::sandbox::pod_hostname`]), `pod_ips` its IPs.
+pub fn plan(pod: &Pod, hostname: &str, domain: Option<&str>, pod_ips: &[String]) -> Planned {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    if host_network {
+        return Planned::HostNetwork {
+            aliases: alias_lines(pod),
+        };
+    }
+    let mut text = String::from(MANAGED_HEADER);
+    text.push_str("127.0.0.1\tlocalhost\n");
+    text.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
+    text.push_str("fe00::0\tip6-localnet\n");
+    text.push_str("fe00::0\tip6-mcastprefix\n");
+    text.push_str("fe00::1\tip6-allnodes\n");
+    text.push_str("fe00::2\tip6-allrouters\n");
+    for ip in pod_ips {
+        match domain {
+            Some(domain) => text.push_str(&format!("{ip}\t{hostname}.{domain}\t{hostname}\n")),
+            None => text.push_str(&format!("{ip}\t{hostname}\n")),
         }
     }
-    let aliases = spec
+    text.push_str(&alias_lines(pod));
+    Planned::Managed(text)
+}
+
+/// A host-network pod's file: the header, the node's file, the aliases.
+pub fn host_network_content(node_hosts: &str, aliases: &str) -> String {
+    format!("{MANAGED_HEADER_HOST_NETWORK}{node_hosts}{aliases}")
+}
+
+/// The `hostAliases` part (empty without aliases).
+fn alias_lines(pod: &Pod) -> String {
+    let aliases = pod
+        .spec
+        .as_ref()
         .and_then(|s| s.host_aliases.as_deref())
         .unwrap_or_default();
-    if !aliases.is_empty() {
-        text.push_str("\n# Entries added by HostAliases.\n");
-        for alias in aliases {
-            let names = alias.hostnames.as_deref().unwrap_or_default().join("\t");
-            text.push_str(&format!("{}\t{names}\n", alias.ip));
-        }
+    if aliases.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\n# Entries added by HostAliases.\n");
+    for alias in aliases {
+        let names = alias.hostnames.as_deref().unwrap_or_default().join("\t");
+        text.push_str(&format!("{}\t{names}\n", alias.ip));
     }
     text
 }
@@ -112,14 +135,11 @@ mod tests {
     #[test]
     fn pod_network_file_names_the_pod_on_each_ip() {
         let p = pod("metadata: {name: web}\nspec: {containers: []}");
-        let text = content(
-            &p,
-            "web",
-            None,
-            &["10.1.0.7".into(), "fd00::7".into()],
-            None,
+        let text = plan(&p, "web", None, &["10.1.0.7".into(), "fd00::7".into()]);
+        assert_eq!(
+            text,
+            Planned::Managed(format!("{BOILERPLATE}10.1.0.7\tweb\nfd00::7\tweb\n"))
         );
-        assert_eq!(text, format!("{BOILERPLATE}10.1.0.7\tweb\nfd00::7\tweb\n"));
     }
 
     #[test]
@@ -138,15 +158,15 @@ spec:
 "#);
         let domain = pod_domain(&p, Some("cluster.local"));
         assert_eq!(domain.as_deref(), Some("db.shop.svc.cluster.local"));
-        let text = content(&p, "db-0", domain.as_deref(), &["10.1.0.7".into()], None);
+        let text = plan(&p, "db-0", domain.as_deref(), &["10.1.0.7".into()]);
         assert_eq!(
             text,
-            format!(
+            Planned::Managed(format!(
                 "{BOILERPLATE}10.1.0.7\tdb-0.db.shop.svc.cluster.local\tdb-0\n\
                  \n# Entries added by HostAliases.\n\
                  127.0.0.1\tfoo.local\tbar.local\n\
                  10.1.2.3\tfoo.remote\n"
-            )
+            ))
         );
     }
 
@@ -160,9 +180,12 @@ spec:
   hostAliases: [{ip: 10.9.9.9, hostnames: [registry.internal]}]
 "#);
         let node = "127.0.0.1\tlocalhost\n192.0.2.2\tnode-1\n";
-        let text = content(&p, "node-1", None, &["192.0.2.2".into()], Some(node));
+        let Planned::HostNetwork { aliases } = plan(&p, "node-1", None, &["192.0.2.2".into()])
+        else {
+            panic!("a host-network pod's file includes the node's");
+        };
         assert_eq!(
-            text,
+            host_network_content(node, &aliases),
             "# Kubernetes-managed hosts file (host network).\n\
              127.0.0.1\tlocalhost\n192.0.2.2\tnode-1\n\
              \n# Entries added by HostAliases.\n10.9.9.9\tregistry.internal\n"

@@ -191,6 +191,15 @@ pub enum RuntimeError {
         #[source]
         source: volume_drivers::TeardownError,
     },
+    /// The blocking task writing a container's files failed.
+    #[error("writing the files of a container of pod {pod_uid}")]
+    FileTask {
+        /// Pod UID.
+        pod_uid: String,
+        /// Why the task ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
     /// The pod's hosts file could not be written.
     #[error("writing the hosts file {path} of pod {pod_uid}")]
     EtcHosts {
@@ -222,8 +231,8 @@ pub enum RuntimeError {
         #[source]
         source: crate::cgroups::CgroupError,
     },
-    /// A blocking cgroup task panicked.
-    #[error("cgroup task of pod {pod_uid} ended abnormally")]
+    /// The blocking task making a pod's log directory and cgroup panicked.
+    #[error("sandbox set-up task of pod {pod_uid} ended abnormally")]
     CgroupTask {
         /// Pod UID.
         pod_uid: String,
@@ -480,6 +489,72 @@ pub struct Made {
     pub containers: Vec<(String, String)>,
 }
 
+/// The host files a container start writes, all on one blocking thread (a
+/// start under load then waits for one hand-off, not one per file).
+struct ContainerFiles {
+    pod_uid: String,
+    /// The container's log directory.
+    log_dir: PathBuf,
+    /// The instance's termination message file, made empty (a retried
+    /// creation of the same instance starts afresh), as upstream.
+    termination_log: Option<PathBuf>,
+    /// The pod's hosts file.
+    etc_hosts: Option<(PathBuf, etc_hosts::Planned)>,
+}
+
+impl ContainerFiles {
+    async fn write(self) -> Result<(), RuntimeError> {
+        let uid = self.pod_uid.clone();
+        tokio::task::spawn_blocking(move || self.write_blocking())
+            .await
+            .map_err(|source| RuntimeError::FileTask {
+                pod_uid: uid,
+                source,
+            })?
+    }
+
+    fn write_blocking(self) -> Result<(), RuntimeError> {
+        let pod_uid = &self.pod_uid;
+        std::fs::create_dir_all(&self.log_dir).map_err(|source| RuntimeError::LogDirectory {
+            pod_uid: pod_uid.clone(),
+            path: self.log_dir.clone(),
+            source,
+        })?;
+        if let Some(path) = &self.termination_log {
+            let error = |source| RuntimeError::TerminationLog {
+                pod_uid: pod_uid.clone(),
+                path: path.clone(),
+                source,
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(error)?;
+            }
+            std::fs::write(path, b"").map_err(error)?;
+        }
+        if let Some((path, planned)) = &self.etc_hosts {
+            let error = |source| RuntimeError::EtcHosts {
+                pod_uid: pod_uid.clone(),
+                path: path.clone(),
+                source,
+            };
+            let text = match planned {
+                etc_hosts::Planned::Managed(text) => text.clone(),
+                etc_hosts::Planned::HostNetwork { aliases } => etc_hosts::host_network_content(
+                    &std::fs::read_to_string(etc_hosts::CONTAINER_PATH).map_err(error)?,
+                    aliases,
+                ),
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(error)?;
+            }
+            std::fs::write(path, text).map_err(error)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+                .map_err(error)?;
+        }
+        Ok(())
+    }
+}
+
 /// The CRI spec of a container's image.
 fn image_spec(container: &Container) -> cri_api::ImageSpec {
     let image = container.image.clone().unwrap_or_default();
@@ -683,96 +758,64 @@ impl<R: RuntimeService> RuntimeManager<R> {
             })
     }
 
-    /// An empty host file for the instance's termination message, mounted at
-    /// its `terminationMessagePath` (upstream does the same).
-    async fn termination_log_mount(
+    /// The host files of a container start (see [`ContainerFiles`]) and the
+    /// mounts they become: the termination message file at the container's
+    /// `terminationMessagePath`, and the pod's hosts file at `/etc/hosts`
+    /// (see [`etc_hosts`]); both need the pod directory, so a volume manager.
+    fn container_files(
         &self,
-        uid: &str,
+        pod: &Pod,
         container: &Container,
         restart_count: u32,
-    ) -> Result<Option<cri_api::Mount>, RuntimeError> {
+        pod_ips: &[String],
+        log_dir: PathBuf,
+    ) -> (ContainerFiles, Vec<cri_api::Mount>) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut files = ContainerFiles {
+            pod_uid: uid.clone(),
+            log_dir,
+            termination_log: None,
+            etc_hosts: None,
+        };
+        let mut mounts = Vec::new();
         let Some(manager) = self.volumes.as_ref() else {
-            return Ok(None);
+            return (files, mounts);
         };
         let container_path = container
             .termination_message_path
             .clone()
             .unwrap_or_else(|| container::DEFAULT_TERMINATION_MESSAGE_PATH.to_owned());
-        if container_path.is_empty() {
-            return Ok(None);
+        if !container_path.is_empty() {
+            let host_path = manager.dirs().container_termination_log(
+                &uid,
+                &container.name,
+                &restart_count.to_string(),
+            );
+            mounts.push(cri_api::Mount {
+                container_path,
+                host_path: host_path.display().to_string(),
+                ..Default::default()
+            });
+            files.termination_log = Some(host_path);
         }
-        let host_path = manager.dirs().container_termination_log(
-            uid,
-            &container.name,
-            &restart_count.to_string(),
-        );
-        let io_error = |source| RuntimeError::TerminationLog {
-            pod_uid: uid.to_owned(),
-            path: host_path.clone(),
-            source,
-        };
-        if let Some(dir) = host_path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+        // Rewritten at every container start, as upstream.
+        if etc_hosts::is_mounted(container, pod_ips) {
+            let path = manager.dirs().pod_dir(&uid).join(etc_hosts::FILE_NAME);
+            let planned = etc_hosts::plan(
+                pod,
+                &sandbox::pod_hostname(pod),
+                etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
+                pod_ips,
+            );
+            mounts.push(cri_api::Mount {
+                container_path: etc_hosts::CONTAINER_PATH.to_owned(),
+                host_path: path.display().to_string(),
+                selinux_relabel: true,
+                ..Default::default()
+            });
+            files.etc_hosts = Some((path, planned));
         }
-        // Truncated: a retried creation of the same instance starts afresh.
-        tokio::fs::write(&host_path, b"").await.map_err(io_error)?;
-        Ok(Some(cri_api::Mount {
-            container_path,
-            host_path: host_path.display().to_string(),
-            ..Default::default()
-        }))
-    }
-
-    /// Writes `<pod dir>/etc-hosts` and returns its mount at `/etc/hosts`
-    /// for `container` (see [`etc_hosts`]); `None` without a volume manager
-    /// (no pod directory), without pod IPs, or when the container mounts a
-    /// volume there. Rewritten at every container start, as upstream.
-    async fn etc_hosts_mount(
-        &self,
-        pod: &Pod,
-        container: &Container,
-        pod_ips: &[String],
-    ) -> Result<Option<cri_api::Mount>, RuntimeError> {
-        let Some(manager) = self.volumes.as_ref() else {
-            return Ok(None);
-        };
-        if !etc_hosts::is_mounted(container, pod_ips) {
-            return Ok(None);
-        }
-        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-        let dir = manager.dirs().pod_dir(uid);
-        let path = dir.join(etc_hosts::FILE_NAME);
-        let io_error = |source| RuntimeError::EtcHosts {
-            pod_uid: uid.to_owned(),
-            path: path.clone(),
-            source,
-        };
-        let node_hosts = match sandbox::host_network(pod) {
-            true => Some(
-                tokio::fs::read_to_string(etc_hosts::CONTAINER_PATH)
-                    .await
-                    .map_err(io_error)?,
-            ),
-            false => None,
-        };
-        let text = etc_hosts::content(
-            pod,
-            &sandbox::pod_hostname(pod),
-            etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
-            pod_ips,
-            node_hosts.as_deref(),
-        );
-        tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
-        tokio::fs::write(&path, text).await.map_err(io_error)?;
-        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-            .await
-            .map_err(io_error)?;
-        Ok(Some(cri_api::Mount {
-            container_path: etc_hosts::CONTAINER_PATH.to_owned(),
-            host_path: path.display().to_string(),
-            selinux_relabel: true,
-            ..Default::default()
-        }))
+        (files, mounts)
     }
 
     /// Replaces the message of exited containers with their termination
@@ -1017,16 +1060,6 @@ impl<R: RuntimeService> RuntimeManager<R> {
             }
         }
         Ok(config)
-    }
-
-    async fn create_dir(&self, pod_uid: &str, path: &Path) -> Result<(), RuntimeError> {
-        tokio::fs::create_dir_all(path)
-            .await
-            .map_err(|source| RuntimeError::LogDirectory {
-                pod_uid: pod_uid.to_owned(),
-                path: path.to_owned(),
-                source,
-            })
     }
 
     /// Executes `actions` (from `compute_actions` over `observed`) for the pod.
@@ -1448,27 +1481,41 @@ impl<R: RuntimeService> RuntimeManager<R> {
         need_ips: bool,
     ) -> Result<(String, Vec<String>), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
-        self.create_dir(&pod_ref.uid, Path::new(&config.log_directory))
-            .await?;
-        if let Some((manager, layout)) = &self.cgroups {
-            // A dozen mkdirs and writes in cgroupfs: off the async workers,
-            // which the embedded runtime shares.
-            let (manager, path, limits) = (
+        // The pod's log directory, and its cgroup (a dozen mkdirs and writes
+        // in cgroupfs), on one blocking thread: off the async workers, which
+        // the embedded runtime shares.
+        let log_dir = PathBuf::from(&config.log_directory);
+        let cgroup = self.cgroups.as_ref().map(|(manager, layout)| {
+            (
                 manager.clone(),
                 layout.pod(pod),
                 crate::cgroups::pod_limits(pod),
-            );
-            tokio::task::spawn_blocking(move || manager.ensure(&path, &limits))
-                .await
-                .map_err(|source| RuntimeError::CgroupTask {
-                    pod_uid: pod_ref.uid.clone(),
-                    source,
-                })?
-                .map_err(|source| RuntimeError::PodCgroup {
-                    pod_uid: pod_ref.uid.clone(),
-                    source,
-                })?;
-        }
+            )
+        });
+        let uid = pod_ref.uid.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
+                pod_uid: uid.clone(),
+                path: log_dir.clone(),
+                source,
+            })?;
+            match cgroup {
+                Some((manager, path, limits)) => {
+                    manager
+                        .ensure(&path, &limits)
+                        .map_err(|source| RuntimeError::PodCgroup {
+                            pod_uid: uid,
+                            source,
+                        })
+                }
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|source| RuntimeError::CgroupTask {
+            pod_uid: pod_ref.uid.clone(),
+            source,
+        })??;
         let sandbox_id = self
             .service
             .run_pod_sandbox(config.clone())
@@ -1647,23 +1694,15 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .volume_mounts
             .as_ref()
             .is_some_and(|m| !m.is_empty());
+        let log_dir = Path::new(&sandbox_config.log_directory).join(name);
+        let (files, file_mounts) =
+            self.container_files(pod, container, restart_count, &context.pod_ips, log_dir);
+        files.write().await?;
         match volumes {
             Some(volumes) => {
                 config.mounts = self
                     .container_mounts(pod, container, volumes, &config.envs)
                     .await?;
-                if let Some(mount) = self
-                    .termination_log_mount(uid, container, restart_count)
-                    .await?
-                {
-                    config.mounts.push(mount);
-                }
-                if let Some(mount) = self
-                    .etc_hosts_mount(pod, container, &context.pod_ips)
-                    .await?
-                {
-                    config.mounts.push(mount);
-                }
             }
             None if has_mounts => tracing::warn!(
                 pod.uid = uid,
@@ -1673,8 +1712,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             ),
             None => {}
         }
-        let log_dir = Path::new(&sandbox_config.log_directory).join(name);
-        self.create_dir(uid, &log_dir).await?;
+        config.mounts.extend(file_mounts);
         let container_id = self
             .service
             .create_container(sandbox_id, config, sandbox_config.clone())

@@ -204,14 +204,15 @@ struct Breakdown {
     before_sandbox: Vec<f64>,
     /// StartContainer answered -> `/pods` Running.
     after_start: Vec<f64>,
-    /// CRI calls per pod start, by method (the whole phase's calls).
-    calls_per_pod: Vec<(String, f64)>,
+    /// CRI calls per pod start, by method (the whole phase's calls), with
+    /// their p50 and p99 durations in ms.
+    calls_per_pod: Vec<(String, f64, f64, f64)>,
 }
 
 fn breakdown(
     started: &[Started],
     timed: &[TimedCall],
-    calls: &HashMap<String, usize>,
+    calls: &HashMap<String, Vec<Duration>>,
 ) -> anyhow::Result<Breakdown> {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut by_pod: HashMap<&str, Vec<&TimedCall>> = HashMap::new();
@@ -243,11 +244,14 @@ fn breakdown(
         out.after_start
             .push(ms(pod.running.saturating_duration_since(start.end)));
     }
-    let mut per_method: Vec<(String, f64)> = calls
+    let mut per_method: Vec<(String, f64, f64, f64)> = calls
         .iter()
-        .map(|(path, n)| {
+        .map(|(path, took)| {
             let method = path.rsplit('/').next().unwrap_or(path).to_owned();
-            (method, *n as f64 / started.len().max(1) as f64)
+            let mut took: Vec<f64> = took.iter().map(|d| ms(*d)).collect();
+            took.sort_by(f64::total_cmp);
+            let per_pod = took.len() as f64 / started.len().max(1) as f64;
+            (method, per_pod, pct(&took, 0.5), pct(&took, 0.99))
         })
         .collect();
     per_method.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -617,10 +621,10 @@ fn main() -> anyhow::Result<()> {
             let calls: Vec<String> = b
                 .calls_per_pod
                 .iter()
-                .map(|(method, n)| format!("{method} {n:.1}"))
+                .map(|(method, n, p50, p99)| format!("{method} {n:.1} ({p50:.1}/{p99:.1})"))
                 .collect();
             println!(
-                "{:<18} CRI calls per pod ({phase}): {}",
+                "{:<18} CRI calls per pod ({phase}), p50/p99 ms of each: {}",
                 f.label,
                 calls.join(", ")
             );
