@@ -177,6 +177,48 @@ impl Runtime {
         sandbox: &super::sandbox::SandboxRecord,
         image: &crate::image::Image,
     ) -> Result<watch::Receiver<bool>, RuntimeError> {
+        let paths = self.sandbox_paths(sandbox);
+        let pid_namespace = self.pid_namespace_for(&record.config, sandbox)?;
+        // Directories, the overlay mount, the user lookup and the bundle are
+        // file and mount work: on a blocking thread, so under load the
+        // async workers keep answering status and list calls meanwhile.
+        let (this, mut prepared, image) = (self.clone(), record.clone(), image.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            this.prepare_bundle(&mut prepared, &image, &paths, pid_namespace)
+                .map(|()| prepared)
+        })
+        .await
+        .map_err(|e| RuntimeError::Create {
+            container: record.name(),
+            message: format!("preparing the bundle ended abnormally: {e}"),
+        })??;
+        *record = prepared;
+        let dir = self.container_dir(&record.id);
+        let monitor = MonitorSpec {
+            id: record.id.clone(),
+            bundle: dir.join("bundle"),
+            runtime: self.inner.oci.binary.clone(),
+            runtime_root: self.inner.oci.root.clone(),
+            log_path: (!record.log_path.as_os_str().is_empty()).then(|| record.log_path.clone()),
+            exit_file: dir.join("exit.json"),
+            cgroup_path: record.cgroup_path.clone(),
+        };
+        let (monitor_pid, pid) = spawn_monitor(&self.inner.helper, &record.id, &monitor).await?;
+        record.monitor_pid = monitor_pid;
+        record.pid = pid;
+        Ok(self.watch_exit(&record.id, &record.sandbox_id, monitor_pid))
+    }
+
+    /// The blocking part of [`Self::set_up_container`]: the container's
+    /// directories, its rootfs overlay, and the OCI bundle's `config.json`;
+    /// sets the record's cgroup path.
+    fn prepare_bundle(
+        &self,
+        record: &mut ContainerRecord,
+        image: &crate::image::Image,
+        paths: &crate::oci::SandboxPaths,
+        pid_namespace: PidNamespace,
+    ) -> Result<(), RuntimeError> {
         let dir = self.container_dir(&record.id);
         let bundle = dir.join("bundle");
         let rootfs = bundle.join("rootfs");
@@ -197,7 +239,6 @@ impl Runtime {
             &read_etc("passwd"),
             &read_etc("group"),
         )?;
-        let paths = self.sandbox_paths(sandbox);
         let spec = oci::build_spec(
             &record.config,
             &SpecInputs {
@@ -205,8 +246,8 @@ impl Runtime {
                 rootfs: &rootfs,
                 image: &image.config,
                 user,
-                sandbox: &paths,
-                pid_namespace: self.pid_namespace_for(&record.config, sandbox)?,
+                sandbox: paths,
+                pid_namespace,
                 current_oom_score_adj: self.inner.oom_score_adj,
                 runtime_capabilities: &self.inner.capabilities,
                 hugetlb_controller: self.inner.hugetlb_controller,
@@ -217,22 +258,7 @@ impl Runtime {
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned());
-        let config_path = bundle.join("config.json");
-        write_json(&config_path, &spec)?;
-
-        let monitor = MonitorSpec {
-            id: record.id.clone(),
-            bundle: bundle.clone(),
-            runtime: self.inner.oci.binary.clone(),
-            runtime_root: self.inner.oci.root.clone(),
-            log_path: (!record.log_path.as_os_str().is_empty()).then(|| record.log_path.clone()),
-            exit_file: dir.join("exit.json"),
-            cgroup_path: record.cgroup_path.clone(),
-        };
-        let (monitor_pid, pid) = spawn_monitor(&self.inner.helper, &record.id, &monitor).await?;
-        record.monitor_pid = monitor_pid;
-        record.pid = pid;
-        Ok(self.watch_exit(&record.id, &record.sandbox_id, monitor_pid))
+        write_json(&bundle.join("config.json"), &spec)
     }
 
     /// The pid namespace a container asks for. Mode POD is proto3's default,

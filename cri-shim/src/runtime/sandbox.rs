@@ -204,47 +204,24 @@ impl Runtime {
     async fn set_up_sandbox(&self, record: &mut SandboxRecord) -> Result<(), RuntimeError> {
         let id = record.id.clone();
         let dir = self.sandbox_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("creating", &dir))?;
-        // Write the record early so a crash mid-setup leaves something the
-        // next start can find and clean.
-        write_json(&dir.join("sandbox.json"), record)?;
+        // The sandbox's files and its shm mount on a blocking thread, so
+        // under load the async workers keep answering other calls. The
+        // record comes back also after a failure: the teardown needs to
+        // know what was made.
+        let (this, taken) = (self.clone(), record.clone());
+        let (returned, prepared) = tokio::task::spawn_blocking(move || {
+            let mut taken = taken;
+            let prepared = this.prepare_sandbox_files(&mut taken);
+            (taken, prepared)
+        })
+        .await
+        .map_err(|e| RuntimeError::Infra {
+            sandbox: id.clone(),
+            message: format!("preparing the sandbox files ended abnormally: {e}"),
+        })?;
+        *record = returned;
         let hostname = record.hostname();
-        let write = |name: &str, content: String| {
-            let p = dir.join(name);
-            std::fs::write(&p, content).map_err(RuntimeError::io("writing", &p))
-        };
-        write("hostname", format!("{hostname}\n"))?;
-        write(
-            "resolv.conf",
-            resolv_conf(record.config.dns_config.as_ref()),
-        )?;
-        write("hosts", hosts_file(&hostname, &[]))?;
-        if !record.host_ipc() {
-            let shm = dir.join("shm");
-            mount_shm(&shm)?;
-            record.shm = Some(shm);
-            write_json(&dir.join("sandbox.json"), record)?;
-        }
-
-        let host_network = record.host_network();
-        let pins = PinSpec {
-            id: id.clone(),
-            hostname: hostname.clone(),
-            net: (!host_network).then(|| netns_path(&id)),
-            ipc: (!record.host_ipc()).then(|| dir.join("ipcns")),
-            uts: (!host_network).then(|| dir.join("utsns")),
-        };
-        if pins.net.is_some() || pins.ipc.is_some() || pins.uts.is_some() {
-            if pins.net.is_some() {
-                std::fs::create_dir_all(NETNS_DIR)
-                    .map_err(RuntimeError::io("creating", Path::new(NETNS_DIR)))?;
-            }
-            // Recorded before they exist, so whatever a failure or a crash
-            // leaves is unmounted by the teardown.
-            record.netns = pins.net.clone();
-            record.ipcns = pins.ipc.clone();
-            record.utsns = pins.uts.clone();
-            write_json(&dir.join("sandbox.json"), record)?;
+        if let Some(pins) = prepared? {
             pin_namespaces(&self.inner.helper, &pins).await?;
         }
         if record.shared_pid() {
@@ -291,9 +268,64 @@ impl Runtime {
             .iter()
             .map(|ip| ip.to_string())
             .collect();
-        write("hosts", hosts_file(&hostname, &record.ips))?;
+        let hosts = dir.join("hosts");
+        std::fs::write(&hosts, hosts_file(&hostname, &record.ips))
+            .map_err(RuntimeError::io("writing", &hosts))?;
         tracing::info!(ips = ?record.ips, network = %net.name, "pod network attached");
         Ok(())
+    }
+
+    /// The blocking part of [`Self::set_up_sandbox`]: the sandbox's
+    /// directory, record, `hostname`, `resolv.conf` and `hosts` files, its
+    /// shm mount; returns the namespaces to pin (recorded before they exist,
+    /// so whatever a failure or a crash leaves is unmounted by the teardown).
+    fn prepare_sandbox_files(
+        &self,
+        record: &mut SandboxRecord,
+    ) -> Result<Option<PinSpec>, RuntimeError> {
+        let id = record.id.clone();
+        let dir = self.sandbox_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("creating", &dir))?;
+        // Write the record early so a crash mid-setup leaves something the
+        // next start can find and clean.
+        write_json(&dir.join("sandbox.json"), record)?;
+        let hostname = record.hostname();
+        let write = |name: &str, content: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, content).map_err(RuntimeError::io("writing", &p))
+        };
+        write("hostname", format!("{hostname}\n"))?;
+        write(
+            "resolv.conf",
+            resolv_conf(record.config.dns_config.as_ref()),
+        )?;
+        write("hosts", hosts_file(&hostname, &[]))?;
+        if !record.host_ipc() {
+            let shm = dir.join("shm");
+            mount_shm(&shm)?;
+            record.shm = Some(shm);
+            write_json(&dir.join("sandbox.json"), record)?;
+        }
+        let host_network = record.host_network();
+        let pins = PinSpec {
+            id: id.clone(),
+            hostname,
+            net: (!host_network).then(|| netns_path(&id)),
+            ipc: (!record.host_ipc()).then(|| dir.join("ipcns")),
+            uts: (!host_network).then(|| dir.join("utsns")),
+        };
+        if pins.net.is_none() && pins.ipc.is_none() && pins.uts.is_none() {
+            return Ok(None);
+        }
+        if pins.net.is_some() {
+            std::fs::create_dir_all(NETNS_DIR)
+                .map_err(RuntimeError::io("creating", Path::new(NETNS_DIR)))?;
+        }
+        record.netns = pins.net.clone();
+        record.ipcns = pins.ipc.clone();
+        record.utsns = pins.uts.clone();
+        write_json(&dir.join("sandbox.json"), record)?;
+        Ok(Some(pins))
     }
 
     /// The CNI arguments of a sandbox.
