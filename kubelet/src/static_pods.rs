@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use inotify::{EventMask, Inotify, WatchMask};
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use md5::{Digest, Md5};
@@ -33,9 +33,18 @@ pub type DesiredPodsReceiver = watch::Receiver<Option<Arc<DesiredPods>>>;
 /// Value of `kubernetes.io/config.source` for manifest files.
 pub const FILE_SOURCE: &str = "file";
 
-/// Delay between an inotify event and the re-list, so a burst of events
-/// (create, write, close) from one save costs one re-list.
-const INOTIFY_DEBOUNCE: Duration = Duration::from_millis(10);
+/// A file written and closed, renamed in or out, or deleted: the directory
+/// is re-listed at once (with whatever other events are already queued).
+const COMPLETE_EVENTS: EventMask = EventMask::CLOSE_WRITE
+    .union(EventMask::MOVED_TO)
+    .union(EventMask::MOVED_FROM)
+    .union(EventMask::DELETE);
+
+/// After an event that may be followed by more (a file created or being
+/// written), the re-list waits this long unless a complete event comes
+/// first; a symlink or hard link made in the directory shows only as a
+/// creation.
+const INOTIFY_FALLBACK: Duration = Duration::from_millis(100);
 
 /// Problems with the manifest directory or one manifest file.
 #[derive(Debug, thiserror::Error)]
@@ -722,21 +731,31 @@ impl StaticPodSource {
                     self.relist(&tx).await;
                 }
                 event = next_event => {
-                    match event {
-                        Some(Ok(event)) => {
-                            let lost = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED;
-                            if event.mask.intersects(lost) {
+                    let mut complete = false;
+                    let mut next = Some(event);
+                    // This event and those already queued behind it.
+                    while let Some(event) = next.take() {
+                        match event {
+                            Some(Ok(event)) => {
+                                let lost = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED;
+                                if event.mask.intersects(lost) {
+                                    events = None;
+                                }
+                                complete |= event.mask.intersects(COMPLETE_EVENTS);
+                            }
+                            Some(Err(error)) => {
+                                tracing::warn!(error = %error, "reading inotify events");
                                 events = None;
                             }
+                            None => events = None,
                         }
-                        Some(Err(error)) => {
-                            tracing::warn!(error = %error, "reading inotify events");
-                            events = None;
-                        }
-                        None => events = None,
+                        next = events.as_mut().and_then(|stream| stream.next().now_or_never());
                     }
-                    if debounce.is_none() {
-                        debounce = Some(Box::pin(tokio::time::sleep(INOTIFY_DEBOUNCE)));
+                    if complete || events.is_none() {
+                        debounce = None;
+                        self.relist(&tx).await;
+                    } else if debounce.is_none() {
+                        debounce = Some(Box::pin(tokio::time::sleep(INOTIFY_FALLBACK)));
                     }
                 }
                 _ = debounced => {
@@ -1088,7 +1107,43 @@ spec:
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(rx.borrow().as_ref().unwrap().len(), 1);
+        assert_eq!(rx.borrow_and_update().as_ref().unwrap().len(), 1);
+
+        // A file renamed in (an atomic save) and a symlink (only a
+        // creation event: the fallback re-list) are both picked up.
+        write(
+            dir.path(),
+            ".db.yaml.tmp",
+            &WEB.replace("name: web", "name: db"),
+        );
+        std::fs::rename(dir.path().join(".db.yaml.tmp"), dir.path().join("db.yaml")).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        write(
+            other.path(),
+            "cache.yaml",
+            &WEB.replace("name: web", "name: cache"),
+        );
+        std::os::unix::fs::symlink(
+            other.path().join("cache.yaml"),
+            dir.path().join("cache.yaml"),
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while rx.borrow_and_update().as_ref().unwrap().len() < 3 {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the renamed and the symlinked manifest are listed");
+        // A deletion is seen too.
+        std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while rx.borrow_and_update().as_ref().unwrap().len() != 2 {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the deleted manifest is gone");
 
         cancel.cancel();
         task.await.unwrap();

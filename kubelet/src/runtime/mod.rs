@@ -485,6 +485,11 @@ pub struct Executed {
 pub struct Made {
     /// The new sandbox's id.
     pub sandbox: Option<String>,
+    /// The new sandbox as its status after RunPodSandbox showed it, when
+    /// that was asked for (for its IPs); the observation after the start
+    /// uses it instead of asking again (a sandbox that died since shows at
+    /// the next relist).
+    pub sandbox_observed: Option<ObservedSandbox>,
     /// Started containers: `(container id, sandbox id)`.
     pub containers: Vec<(String, String)>,
 }
@@ -552,6 +557,17 @@ impl ContainerFiles {
                 .map_err(error)?;
         }
         Ok(())
+    }
+}
+
+/// A sandbox as its status reports it, with its IPs.
+fn sandbox_from_status(status: cri_api::PodSandboxStatus, ips: Vec<String>) -> ObservedSandbox {
+    ObservedSandbox {
+        attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
+        ready: status.state == cri_api::PodSandboxState::SandboxReady as i32,
+        created_at: status.created_at,
+        id: status.id,
+        ips,
     }
 }
 
@@ -1192,8 +1208,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         errors.push(error);
                                     }
                                 }
-                                sandbox.map(|(id, ips)| {
+                                sandbox.map(|(id, observed)| {
                                     made.sandbox = Some(id.clone());
+                                    let ips = observed
+                                        .as_ref()
+                                        .map(|o| o.ips.clone())
+                                        .unwrap_or_default();
+                                    made.sandbox_observed = observed;
                                     new_sandbox = Some(TargetSandbox {
                                         id,
                                         attempt: *attempt,
@@ -1339,16 +1360,21 @@ impl<R: RuntimeService> RuntimeManager<R> {
         made: &Made,
     ) -> Result<ObservedPod, RuntimeError> {
         let sandbox = async {
-            match &made.sandbox {
-                Some(id) => match self.service.pod_sandbox_status(id).await {
-                    Ok(status) => Ok(Some(status)),
+            match (&made.sandbox, &made.sandbox_observed) {
+                (_, Some(observed)) => Ok(Some(observed.clone())),
+                (Some(id), None) => match self.service.pod_sandbox_status(id).await {
+                    Ok(status) => {
+                        let ips = sandbox_status_ips(&status);
+                        self.remember_ips(uid, &status.id, &ips);
+                        Ok(Some(sandbox_from_status(status, ips)))
+                    }
                     Err(source) => Err(RuntimeError::PodSandboxStatus {
                         pod_uid: uid.to_owned(),
                         sandbox_id: id.clone(),
                         source,
                     }),
                 },
-                None => Ok(None),
+                (None, None) => Ok(None),
             }
         };
         let containers =
@@ -1365,16 +1391,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
             }));
         let (sandbox, containers) = futures::future::join(sandbox, containers).await;
         let mut observed = before.clone();
-        if let Some(status) = sandbox? {
-            let ips = sandbox_status_ips(&status);
-            self.remember_ips(uid, &status.id, &ips);
-            observed.sandboxes.push(ObservedSandbox {
-                attempt: status.metadata.as_ref().map_or(0, |m| m.attempt),
-                ready: status.state == cri_api::PodSandboxState::SandboxReady as i32,
-                created_at: status.created_at,
-                id: status.id,
-                ips,
-            });
+        if let Some(sandbox) = sandbox? {
+            observed.sandboxes.push(sandbox);
         }
         for container in containers {
             observed.containers.push(container?);
@@ -1479,7 +1497,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         attempt: u32,
         config: &cri_api::PodSandboxConfig,
         need_ips: bool,
-    ) -> Result<(String, Vec<String>), RuntimeError> {
+    ) -> Result<(String, Option<ObservedSandbox>), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
         // The pod's log directory, and its cgroup (a dozen mkdirs and writes
         // in cgroupfs), on one blocking thread: off the async workers, which
@@ -1528,24 +1546,37 @@ impl<R: RuntimeService> RuntimeManager<R> {
             })?;
         // Asked now only if a container start needs them; else the next
         // observation asks, alongside its other calls.
-        let mut pod_ips = Vec::new();
+        let mut observed = None;
         if need_ips {
-            pod_ips = self
-                .sandbox_ips(&pod_ref.uid, &sandbox_id)
-                .await?
-                .unwrap_or_default();
-            self.remember_ips(&pod_ref.uid, &sandbox_id, &pod_ips);
+            match self.service.pod_sandbox_status(&sandbox_id).await {
+                Ok(status) => {
+                    let ips = sandbox_status_ips(&status);
+                    self.remember_ips(&pod_ref.uid, &sandbox_id, &ips);
+                    observed = Some(sandbox_from_status(status, ips));
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(source) => {
+                    return Err(RuntimeError::PodSandboxStatus {
+                        pod_uid: pod_ref.uid.clone(),
+                        sandbox_id,
+                        source,
+                    });
+                }
+            }
         }
         tracing::info!(
             pod.uid = pod_ref.uid,
             pod.name = pod_ref.name,
             sandbox.id = sandbox_id,
             attempt,
-            pod.ip = pod_ips.first().map(String::as_str),
+            pod.ip = observed
+                .as_ref()
+                .and_then(|o: &ObservedSandbox| o.ips.first())
+                .map(String::as_str),
             since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
             "pod sandbox started"
         );
-        Ok((sandbox_id, pod_ips))
+        Ok((sandbox_id, observed))
     }
 
     /// Makes the container's image present by its pull policy; returns the
