@@ -13,7 +13,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::pidfd;
-use super::{Entry, ExecOutput, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
+use super::{
+    Entry, ExecOutput, Runtime, RuntimeError, list_dirs, new_id, persist_json, read_json,
+    write_json,
+};
 use crate::monitor::{ExitRecord, MonitorReport, MonitorSpec, now_ns};
 use crate::oci::{self, PidNamespace, SpecInputs};
 use crate::reexec::{HelperExe, MONITOR_ARG};
@@ -141,7 +144,7 @@ impl Runtime {
             match self.set_up_container(&mut record, &sandbox, &image).await {
                 Ok(exit_rx) => {
                     record.created = true;
-                    write_json(&self.container_dir(&id).join("container.json"), &record)?;
+                    persist_json(&self.container_dir(&id).join("container.json"), &record).await?;
                     self.inner
                         .exits
                         .lock()
@@ -326,7 +329,7 @@ impl Runtime {
         let started_at = now_ns();
         self.inner.oci.start(&id).await?;
         let record = entry.update(|r| r.started_at = Some(started_at));
-        write_json(&self.container_dir(&id).join("container.json"), &record)?;
+        persist_json(&self.container_dir(&id).join("container.json"), &record).await?;
         tracing::info!(container.id = %id, container.name = %record.name(), "container started");
         self.emit_container_event(
             &id,

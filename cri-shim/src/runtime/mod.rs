@@ -257,6 +257,29 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> 
     std::fs::rename(&tmp, path).map_err(RuntimeError::io("renaming", path))
 }
 
+/// [`write_json`] from async code: encoded here, written and renamed on a
+/// blocking thread (a rename can wait on the journal of a busy disk).
+async fn persist_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
+    let data = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
+        op: "encoding",
+        path: path.to_owned(),
+        source: e.into(),
+    })?;
+    let path = path.to_owned();
+    let failed = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, data).map_err(RuntimeError::io("writing", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(RuntimeError::io("renaming", &path))
+    })
+    .await
+    .map_err(|e| RuntimeError::Io {
+        op: "writing",
+        path: failed,
+        source: std::io::Error::other(e),
+    })?
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }

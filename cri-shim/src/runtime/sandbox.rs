@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::pidfd;
-use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, read_json, write_json};
+use super::{Entry, Runtime, RuntimeError, list_dirs, new_id, persist_json, read_json, write_json};
 use crate::infra::InfraSpec;
 use crate::monitor::now_ns;
 use crate::pin::{PINNED, PinSpec};
@@ -176,7 +176,7 @@ impl Runtime {
                 Ok(()) => {
                     record.state = SandboxState::Ready;
                     record.setting_up = false;
-                    write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
+                    persist_json(&self.sandbox_dir(&id).join("sandbox.json"), &record).await?;
                     self.inner
                         .sandboxes
                         .write()
@@ -236,7 +236,7 @@ impl Runtime {
             let (pid, pid_holder) = spawn_infra(&self.inner.helper, &id, &spec).await?;
             record.infra_pid = Some(pid);
             record.pid_holder = pid_holder;
-            write_json(&dir.join("sandbox.json"), record)?;
+            persist_json(&dir.join("sandbox.json"), record).await?;
         }
 
         let Some(netns) = record.netns.clone() else {
@@ -253,7 +253,7 @@ impl Runtime {
         let rt = self.cni_runtime_conf(record, &netns);
         // Mark before the call: a failed or interrupted ADD still owes a DEL.
         record.network_attached = true;
-        write_json(&dir.join("sandbox.json"), record)?;
+        persist_json(&dir.join("sandbox.json"), record).await?;
         let result =
             self.inner
                 .cni
@@ -269,7 +269,8 @@ impl Runtime {
             .map(|ip| ip.to_string())
             .collect();
         let hosts = dir.join("hosts");
-        std::fs::write(&hosts, hosts_file(&hostname, &record.ips))
+        tokio::fs::write(&hosts, hosts_file(&hostname, &record.ips))
+            .await
             .map_err(RuntimeError::io("writing", &hosts))?;
         tracing::info!(ips = ?record.ips, network = %net.name, "pod network attached");
         Ok(())
