@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod server;
 pub mod stats;
+pub mod tuning;
 pub mod v1alpha2;
 
 pub use config::Config;

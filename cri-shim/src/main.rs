@@ -74,6 +74,7 @@ fn main() -> anyhow::Result<()> {
     // Helper roles, when no cri-shim-helper is installed and this binary is
     // re-executed for them.
     cri_shim::reexec::run_child_role_if_requested();
+    cri_shim::tuning::limit_malloc_arenas();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log_level));

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     // The embedded runtime re-executes this binary for its helper processes
     // when no cri-shim-helper is installed next to it.
     cri_shim::reexec::run_child_role_if_requested();
+    cri_shim::tuning::limit_malloc_arenas();
 
     let flags = KubeletFlags::parse();
     tracing_subscriber::fmt()

@@ -676,6 +676,17 @@ spec:
     })
 }
 
+/// Waits until `/pods` shows the first container of static pod `name`
+/// waiting with `reason`; returns the waiting message.
+async fn wait_for_waiting(node: &Node, name: &str, reason: &str) -> anyhow::Result<String> {
+    let pod = wait_for_reported(node, name, reason, |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason
+    })
+    .await?;
+    let waiting = &pod["status"]["containerStatuses"][0];
+    Ok(text(waiting, &["state", "waiting", "message"]).to_owned())
+}
+
 /// Waits until `/pods` reports static pod `name` in a state `accept` likes.
 async fn wait_for_reported(
     node: &Node,
@@ -1045,15 +1056,7 @@ spec:
             pod_cgroup.display()
         );
 
-        let secretive = wait_for_reported(node, "secretive", "CreateContainerConfigError", |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-        .await?;
-        let message = text(
-            &secretive["status"]["containerStatuses"][0],
-            &["state", "waiting", "message"],
-        );
+        let message = wait_for_waiting(node, "secretive", "CreateContainerConfigError").await?;
         ensure!(
             message.contains("env[PASSWORD].valueFrom.secretKeyRef"),
             "message does not name the field: {message}"
@@ -1132,15 +1135,7 @@ spec:
         );
         ensure!(field("Seccomp:") == ["2"], "a seccomp filter: {lines:?}");
 
-        let rooted = wait_for_reported(node, "rooted", "CreateContainerConfigError", |p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
-                == "CreateContainerConfigError"
-        })
-        .await?;
-        let message = text(
-            &rooted["status"]["containerStatuses"][0],
-            &["state", "waiting", "message"],
-        );
+        let message = wait_for_waiting(node, "rooted", "CreateContainerConfigError").await?;
         ensure!(
             message.starts_with("container has runAsNonRoot and image will run as root (pod: "),
             "message: {message}"
