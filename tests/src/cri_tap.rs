@@ -156,7 +156,10 @@ async fn serve_connection(
     let driver = tokio::spawn(connection);
     let service =
         hyper::service::service_fn(move |request| forward(sender.clone(), log.clone(), request));
+    // No stream limit of the proxy's own (hyper's default is 200): the
+    // kubelet may have more calls in flight, and the runtime sets its limit.
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .max_concurrent_streams(None)
         .serve_connection(TokioIo::new(client), service)
         .await;
     driver.abort();

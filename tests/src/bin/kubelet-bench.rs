@@ -397,7 +397,9 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
     for name in &sequential {
         started.extend(start_static_pods(&node, std::slice::from_ref(name), poll).await?);
     }
-    if let Some(split) = split(&node, &started)? {
+    if let Some(split) = split(&node, &started)?
+        && !started.is_empty()
+    {
         breakdowns.push((format!("sequential ({})", args.sequential), split));
     }
     let kubelet_sequential = latencies(&started);
