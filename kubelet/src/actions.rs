@@ -474,19 +474,19 @@ impl RunPlan<'_> {
     /// Kills a container whose probe failed, with the probe's grace period
     /// if it has one (upstream's probe-level `terminationGracePeriodSeconds`).
     fn stop_unhealthy(&mut self, c: &ObservedContainer, probe_grace: Option<i64>) {
-        self.out.actions.push(Action::StopContainer {
-            container_id: c.id.clone(),
-            name: c.name.clone(),
-            grace_period: clamp_grace(probe_grace.unwrap_or(self.desired.termination_grace_period)),
-            reason: StopReason::Unhealthy,
-        });
+        let grace = probe_grace.unwrap_or(self.desired.termination_grace_period);
+        self.stop_with(c, StopReason::Unhealthy, grace);
     }
 
     fn stop(&mut self, c: &ObservedContainer, reason: StopReason) {
+        self.stop_with(c, reason, self.desired.termination_grace_period);
+    }
+
+    fn stop_with(&mut self, c: &ObservedContainer, reason: StopReason, grace_period: i64) {
         self.out.actions.push(Action::StopContainer {
             container_id: c.id.clone(),
             name: c.name.clone(),
-            grace_period: clamp_grace(self.desired.termination_grace_period),
+            grace_period: clamp_grace(grace_period),
             reason,
         });
     }

@@ -218,24 +218,20 @@ impl<R: RuntimeService> PodWorker<R> {
 
     async fn sync(&mut self, intent: &WorkerIntent) -> Result<SyncOutcome, Vec<RuntimeError>> {
         let known_empty = std::mem::take(&mut self.known_empty);
-        let mut observed = match self.made.take() {
-            _ if known_empty => ObservedPod::default(),
-            Some((before, made)) => {
-                match self
-                    .runtime
-                    .observe_made(&self.pod.uid, &before, &made)
-                    .await
-                {
-                    Ok(observed) => observed,
-                    Err(error) => {
-                        tracing::debug!(error = %ErrorChain(&error), "observing what was made; listing the pod");
-                        self.runtime
-                            .observe_pod(&self.pod.uid)
-                            .await
-                            .map_err(|e| vec![e])?
-                    }
-                }
-            }
+        let targeted = match self.made.take() {
+            _ if known_empty => Some(ObservedPod::default()),
+            Some((before, made)) => self
+                .runtime
+                .observe_made(&self.pod.uid, &before, &made)
+                .await
+                .inspect_err(|error| {
+                    tracing::debug!(error = %ErrorChain(error), "observing what was made; listing the pod");
+                })
+                .ok(),
+            None => None,
+        };
+        let mut observed = match targeted {
+            Some(observed) => observed,
             None => self
                 .runtime
                 .observe_pod(&self.pod.uid)

@@ -631,8 +631,8 @@ pub struct StaticPodSource {
     node_name: String,
     file_check_frequency: Duration,
     state: StaticPodState,
-    /// Taken by the blocking re-list and put back.
-    cache: Option<ManifestCache>,
+    /// Lent to the blocking re-list and given back.
+    cache: ManifestCache,
 }
 
 type EventStream = inotify::EventStream<[u8; 4096]>;
@@ -645,7 +645,7 @@ impl StaticPodSource {
             node_name,
             file_check_frequency,
             state: StaticPodState::default(),
-            cache: Some(ManifestCache::default()),
+            cache: ManifestCache::default(),
         }
     }
 
@@ -675,14 +675,14 @@ impl StaticPodSource {
     async fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
         let dir = self.dir.clone();
         let node_name = self.node_name.clone();
-        let mut cache = self.cache.take().unwrap_or_default();
+        let mut cache = std::mem::take(&mut self.cache);
         let listing = tokio::task::spawn_blocking(move || {
             let listing = list_manifests_cached(&dir, &node_name, &mut cache);
             (listing, cache)
         })
         .await
         .map(|(listing, cache)| {
-            self.cache = Some(cache);
+            self.cache = cache;
             listing
         });
         match listing {

@@ -247,37 +247,37 @@ const EVENT_BUFFER: usize = 1024;
 
 /// Persisted as `<dir>/<file>` via a temp file and rename.
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
-    let tmp = path.with_extension("json.tmp");
-    let data = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
-        op: "encoding",
-        path: path.to_owned(),
-        source: e.into(),
-    })?;
-    std::fs::write(&tmp, data).map_err(RuntimeError::io("writing", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(RuntimeError::io("renaming", path))
+    replace_file(path, &encode_json(path, value)?)
 }
 
 /// [`write_json`] from async code: encoded here, written and renamed on a
 /// blocking thread (a rename can wait on the journal of a busy disk).
 async fn persist_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
-    let data = serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
+    let data = encode_json(path, value)?;
+    let path = path.to_owned();
+    let failed = path.clone();
+    tokio::task::spawn_blocking(move || replace_file(&path, &data))
+        .await
+        .map_err(|e| RuntimeError::Io {
+            op: "writing",
+            path: failed,
+            source: std::io::Error::other(e),
+        })?
+}
+
+fn encode_json<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, RuntimeError> {
+    serde_json::to_vec_pretty(value).map_err(|e| RuntimeError::Io {
         op: "encoding",
         path: path.to_owned(),
         source: e.into(),
-    })?;
-    let path = path.to_owned();
-    let failed = path.clone();
-    tokio::task::spawn_blocking(move || {
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, data).map_err(RuntimeError::io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(RuntimeError::io("renaming", &path))
     })
-    .await
-    .map_err(|e| RuntimeError::Io {
-        op: "writing",
-        path: failed,
-        source: std::io::Error::other(e),
-    })?
+}
+
+/// Replaces `path` with `data` through a temp file and rename.
+fn replace_file(path: &Path, data: &[u8]) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, data).map_err(RuntimeError::io("writing", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(RuntimeError::io("renaming", path))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {

@@ -208,9 +208,8 @@ impl Runtime {
         // under load the async workers keep answering other calls. The
         // record comes back also after a failure: the teardown needs to
         // know what was made.
-        let (this, taken) = (self.clone(), record.clone());
+        let (this, mut taken) = (self.clone(), record.clone());
         let (returned, prepared) = tokio::task::spawn_blocking(move || {
-            let mut taken = taken;
             let prepared = this.prepare_sandbox_files(&mut taken);
             (taken, prepared)
         })

@@ -178,17 +178,11 @@ impl Runtime {
 /// namespace to read `/proc/<pid>/net/dev` of). The namespace switch ends
 /// with the thread.
 fn net_dev_in(netns: &std::path::Path) -> Option<String> {
-    let ns = std::fs::File::open(netns).ok()?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-                std::fs::read_to_string("/proc/thread-self/net/dev").ok()
-            })
-            .join()
-            .ok()
-            .flatten()
-    })
+    cni_plugins::netns::NetNs::open(netns)
+        .ok()?
+        .run(|| std::fs::read_to_string("/proc/thread-self/net/dev").ok())
+        .ok()
+        .flatten()
 }
 
 fn memory_usage(timestamp: i64, u: &CgroupUsage) -> cri::MemoryUsage {

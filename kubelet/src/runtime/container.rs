@@ -419,10 +419,10 @@ pub fn verify_run_as_non_root(
         (None, Some(0)) => format!(
             "container has runAsNonRoot and image will run as root (pod: {pod_text:?}, container: {name})"
         ),
-        (None, None) if !image_user.is_empty() => format!(
+        (None, None) => format!(
             "container has runAsNonRoot and image has non-numeric user ({image_user}), cannot verify user is non-root (pod: {pod_text:?}, container: {name})"
         ),
-        (None, _) => return Ok(()),
+        (None, Some(_)) => return Ok(()),
     };
     Err(ContainerConfigError::RunAsNonRoot(message))
 }

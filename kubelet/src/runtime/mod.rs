@@ -996,14 +996,19 @@ impl<R: RuntimeService> RuntimeManager<R> {
         Ok(observed)
     }
 
-    /// The IPs of sandbox `sandbox_id`, primary first; `None` if it is gone.
-    async fn sandbox_ips(
+    /// Sandbox `sandbox_id` as its status shows it, its IPs remembered;
+    /// `None` if it is gone.
+    async fn sandbox_status(
         &self,
         uid: &str,
         sandbox_id: &str,
-    ) -> Result<Option<Vec<String>>, RuntimeError> {
+    ) -> Result<Option<ObservedSandbox>, RuntimeError> {
         match self.service.pod_sandbox_status(sandbox_id).await {
-            Ok(status) => Ok(Some(sandbox_status_ips(&status))),
+            Ok(status) => {
+                let ips = sandbox_status_ips(&status);
+                self.remember_ips(uid, sandbox_id, &ips);
+                Ok(Some(sandbox_from_status(status, ips)))
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(source) => Err(RuntimeError::PodSandboxStatus {
                 pod_uid: uid.to_owned(),
@@ -1032,11 +1037,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
         {
             return Ok(Some((latest, ips.clone())));
         }
-        let Some(ips) = self.sandbox_ips(uid, &latest).await? else {
+        let Some(sandbox) = self.sandbox_status(uid, &latest).await? else {
             return Ok(None);
         };
-        self.remember_ips(uid, &latest, &ips);
-        Ok(Some((latest, ips)))
+        Ok(Some((latest, sandbox.ips)))
     }
 
     async fn host_dns(&self, pod_uid: &str) -> Result<cri_api::DnsConfig, RuntimeError> {
@@ -1362,18 +1366,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let sandbox = async {
             match (&made.sandbox, &made.sandbox_observed) {
                 (_, Some(observed)) => Ok(Some(observed.clone())),
-                (Some(id), None) => match self.service.pod_sandbox_status(id).await {
-                    Ok(status) => {
-                        let ips = sandbox_status_ips(&status);
-                        self.remember_ips(uid, &status.id, &ips);
-                        Ok(Some(sandbox_from_status(status, ips)))
-                    }
-                    Err(source) => Err(RuntimeError::PodSandboxStatus {
-                        pod_uid: uid.to_owned(),
-                        sandbox_id: id.clone(),
-                        source,
-                    }),
-                },
+                // Gone already: as absent as a listing would show it.
+                (Some(id), None) => self.sandbox_status(uid, id).await,
                 (None, None) => Ok(None),
             }
         };
@@ -1544,26 +1538,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 attempt,
                 source,
             })?;
-        // Asked now only if a container start needs them; else the next
-        // observation asks, alongside its other calls.
-        let mut observed = None;
-        if need_ips {
-            match self.service.pod_sandbox_status(&sandbox_id).await {
-                Ok(status) => {
-                    let ips = sandbox_status_ips(&status);
-                    self.remember_ips(&pod_ref.uid, &sandbox_id, &ips);
-                    observed = Some(sandbox_from_status(status, ips));
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(source) => {
-                    return Err(RuntimeError::PodSandboxStatus {
-                        pod_uid: pod_ref.uid.clone(),
-                        sandbox_id,
-                        source,
-                    });
-                }
-            }
-        }
+        // Asked now when a container start needs the IPs (the pod's hosts
+        // file, env, a hook); else the next observation asks.
+        let observed = match need_ips {
+            true => self.sandbox_status(&pod_ref.uid, &sandbox_id).await?,
+            false => None,
+        };
         tracing::info!(
             pod.uid = pod_ref.uid,
             pod.name = pod_ref.name,
