@@ -112,10 +112,7 @@ pub async fn stop_pod(cri: &mut CriClient, sandbox: &str) -> anyhow::Result<()> 
         pod_sandbox_id: sandbox.to_owned(),
     })
     .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox.to_owned(),
-    })
-    .await?;
+    crate::harness::remove_sandbox(cri, sandbox).await?;
     Ok(())
 }
 

@@ -513,6 +513,54 @@ pub async fn cri_client(endpoint: &str) -> anyhow::Result<CriClient> {
     Ok(RuntimeServiceClient::new(channel))
 }
 
+/// RunPodSandbox of `config`; the sandbox id.
+pub async fn run_sandbox(
+    cri: &mut CriClient,
+    config: &k8s_cri::v1::PodSandboxConfig,
+) -> anyhow::Result<String> {
+    Ok(cri
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+/// CreateContainer of `config` in `sandbox` (made from `sandbox_config`),
+/// then StartContainer; the container id.
+pub async fn create_and_start(
+    cri: &mut CriClient,
+    sandbox: &str,
+    sandbox_config: &k8s_cri::v1::PodSandboxConfig,
+    config: k8s_cri::v1::ContainerConfig,
+) -> anyhow::Result<String> {
+    let id = cri
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: sandbox.to_owned(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cri.start_container(k8s_cri::v1::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    Ok(id)
+}
+
+/// RemovePodSandbox of `sandbox`.
+pub async fn remove_sandbox(cri: &mut CriClient, sandbox: &str) -> anyhow::Result<()> {
+    cri.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: sandbox.to_owned(),
+    })
+    .await?;
+    Ok(())
+}
+
 /// Pod sandboxes, all or those of the pod named `pod_name`.
 pub async fn list_sandboxes(
     cri: &mut CriClient,
@@ -2129,10 +2177,7 @@ pub async fn remove_everything_at(endpoint: &str) -> anyhow::Result<()> {
             .await?;
     }
     for s in list_sandboxes(&mut cri, None).await? {
-        cri.remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
-            pod_sandbox_id: s.id,
-        })
-        .await?;
+        remove_sandbox(&mut cri, &s.id).await?;
     }
     Ok(())
 }

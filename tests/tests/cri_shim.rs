@@ -150,14 +150,7 @@ async fn sandbox_lifecycle_body(
     );
 
     let config = sandbox_config("lifecycle", &log_dir);
-    let sandbox_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = harness::run_sandbox(&mut cri, &config).await?;
     let dup = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
@@ -201,10 +194,7 @@ async fn sandbox_lifecycle_body(
         racing_sandboxes.len() == 1 && racing_sandboxes[0].id == winner,
         "sandboxes of one pod after a race: {racing_sandboxes:?}"
     );
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: winner,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &winner).await?;
     let sb = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox_id.clone(),
@@ -363,18 +353,12 @@ async fn sandbox_lifecycle_body(
     .await?;
 
     // Exit codes and reasons.
-    let failing = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-            config: Some(container_config("failing", "exit 3")),
-            sandbox_config: Some(config.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: failing.clone(),
-    })
+    let failing = harness::create_and_start(
+        &mut cri,
+        &sandbox_id,
+        &config,
+        container_config("failing", "exit 3"),
+    )
     .await?;
     let exited = wait_state(&mut cri, &failing, cri::ContainerState::ContainerExited).await?;
     ensure!(
@@ -395,14 +379,8 @@ async fn sandbox_lifecycle_body(
         pod_sandbox_id: sandbox_id.clone(),
     })
     .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id.clone(),
-    })
-    .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id.clone(),
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox_id).await?;
+    harness::remove_sandbox(&mut cri, &sandbox_id).await?;
     ensure!(
         harness::list_sandboxes(&mut cri, None).await?.is_empty(),
         "sandbox still listed"
@@ -434,14 +412,7 @@ async fn bad_input_leaves_nothing() -> anyhow::Result<()> {
 async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> anyhow::Result<()> {
     let mut cri = shim.client().await?;
     let config = sandbox_config("badinput", &dir.join("logs"));
-    let sandbox_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = harness::run_sandbox(&mut cri, &config).await?;
     let mut c = container_config("noimage", "true");
     c.image = Some(cri::ImageSpec {
         image: "docker.io/library/absent:1".into(),
@@ -534,10 +505,7 @@ async fn bad_input_body(shim: &mut CriShim, _net: &CniNetwork, dir: &Path) -> an
         "{left} container directories left in {}",
         containers_dir.display()
     );
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox_id).await?;
     ensure!(
         mounts_under(dir).is_empty(),
         "mounts left: {:?}",
@@ -575,28 +543,9 @@ async fn container_features_body(
         "net.ipv4.ip_unprivileged_port_start".to_owned(),
         "80".to_owned(),
     )]);
-    let sandbox_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = harness::run_sandbox(&mut cri, &config).await?;
     let create = async |cri: &mut CriClient, c: cri::ContainerConfig| -> anyhow::Result<String> {
-        let id = cri
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox_id.clone(),
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        cri.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+        let id = harness::create_and_start(cri, &sandbox_id, &config, c).await?;
         Ok(id)
     };
     let app = create(
@@ -899,10 +848,7 @@ async fn container_features_body(
     }
     let want: Vec<i32> = want.iter().map(|e| *e as i32).collect();
     ensure!(seen == want, "events {seen:?}, want {want:?}");
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox_id).await?;
     Ok(())
 }
 
@@ -1042,36 +988,20 @@ async fn cycles_leave_nothing_body(
     let mut container_ids = Vec::new();
     for i in 0..CYCLES {
         let config = sandbox_config(&format!("cycle{i}"), &dir.join("logs"));
-        let sandbox_id = cri
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        let id = cri
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox_id.clone(),
-                config: Some(container_config("c", "exec sleep 300")),
-                sandbox_config: Some(config),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        cri.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
+        let sandbox_id = harness::run_sandbox(&mut cri, &config).await?;
+        let id = harness::create_and_start(
+            &mut cri,
+            &sandbox_id,
+            &config,
+            container_config("c", "exec sleep 300"),
+        )
         .await?;
         cri.stop_container(cri::StopContainerRequest {
             container_id: id.clone(),
             timeout: 0,
         })
         .await?;
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox_id.clone(),
-        })
-        .await?;
+        harness::remove_sandbox(&mut cri, &sandbox_id).await?;
         sandbox_ids.push(sandbox_id);
         container_ids.push(id);
     }
@@ -1185,19 +1115,7 @@ async fn pid_namespaces_body(
                 }),
                 ..Default::default()
             });
-        let id = cri
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox,
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        cri.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+        let id = harness::create_and_start(cri, &sandbox, &config, c).await?;
         wait_state(cri, &id, cri::ContainerState::ContainerRunning).await?;
         Ok(id)
     };
@@ -1219,14 +1137,7 @@ async fn pid_namespaces_body(
             namespace_options: Some(harness::pod_namespaces(cri::NamespaceMode::Pod)),
             ..Default::default()
         });
-    let shared_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(shared.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let shared_id = harness::run_sandbox(&mut cri, &shared).await?;
     // The pod pid namespace is held by an infra process (the small helper)
     // and its forked PID 1 of that namespace.
     ensure_runs_from_helper(INFRA, &shared_id, 2)?;
@@ -1248,14 +1159,7 @@ async fn pid_namespaces_body(
     );
 
     let private = sandbox_config("private", &dir.join("logs"));
-    let private_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(private.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let private_id = harness::run_sandbox(&mut cri, &private).await?;
     ensure!(
         helper_processes(INFRA, &private_id).is_empty(),
         "an infra process for a pod without a pod pid namespace"
@@ -1362,14 +1266,7 @@ async fn without_helper_body(shim: &LoneCriShim, dir: &Path) -> anyhow::Result<(
     );
     let mut cri = shim.client().await?;
     let config = sandbox_config("lone", &dir.join("logs"));
-    let sandbox_id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox_id = harness::run_sandbox(&mut cri, &config).await?;
     let id = cri
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.clone(),
@@ -1403,10 +1300,7 @@ async fn without_helper_body(shim: &LoneCriShim, dir: &Path) -> anyhow::Result<(
         },
     )
     .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox_id.clone(),
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox_id).await?;
     // The monitor exits right after it recorded the exit StopContainer waited for.
     harness::wait_until(
         "the monitor exits after RemovePodSandbox",

@@ -207,14 +207,7 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
             "20M".to_owned(),
         ),
     ]);
-    let id = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let id = harness::run_sandbox(&mut cri, &config).await?;
     let status = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: id.clone(),
@@ -237,19 +230,7 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
         reserved_ips(dir, &net.name)
     );
 
-    let container = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: id.clone(),
-            config: Some(httpd_config()),
-            sandbox_config: Some(config.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: container.clone(),
-    })
-    .await?;
+    harness::create_and_start(&mut cri, &id, &config, httpd_config()).await?;
     let body = harness::wait_until(
         &format!("httpd in the pod answers on 127.0.0.1:{host_port}"),
         harness::DEADLINE,
@@ -284,10 +265,7 @@ async fn pod_network_body(shim: &CniShim, net: &CniNetwork, dir: &Path) -> anyho
     let egress = root_tbf_rate(&ifb)?;
     ensure!(egress == Some(2_500_000), "tbf on {ifb}: {egress:?}");
 
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: id.clone(),
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &id).await?;
     ensure!(net.veths()?.is_empty(), "veths left: {:?}", net.veths()?);
     ensure!(!link_exists(&ifb), "IFB {ifb} left");
     let rules = iptables_lines_with(&id)?;
@@ -373,8 +351,7 @@ async fn network_ready_follows_the_conf_dir() -> anyhow::Result<()> {
             .await?
             .into_inner()
             .pod_sandbox_id;
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await?;
+        harness::remove_sandbox(&mut cri, &id).await?;
         Ok(())
     }
     .await;

@@ -176,45 +176,32 @@ async fn run_once(
         }),
         ..Default::default()
     };
-    let sandbox = cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(sandbox_config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let sandbox = harness::run_sandbox(cri, &sandbox_config).await?;
     let result = async {
-        let container = cri
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox.clone(),
-                config: Some(cri::ContainerConfig {
-                    metadata: Some(cri::ContainerMetadata {
-                        name: "main".into(),
-                        attempt: 0,
-                    }),
-                    image: spec(image),
-                    command: vec!["sh".into(), "-c".into(), script.into()],
-                    log_path: "main/0.log".into(),
-                    linux: Some(cri::LinuxContainerConfig {
-                        security_context: Some(cri::LinuxContainerSecurityContext {
-                            namespace_options: Some(harness::pod_namespaces(
-                                cri::NamespaceMode::Container,
-                            )),
-                            ..Default::default()
-                        }),
+        let container = harness::create_and_start(
+            cri,
+            &sandbox,
+            &sandbox_config,
+            cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: spec(image),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                log_path: "main/0.log".into(),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(harness::pod_namespaces(
+                            cri::NamespaceMode::Container,
+                        )),
                         ..Default::default()
                     }),
                     ..Default::default()
                 }),
-                sandbox_config: Some(sandbox_config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        cri.start_container(cri::StartContainerRequest {
-            container_id: container.clone(),
-        })
+                ..Default::default()
+            },
+        )
         .await?;
         let status = harness::wait_until(
             "the container exited",
@@ -241,10 +228,7 @@ async fn run_once(
         pod_sandbox_id: sandbox.clone(),
     })
     .await?;
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(cri, &sandbox).await?;
     result
 }
 

@@ -105,7 +105,7 @@ async fn scenario(endpoint: &str, log_dir: &Path) -> anyhow::Result<Observations
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(log_dir);
 
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     let status = cri
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: sandbox.clone(),
@@ -349,9 +349,9 @@ async fn probe_pod(
     label: &str,
 ) -> anyhow::Result<Observations> {
     let mut cri = harness::cri_client(endpoint).await?;
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     container.command = vec!["sleep".into(), "300".into()];
-    let id = start(&mut cri, &sandbox, &config, container).await?;
+    let id = harness::create_and_start(&mut cri, &sandbox, &config, container).await?;
     let out = cri
         .exec_sync(cri::ExecSyncRequest {
             container_id: id,
@@ -370,10 +370,7 @@ async fn probe_pod(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ));
     obs.push((format!("{label} exit code"), out.exit_code.to_string()));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -480,7 +477,7 @@ async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
     )?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     let mut obs: Observations = Vec::new();
     for (name, kind) in [
         ("unconfined", ProfileType::Unconfined),
@@ -500,19 +497,7 @@ async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
                 String::new()
             },
         });
-        let id = cri
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: sandbox.clone(),
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        cri.start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+        let id = harness::create_and_start(&mut cri, &sandbox, &config, c).await?;
         let out = cri
             .exec_sync(cri::ExecSyncRequest {
                 container_id: id,
@@ -525,10 +510,7 @@ async fn seccomp_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
             obs.push((format!("{name} line {i}"), line.to_owned()));
         }
     }
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -606,44 +588,6 @@ where
     Ok(())
 }
 
-/// Runs a sandbox of `config`; its id.
-async fn run_sandbox(
-    cri: &mut CriClient,
-    config: &cri::PodSandboxConfig,
-) -> anyhow::Result<String> {
-    Ok(cri
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
-}
-
-/// Starts a container of `config` in `sandbox` (with `sandbox_config`).
-async fn start(
-    cri: &mut CriClient,
-    sandbox: &str,
-    sandbox_config: &cri::PodSandboxConfig,
-    config: cri::ContainerConfig,
-) -> anyhow::Result<String> {
-    let id = cri
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox.to_owned(),
-            config: Some(config),
-            sandbox_config: Some(sandbox_config.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cri.start_container(cri::StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await?;
-    Ok(id)
-}
-
 /// Sorted container names of a listing.
 fn container_names(list: &[cri::Container]) -> String {
     let mut names: Vec<String> = list
@@ -690,7 +634,7 @@ async fn filters_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
     let (config_a, config_b) = (pod("pod-a"), pod("pod-b"));
     let mut sandboxes = Vec::new();
     for config in [&config_a, &config_b] {
-        sandboxes.push(run_sandbox(&mut cri, config).await?);
+        sandboxes.push(harness::run_sandbox(&mut cri, config).await?);
     }
     let again = cri
         .run_pod_sandbox(cri::RunPodSandboxRequest {
@@ -706,15 +650,17 @@ async fn filters_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
         (code_of(&again) != "OK").to_string(),
     ));
     let (a, b) = (sandboxes[0].clone(), sandboxes[1].clone());
-    let sleeper = start(
+    let sleeper = harness::create_and_start(
         &mut cri,
         &a,
         &config_a,
         container_config("sleeper", "exec sleep 300"),
     )
     .await?;
-    let done = start(&mut cri, &a, &config_a, container_config("done", "exit 0")).await?;
-    start(
+    let done =
+        harness::create_and_start(&mut cri, &a, &config_a, container_config("done", "exit 0"))
+            .await?;
+    harness::create_and_start(
         &mut cri,
         &b,
         &config_b,
@@ -825,10 +771,7 @@ async fn filters_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observat
     .await?;
     obs.push(("containers by unknown id".into(), container_names(&list)));
     for sandbox in [a, b] {
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await?;
+        harness::remove_sandbox(&mut cri, &sandbox).await?;
     }
     Ok(obs)
 }
@@ -840,9 +783,9 @@ async fn exec_and_logs_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Ob
     let mut cri = harness::cri_client(endpoint).await?;
     let log_dir = dir.join("logs");
     let config = sandbox_config(&log_dir);
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     // 20000 characters on one line, then a short one.
-    let long = start(
+    let long = harness::create_and_start(
         &mut cri,
         &sandbox,
         &config,
@@ -870,7 +813,7 @@ async fn exec_and_logs_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Ob
         (joined == "0123456789".repeat(2000)).to_string(),
     ));
 
-    let sleeper = start(
+    let sleeper = harness::create_and_start(
         &mut cri,
         &sandbox,
         &config,
@@ -907,10 +850,7 @@ async fn exec_and_logs_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Ob
         })
         .await;
     obs.push(("exec in unknown container: code".into(), code_of(&unknown)));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -927,7 +867,7 @@ async fn bad_input_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     let mut missing_image = container_config("noimage", "true");
     missing_image.image = Some(cri::ImageSpec {
         image: "docker.io/library/not-pulled-here:v0".into(),
@@ -947,10 +887,7 @@ async fn bad_input_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
         .into_inner()
         .containers;
     obs.push(("containers left".into(), containers.len().to_string()));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -960,7 +897,7 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = run_sandbox(&mut cri, &config).await?;
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
     let limited = |name: &str, script: &str, memory: i64| {
         let mut c = container_config(name, script);
         c.linux.get_or_insert_default().resources = Some(cri::LinuxContainerResources {
@@ -978,7 +915,7 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
         "head -c 67108864 /dev/zero > /dev/shm/fill; sleep 300",
         16 * 1024 * 1024,
     );
-    let hog = start(&mut cri, &sandbox, &config, hog).await?;
+    let hog = harness::create_and_start(&mut cri, &sandbox, &config, hog).await?;
     let status = wait_exited(&mut cri, &hog).await?;
     obs.push(("over the limit: reason".into(), status.reason.clone()));
     obs.push((
@@ -986,7 +923,7 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
         status.exit_code.to_string(),
     ));
 
-    let running = start(
+    let running = harness::create_and_start(
         &mut cri,
         &sandbox,
         &config,
@@ -1019,10 +956,7 @@ async fn resources_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observ
         "limits after the update".into(),
         read_limits(&mut cri).await?,
     ));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -1082,7 +1016,7 @@ async fn namespaces_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
             .security_context
             .get_or_insert_default()
             .namespace_options = Some(namespaces.clone());
-        let sandbox = run_sandbox(&mut cri, &config).await?;
+        let sandbox = harness::run_sandbox(&mut cri, &config).await?;
         let with_namespaces = |name: &str, script: &str| {
             let mut c = container_config(name, script);
             c.linux
@@ -1092,14 +1026,14 @@ async fn namespaces_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
                 .namespace_options = Some(namespaces.clone());
             c
         };
-        let first = start(
+        let first = harness::create_and_start(
             &mut cri,
             &sandbox,
             &config,
             with_namespaces("first", "exec sleep 301"),
         )
         .await?;
-        let second = start(
+        let second = harness::create_and_start(
             &mut cri,
             &sandbox,
             &config,
@@ -1134,10 +1068,7 @@ async fn namespaces_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
             format!("{label}: first sees the second's sleep"),
             (own != "0").to_string(),
         ));
-        cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sandbox,
-        })
-        .await?;
+        harness::remove_sandbox(&mut cri, &sandbox).await?;
     }
     Ok(obs)
 }
@@ -1150,8 +1081,8 @@ async fn reopen_log_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
     let mut cri = harness::cri_client(endpoint).await?;
     let log_dir = dir.join("logs");
     let config = sandbox_config(&log_dir);
-    let sandbox = run_sandbox(&mut cri, &config).await?;
-    let id = start(
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
+    let id = harness::create_and_start(
         &mut cri,
         &sandbox,
         &config,
@@ -1217,10 +1148,7 @@ async fn reopen_log_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Obser
         "reopen of a stopped container: refused".into(),
         (code_of(&reopened) != "OK").to_string(),
     ));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
@@ -1268,8 +1196,8 @@ async fn stats_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observatio
     let mut obs: Observations = Vec::new();
     let mut cri = harness::cri_client(endpoint).await?;
     let config = sandbox_config(&dir.join("logs"));
-    let sandbox = run_sandbox(&mut cri, &config).await?;
-    let busy = start(
+    let sandbox = harness::run_sandbox(&mut cri, &config).await?;
+    let busy = harness::create_and_start(
         &mut cri,
         &sandbox,
         &config,
@@ -1326,10 +1254,7 @@ async fn stats_scenario(endpoint: &str, dir: &Path) -> anyhow::Result<Observatio
         "stats of an unknown container: code".into(),
         code_of(&unknown),
     ));
-    cri.remove_pod_sandbox(cri::RemovePodSandboxRequest {
-        pod_sandbox_id: sandbox,
-    })
-    .await?;
+    harness::remove_sandbox(&mut cri, &sandbox).await?;
     Ok(obs)
 }
 
