@@ -1115,7 +1115,7 @@ async fn pid_namespaces_body(
                 }),
                 ..Default::default()
             });
-        let id = harness::create_and_start(cri, &sandbox, &config, c).await?;
+        let id = harness::create_and_start(cri, &sandbox, config, c).await?;
         wait_state(cri, &id, cri::ContainerState::ContainerRunning).await?;
         Ok(id)
     };
