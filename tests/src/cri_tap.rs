@@ -34,6 +34,10 @@ pub enum TimedMethod {
     CreateContainer,
     /// `StartContainer`.
     StartContainer,
+    /// `PodSandboxStatus` (of a sandbox the tap saw made).
+    PodSandboxStatus,
+    /// `ContainerStatus` (of a container the tap saw made).
+    ContainerStatus,
 }
 
 impl TimedMethod {
@@ -42,8 +46,18 @@ impl TimedMethod {
             "/runtime.v1.RuntimeService/RunPodSandbox" => Some(Self::RunPodSandbox),
             "/runtime.v1.RuntimeService/CreateContainer" => Some(Self::CreateContainer),
             "/runtime.v1.RuntimeService/StartContainer" => Some(Self::StartContainer),
+            "/runtime.v1.RuntimeService/PodSandboxStatus" => Some(Self::PodSandboxStatus),
+            "/runtime.v1.RuntimeService/ContainerStatus" => Some(Self::ContainerStatus),
             _ => None,
         }
+    }
+
+    /// Whether this is one of the three calls that make and start a pod.
+    pub fn makes(self) -> bool {
+        matches!(
+            self,
+            Self::RunPodSandbox | Self::CreateContainer | Self::StartContainer
+        )
     }
 }
 
@@ -247,6 +261,10 @@ fn record(
         }
         TimedMethod::StartContainer => grpc_message::<cri::StartContainerRequest>(request)
             .and_then(|r| log.container_pod.get(&r.container_id).cloned()),
+        TimedMethod::PodSandboxStatus => grpc_message::<cri::PodSandboxStatusRequest>(request)
+            .and_then(|r| log.sandbox_pod.get(&r.pod_sandbox_id).cloned()),
+        TimedMethod::ContainerStatus => grpc_message::<cri::ContainerStatusRequest>(request)
+            .and_then(|r| log.container_pod.get(&r.container_id).cloned()),
     };
     if let Some(pod) = pod {
         log.timed.push(TimedCall {
@@ -321,6 +339,18 @@ mod tests {
             now,
             now,
         );
+        let status = cri::ContainerStatusRequest {
+            container_id: "c1".into(),
+            verbose: false,
+        };
+        record(
+            &log,
+            TimedMethod::ContainerStatus,
+            &frame(&status),
+            &[],
+            now,
+            now,
+        );
         // A container of a sandbox the tap never saw is not attributed.
         let stray = cri::StartContainerRequest {
             container_id: "c9".into(),
@@ -345,6 +375,7 @@ mod tests {
                 (TimedMethod::RunPodSandbox, "web"),
                 (TimedMethod::CreateContainer, "web"),
                 (TimedMethod::StartContainer, "web"),
+                (TimedMethod::ContainerStatus, "web"),
             ]
         );
     }

@@ -276,7 +276,8 @@ fn static_pod_web_containerd() -> anyhow::Result<()> {
 /// The kubelet on a cri-shim of its own process, through the benchmarks'
 /// recording CRI proxy: the pod works as on the embedded runtime, and the
 /// proxy attributes the pod's RunPodSandbox, CreateContainer and
-/// StartContainer to it, in that order, once each.
+/// StartContainer to it, in that order, once each, and the status calls of
+/// its sandbox and container.
 fn static_pod_web_cri_shim_process_through_tap() -> anyhow::Result<()> {
     use e2e::cri_tap::TimedMethod;
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -293,6 +294,14 @@ fn static_pod_web_cri_shim_process_through_tap() -> anyhow::Result<()> {
         outcome
             .and(teardown)
             .map_err(|e| anyhow::anyhow!("{}\n{logs}", report(&e)))?;
+        // The status calls of the pod's objects are attributed too.
+        for method in [TimedMethod::PodSandboxStatus, TimedMethod::ContainerStatus] {
+            ensure!(
+                timed.iter().any(|c| c.method == method && c.pod == pod),
+                "the tap attributed no {method:?} to {pod}: {timed:?}"
+            );
+        }
+        let timed: Vec<_> = timed.into_iter().filter(|c| c.method.makes()).collect();
         let seen: Vec<(TimedMethod, &str)> =
             timed.iter().map(|c| (c.method, c.pod.as_str())).collect();
         ensure!(
