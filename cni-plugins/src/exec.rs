@@ -109,6 +109,52 @@ impl Drop for GroupKill {
     }
 }
 
+/// Starts `command` on a blocking thread, at the default CPU priority.
+///
+/// Forking copies the daemon's page tables and can take milliseconds on a
+/// host busy starting many pods, which an async worker would not spend
+/// answering other calls; std spawns through `posix_spawn` (a vfork, which
+/// copies nothing) as long as the command has no `pre_exec` hook, so the
+/// priority is not reset in the child: the spawning thread runs at nice 0
+/// while it spawns, and the child (with what it starts: containers inherit
+/// runc's) inherits that, not a raised daemon thread's.
+pub async fn spawn_off_worker(mut command: Command) -> io::Result<tokio::process::Child> {
+    tokio::task::spawn_blocking(move || at_default_priority(|| command.spawn()))
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Runs `f` with the calling thread at nice 0, then puts its nice value
+/// back: a process spawned in `f` starts at the default priority.
+pub fn at_default_priority<T>(f: impl FnOnce() -> T) -> T {
+    let nice = thread_nice();
+    if nice != Some(0) {
+        set_thread_nice(0);
+    }
+    let out = f();
+    if let Some(nice) = nice.filter(|n| *n != 0) {
+        set_thread_nice(nice);
+    }
+    out
+}
+
+fn thread_nice() -> Option<i32> {
+    // SAFETY: errno is thread-local; getpriority reads the calling thread's
+    // nice value (`who` 0), and -1 is an error only with errno set.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        (nice != -1 || *libc::__errno_location() == 0).then_some(nice)
+    }
+}
+
+fn set_thread_nice(nice: i32) {
+    // SAFETY: setpriority only changes the calling thread's priority. A
+    // refusal (no CAP_SYS_NICE to raise it back) leaves it lower, which is
+    // where an unprivileged thread was anyway.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+}
+
 impl ProcessExec {
     async fn run(request: PluginRequest) -> Result<PluginOutput, ExecError> {
         let mut attempt = 0;
@@ -121,7 +167,7 @@ impl ProcessExec {
                 .stderr(std::process::Stdio::piped())
                 .process_group(0)
                 .kill_on_drop(true);
-            match command.spawn() {
+            match spawn_off_worker(command).await {
                 Ok(child) => break child,
                 Err(err)
                     if err.raw_os_error() == Some(libc::ETXTBSY) && attempt < TEXT_BUSY_RETRIES =>

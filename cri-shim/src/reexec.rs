@@ -107,6 +107,8 @@ impl HelperExe {
             .map_or(HelperExe::SelfExe, HelperExe::Helper))
     }
 
+    /// The helper (started with `spawn_off_worker`, at the default CPU
+    /// priority: pod processes descend from it).
     fn command(&self) -> tokio::process::Command {
         match self {
             HelperExe::Helper(path) => tokio::process::Command::new(path),
@@ -134,14 +136,15 @@ impl HelperExe {
         timeout: std::time::Duration,
     ) -> Result<(i32, String), ChildError> {
         use tokio::io::AsyncBufReadExt;
-        let mut child = self
-            .command()
+        let mut command = self.command();
+        command
             .arg(role_arg)
             .arg(spec_json)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+            .stderr(std::process::Stdio::null());
+        let mut child = cni_plugins::exec::spawn_off_worker(command)
+            .await
             .map_err(|source| ChildError::Spawn { role, source })?;
         let pid = child.id().unwrap_or(0) as i32;
         let mut line = String::new();

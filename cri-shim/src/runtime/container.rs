@@ -513,18 +513,26 @@ impl Runtime {
         Ok(())
     }
 
-    /// Unmounts the rootfs and deletes the container directory (not the log).
+    /// Unmounts the rootfs and deletes the container directory (not the
+    /// log), on a blocking thread.
     async fn remove_container_files(&self, id: &str) {
         let dir = self.container_dir(id);
-        let rootfs = dir.join("bundle").join("rootfs");
-        match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => tracing::warn!(container.id = %id, error = %e, "unmounting rootfs"),
-        }
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(container.id = %id, error = %e, "removing container directory");
+        let id = id.to_owned();
+        let removed = tokio::task::spawn_blocking(move || {
+            let rootfs = dir.join("bundle").join("rootfs");
+            match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => tracing::warn!(container.id = %id, error = %e, "unmounting rootfs"),
+            }
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(container.id = %id, error = %e, "removing container directory");
+            }
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, "removing container files");
         }
     }
 

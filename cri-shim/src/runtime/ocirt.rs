@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cni_plugins::exec::spawn_off_worker;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Most output kept per stream of an exec, as the kubelet limits it (16 MiB).
@@ -75,6 +76,12 @@ pub struct OciRuntime {
 }
 
 impl OciRuntime {
+    /// The runtime binary (started with [`spawn_off_worker`], at the
+    /// default CPU priority, which the containers it starts inherit).
+    fn command(&self) -> tokio::process::Command {
+        tokio::process::Command::new(&self.binary)
+    }
+
     async fn run(
         &self,
         op: &'static str,
@@ -82,7 +89,8 @@ impl OciRuntime {
         id: &str,
         trailing: &[&str],
     ) -> Result<(), OciRuntimeError> {
-        let out = tokio::process::Command::new(&self.binary)
+        let mut command = self.command();
+        command
             .arg("--root")
             .arg(&self.root)
             .arg(op)
@@ -90,14 +98,16 @@ impl OciRuntime {
             .arg(id)
             .args(trailing)
             .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| OciRuntimeError::Exec {
-                binary: self.binary.clone(),
-                op,
-                id: id.to_owned(),
-                source,
-            })?;
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let exec_err = |source| OciRuntimeError::Exec {
+            binary: self.binary.clone(),
+            op,
+            id: id.to_owned(),
+            source,
+        };
+        let child = spawn_off_worker(command).await.map_err(exec_err)?;
+        let out = child.wait_with_output().await.map_err(exec_err)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -150,7 +160,8 @@ impl OciRuntime {
             id: id.to_owned(),
             source,
         };
-        let mut child = tokio::process::Command::new(&self.binary)
+        let mut command = self.command();
+        command
             .arg("--root")
             .arg(&self.root)
             .arg("exec")
@@ -161,9 +172,8 @@ impl OciRuntime {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(exec_err)?;
+            .kill_on_drop(true);
+        let mut child = spawn_off_worker(command).await.map_err(exec_err)?;
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let run = async {
             let (stdout, stderr, status) =

@@ -359,26 +359,31 @@ impl Runtime {
             }
             record.infra_pid = None;
         }
-        if let Some(shm) = record.shm.clone() {
-            match nix::mount::umount2(&shm, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {
-                    record.shm = None
-                }
-                Err(source) => errors.push(RuntimeError::Mount {
-                    op: "unmounting",
-                    path: shm,
-                    source,
-                }),
+        // The unmounts on a blocking thread: they wait on the mount lock,
+        // which a host starting many pods holds often.
+        let mounts = (
+            record.shm.clone(),
+            [
+                record.netns.clone(),
+                record.ipcns.clone(),
+                record.utsns.clone(),
+            ],
+        );
+        let unmounted = tokio::task::spawn_blocking(move || unmount_sandbox(mounts)).await;
+        let (shm, pinned, unmount_errors) = match unmounted {
+            Ok(done) => done,
+            Err(e) => {
+                let source = std::io::Error::other(e);
+                errors.push(RuntimeError::io(
+                    "unmounting",
+                    &self.sandbox_dir(&record.id),
+                )(source));
+                return errors;
             }
-        }
-        for pinned in [&mut record.netns, &mut record.ipcns, &mut record.utsns] {
-            if let Some(path) = pinned.clone() {
-                match unmount_and_remove(&path) {
-                    Ok(()) => *pinned = None,
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
+        };
+        errors.extend(unmount_errors);
+        record.shm = shm;
+        [record.netns, record.ipcns, record.utsns] = pinned;
         errors
     }
 
@@ -399,7 +404,7 @@ impl Runtime {
         let errors = self.tear_down_sandbox(&mut record).await;
         record.state = SandboxState::NotReady;
         entry.update(|r| *r = record.clone());
-        write_json(&self.sandbox_dir(&id).join("sandbox.json"), &record)?;
+        persist_json(&self.sandbox_dir(&id).join("sandbox.json"), &record).await?;
         match errors.into_iter().next() {
             Some(e) => Err(e),
             None => Ok(()),
@@ -420,7 +425,11 @@ impl Runtime {
             self.remove_container(&cid).await?;
         }
         let dir = self.sandbox_dir(&id);
-        std::fs::remove_dir_all(&dir)
+        let removing = dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&removing))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|removed| removed)
             .or_else(ignore_not_found)
             .map_err(RuntimeError::io("removing", &dir))?;
         self.inner
@@ -711,6 +720,39 @@ fn mount_shm(path: &Path) -> Result<(), RuntimeError> {
 fn is_pinned_namespace(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+}
+
+/// The shm mount and pinned namespaces of a sandbox left after unmounting
+/// what can be, with the errors of what could not.
+type Unmounted = (Option<PathBuf>, [Option<PathBuf>; 3], Vec<RuntimeError>);
+
+/// Unmounts a sandbox's shm and unmounts and removes its pinned namespaces.
+fn unmount_sandbox((shm, pinned): (Option<PathBuf>, [Option<PathBuf>; 3])) -> Unmounted {
+    let mut errors = Vec::new();
+    let shm = shm.and_then(
+        |shm| match nix::mount::umount2(&shm, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => None,
+            Err(source) => {
+                errors.push(RuntimeError::Mount {
+                    op: "unmounting",
+                    path: shm.clone(),
+                    source,
+                });
+                Some(shm)
+            }
+        },
+    );
+    let pinned = pinned.map(|path| {
+        let path = path?;
+        match unmount_and_remove(&path) {
+            Ok(()) => None,
+            Err(e) => {
+                errors.push(e);
+                Some(path)
+            }
+        }
+    });
+    (shm, pinned, errors)
 }
 
 fn unmount_and_remove(path: &Path) -> Result<(), RuntimeError> {
