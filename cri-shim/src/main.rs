@@ -82,7 +82,11 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
+    if let Err(error) = cri_shim::tuning::raise_thread_priority() {
+        tracing::warn!(%error, nice = cri_shim::tuning::DAEMON_NICE, "running at the default CPU priority");
+    }
+    let rt = cri_shim::tuning::daemon_runtime(cri_shim::tuning::Raised::Workers)
+        .context("starting tokio")?;
     match cli.command {
         Some(Command::Import { path, name }) => {
             let store = cri_shim::image::ImageStore::open(&cli.root)
