@@ -928,6 +928,75 @@ mod tests {
         assert_eq!(targeted.sandboxes[0].ips, ["10.0.0.9"]);
     }
 
+    /// With a pod directory every container gets the pod's hosts file,
+    /// which names the pod IP. The new sandbox's status is asked while the
+    /// first container is created (its env does not need the IP), once,
+    /// and serves the observation after the start.
+    #[tokio::test]
+    async fn a_new_sandbox_is_asked_for_its_ips_while_the_container_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let volumes = volume_drivers::VolumeManager::new(
+            volume_drivers::VolumeManagerConfig {
+                root_dir: dir.path().join("root"),
+                flex_plugin_dir: dir.path().join("flex"),
+                node_name: "node1".into(),
+                node_allocatable: volume_drivers::NodeAllocatable {
+                    cpu_millicores: 2000,
+                    memory_bytes: 1 << 30,
+                    ephemeral_storage_bytes: 1 << 30,
+                },
+            },
+            Arc::new(volume_drivers::FakeMounter::new()),
+        );
+        let runtime = RuntimeManager::new(
+            fake.clone(),
+            dir.path().join("logs"),
+            dir.path().join("none"),
+        )
+        .with_volumes(Arc::new(volumes));
+        let web = pod("u1", "web-node1", "Always", 30);
+        let pod_ref = PodRef::from_pod(&web);
+        let before = runtime.observe_pod("u1").await.unwrap();
+        let actions = [
+            Action::RunPodSandbox { attempt: 0 },
+            Action::StartContainer {
+                name: "app".into(),
+                restart_count: 0,
+                sandbox: crate::actions::SandboxTarget::New,
+                previous_finished_at: None,
+            },
+        ];
+        let Executed { errors, made } = runtime
+            .execute(Some(&web), &pod_ref, &before, &actions)
+            .await;
+        assert!(errors.is_empty(), "{errors:?}");
+        let methods: Vec<&str> = fake.state().calls.iter().map(|c| c.method).collect();
+        let position = |m: &str| methods.iter().position(|x| *x == m).unwrap();
+        assert_eq!(
+            methods.iter().filter(|m| **m == "PodSandboxStatus").count(),
+            1,
+            "{methods:?}"
+        );
+        assert!(
+            position("RunPodSandbox") < position("PodSandboxStatus")
+                && position("PodSandboxStatus") < position("StartContainer"),
+            "{methods:?}"
+        );
+        let observed = made
+            .sandbox_observed
+            .as_ref()
+            .expect("the sandbox's status");
+        assert_eq!(observed.ips, ["10.0.0.9"]);
+        let hosts = std::fs::read_to_string(dir.path().join("root/pods/u1/etc-hosts")).unwrap();
+        assert!(
+            hosts.lines().any(|l| l.starts_with("10.0.0.9\t")),
+            "the hosts file names the pod IP:\n{hosts}"
+        );
+        let targeted = runtime.observe_made("u1", &before, &made).await.unwrap();
+        assert_eq!(targeted, runtime.observe_pod("u1").await.unwrap());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_sandbox_is_asked_for_its_ips_once() {
         let logs = tempfile::tempdir().unwrap();

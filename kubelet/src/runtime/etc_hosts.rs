@@ -38,10 +38,15 @@ pub fn pod_domain(pod: &Pod, cluster_domain: Option<&str>) -> Option<String> {
     ))
 }
 
-/// Whether `container` gets the managed file: the pod has IPs, and the
-/// container mounts nothing of its own at `/etc/hosts`.
-pub fn is_mounted(container: &k8s_openapi::api::core::v1::Container, pod_ips: &[String]) -> bool {
-    !pod_ips.is_empty()
+/// Whether `container` gets the managed file: the pod has IPs (or will:
+/// `ips_pending`, a new sandbox's not asked for yet), and the container
+/// mounts nothing of its own at `/etc/hosts`.
+pub fn is_mounted(
+    container: &k8s_openapi::api::core::v1::Container,
+    pod_ips: &[String],
+    ips_pending: bool,
+) -> bool {
+    (!pod_ips.is_empty() || ips_pending)
         && !container
             .volume_mounts
             .iter()
@@ -204,10 +209,14 @@ spec:
 "#);
         let containers = &p.spec.as_ref().unwrap().containers;
         let ips = ["10.1.0.7".to_owned()];
-        assert!(is_mounted(&containers[0], &ips));
-        assert!(!is_mounted(&containers[0], &[]), "no IPs yet");
+        assert!(is_mounted(&containers[0], &ips, false));
+        assert!(!is_mounted(&containers[0], &[], false), "no IPs");
         assert!(
-            !is_mounted(&containers[1], &ips),
+            is_mounted(&containers[0], &[], true),
+            "IPs asked for while the container is created"
+        );
+        assert!(
+            !is_mounted(&containers[1], &ips, false),
             "the container mounts its own"
         );
         assert_eq!(pod_domain(&p, Some("cluster.local")), None);

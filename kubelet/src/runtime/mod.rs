@@ -469,6 +469,17 @@ struct TargetSandbox {
     attempt: u32,
     /// Pod IPs, primary first (for the env and hooks).
     pod_ips: Vec<String>,
+    /// A new sandbox on the pod network whose status (and so IPs) is not
+    /// known yet: the first container start asks for it while the runtime
+    /// creates the container.
+    ips_pending: bool,
+}
+
+/// A started container, and the status of its new sandbox when the start
+/// asked for it.
+struct Started {
+    container_id: String,
+    sandbox: Option<ObservedSandbox>,
 }
 
 /// The outcome of [`RuntimeManager::execute`].
@@ -499,7 +510,7 @@ pub struct Made {
 struct ContainerFiles {
     pod_uid: String,
     /// The container's log directory.
-    log_dir: PathBuf,
+    log_dir: Option<PathBuf>,
     /// The instance's termination message file, made empty (a retried
     /// creation of the same instance starts afresh), as upstream.
     termination_log: Option<PathBuf>,
@@ -520,11 +531,13 @@ impl ContainerFiles {
 
     fn write_blocking(self) -> Result<(), RuntimeError> {
         let pod_uid = &self.pod_uid;
-        std::fs::create_dir_all(&self.log_dir).map_err(|source| RuntimeError::LogDirectory {
-            pod_uid: pod_uid.clone(),
-            path: self.log_dir.clone(),
-            source,
-        })?;
+        if let Some(log_dir) = &self.log_dir {
+            std::fs::create_dir_all(log_dir).map_err(|source| RuntimeError::LogDirectory {
+                pod_uid: pod_uid.clone(),
+                path: log_dir.clone(),
+                source,
+            })?;
+        }
         if let Some(path) = &self.termination_log {
             let error = |source| RuntimeError::TerminationLog {
                 pod_uid: pod_uid.clone(),
@@ -613,6 +626,22 @@ pub struct RuntimeManager<R> {
     /// IPs)`. A sandbox keeps its IPs for life, so one `PodSandboxStatus`
     /// per sandbox is enough; dropped by [`Self::forget_pod`].
     sandbox_ips: std::sync::Mutex<HashMap<String, (String, Vec<String>)>>,
+    /// The host's resolver configuration as last read, with the identity
+    /// of the file it was read from (see [`Self::host_dns`]).
+    host_dns: std::sync::Mutex<Option<(FileIdentity, cri_api::DnsConfig)>>,
+}
+
+/// What tells one version of a file from another: inode, size and mtime.
+type FileIdentity = (u64, u64, i64, i64);
+
+fn file_identity(metadata: &std::fs::Metadata) -> FileIdentity {
+    use std::os::unix::fs::MetadataExt;
+    (
+        metadata.ino(),
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec(),
+    )
 }
 
 impl<R: RuntimeService> RuntimeManager<R> {
@@ -629,6 +658,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             seccomp_root: PathBuf::from(DEFAULT_SECCOMP_ROOT),
             cgroups: None,
             sandbox_ips: Default::default(),
+            host_dns: Default::default(),
         }
     }
 
@@ -783,13 +813,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
         pod: &Pod,
         container: &Container,
         restart_count: u32,
-        pod_ips: &[String],
+        (pod_ips, ips_pending): (&[String], bool),
         log_dir: PathBuf,
     ) -> (ContainerFiles, Vec<cri_api::Mount>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let mut files = ContainerFiles {
             pod_uid: uid.clone(),
-            log_dir,
+            log_dir: Some(log_dir),
             termination_log: None,
             etc_hosts: None,
         };
@@ -814,8 +844,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
             });
             files.termination_log = Some(host_path);
         }
-        // Rewritten at every container start, as upstream.
-        if etc_hosts::is_mounted(container, pod_ips) {
+        // Rewritten at every container start, as upstream. With the IPs
+        // still pending, written without them first (the start writes them
+        // in before the container runs).
+        if etc_hosts::is_mounted(container, pod_ips, ips_pending) {
             let path = manager.dirs().pod_dir(&uid).join(etc_hosts::FILE_NAME);
             let planned = etc_hosts::plan(
                 pod,
@@ -1043,9 +1075,33 @@ impl<R: RuntimeService> RuntimeManager<R> {
         Ok(Some((latest, sandbox.ips)))
     }
 
+    /// The host's resolver configuration (`--resolv-conf`). Every sandbox
+    /// config needs it; the file is read again only when it changed, which
+    /// a `stat` tells (a read is a trip to a blocking thread, and many pods
+    /// starting at once would each make one).
     async fn host_dns(&self, pod_uid: &str) -> Result<cri_api::DnsConfig, RuntimeError> {
+        let cache = || self.host_dns.lock().unwrap_or_else(|e| e.into_inner());
+        let identity = match std::fs::metadata(&self.resolv_conf) {
+            Ok(metadata) => Some(file_identity(&metadata)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(cri_api::DnsConfig::default());
+            }
+            // The read below reports it.
+            Err(_) => None,
+        };
+        if let (Some(identity), Some((seen, dns))) = (identity, cache().as_ref())
+            && identity == *seen
+        {
+            return Ok(dns.clone());
+        }
         match tokio::fs::read_to_string(&self.resolv_conf).await {
-            Ok(text) => Ok(sandbox::parse_resolv_conf(&text)),
+            Ok(text) => {
+                let dns = sandbox::parse_resolv_conf(&text);
+                if let Some(identity) = identity {
+                    *cache() = Some((identity, dns.clone()));
+                }
+                Ok(dns)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(cri_api::DnsConfig::default()),
             Err(source) => Err(RuntimeError::ResolvConf {
                 pod_uid: pod_uid.to_owned(),
@@ -1181,12 +1237,19 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     .collect();
                                 let set_up_volumes = !starting.is_empty() && pod_volumes.is_none();
                                 // Every container gets the pod's hosts file
-                                // naming its IPs (with a pod directory).
-                                let need_ips = !sandbox::host_network(pod)
+                                // naming its IPs (with a pod directory). The
+                                // first container's creation need not wait
+                                // for them unless its env or postStart hook
+                                // uses them: its start asks for the sandbox's
+                                // status while the runtime creates it.
+                                let pod_network = !sandbox::host_network(pod);
+                                let need_ips = pod_network
                                     && (self.volumes.is_some()
                                         || starting.iter().any(|c| container::needs_pod_ips(c)));
+                                let ask_now = need_ips
+                                    && starting.first().is_none_or(|c| container::needs_pod_ips(c));
                                 let (sandbox, pulled, volumes) = tokio::join!(
-                                    self.run_pod_sandbox(pod, *attempt, &config, need_ips),
+                                    self.run_pod_sandbox(pod, *attempt, &config, ask_now),
                                     // One after the other, in container
                                     // order, as upstream's serial pulls.
                                     async {
@@ -1223,6 +1286,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         id,
                                         attempt: *attempt,
                                         pod_ips: ips,
+                                        ips_pending: need_ips && !ask_now,
                                     });
                                 })
                             }
@@ -1250,6 +1314,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                 id: id.clone(),
                                 attempt: sandbox.map_or(0, |s| s.attempt),
                                 pod_ips: sandbox.map(|s| s.ips.clone()).unwrap_or_default(),
+                                ips_pending: false,
                             })
                         }
                     };
@@ -1286,7 +1351,20 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         },
                                     )
                                     .await
-                                    .map(|id| made.containers.push((id, target.id.clone()))),
+                                    .map(|started| {
+                                        // The new sandbox's status, asked
+                                        // during the start: later starts and
+                                        // the observation use it.
+                                        if let Some(observed) = started.sandbox {
+                                            if let Some(new) = new_sandbox.as_mut() {
+                                                new.pod_ips = observed.ips.clone();
+                                                new.ips_pending = false;
+                                            }
+                                            made.sandbox_observed = Some(observed);
+                                        }
+                                        made.containers
+                                            .push((started.container_id, target.id.clone()))
+                                    }),
                                 (Ok(_), Err(error)) => Err(error),
                                 // Reported when the set-up failed.
                                 (Err(()), _) => Ok(()),
@@ -1493,9 +1571,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
         need_ips: bool,
     ) -> Result<(String, Option<ObservedSandbox>), RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
-        // The pod's log directory, and its cgroup (a dozen mkdirs and writes
-        // in cgroupfs), on one blocking thread: off the async workers, which
-        // the embedded runtime shares.
+        // The pod's log directory and its cgroup (a dozen mkdirs and writes
+        // in cgroupfs, which serialise on the kernel's cgroup lock while many
+        // pods start), on one blocking thread, while the runtime makes the
+        // sandbox: the runtime writes into the log directory only for
+        // containers, and makes the sandbox's cgroup below the pod's
+        // (creating the missing parents itself, as runc does). Both are done
+        // before any container is created.
         let log_dir = PathBuf::from(&config.log_directory);
         let cgroup = self.cgroups.as_ref().map(|(manager, layout)| {
             (
@@ -1505,7 +1587,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             )
         });
         let uid = pod_ref.uid.clone();
-        tokio::task::spawn_blocking(move || {
+        let prepare = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
                 pod_uid: uid.clone(),
                 path: log_dir.clone(),
@@ -1522,22 +1604,28 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 }
                 None => Ok(()),
             }
-        })
-        .await
-        .map_err(|source| RuntimeError::CgroupTask {
+        });
+        let run = self.service.run_pod_sandbox(config.clone());
+        let (prepared, sandbox) = tokio::join!(prepare, run);
+        let sandbox_id = sandbox.map_err(|source| RuntimeError::RunPodSandbox {
             pod_uid: pod_ref.uid.clone(),
+            pod_name: pod_ref.name.clone(),
+            attempt,
             source,
-        })??;
-        let sandbox_id = self
-            .service
-            .run_pod_sandbox(config.clone())
-            .await
-            .map_err(|source| RuntimeError::RunPodSandbox {
+        })?;
+        let prepared = prepared
+            .map_err(|source| RuntimeError::CgroupTask {
                 pod_uid: pod_ref.uid.clone(),
-                pod_name: pod_ref.name.clone(),
-                attempt,
                 source,
-            })?;
+            })
+            .and_then(|done| done);
+        if let Err(error) = prepared {
+            // No sandbox is left without its pod's limits or log directory.
+            if let Err(e) = self.service.remove_pod_sandbox(&sandbox_id).await {
+                tracing::warn!(pod.uid = pod_ref.uid, sandbox.id = sandbox_id, error = %e, "removing the sandbox of a pod whose cgroup or log directory could not be made");
+            }
+            return Err(error);
+        }
         // Asked now when a container start needs the IPs (the pod's hosts
         // file, env, a hook); else the next observation asks.
         let observed = match need_ips {
@@ -1656,7 +1744,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         restart_count: u32,
         sandbox: &TargetSandbox,
         inputs: StartInputs<'_>,
-    ) -> Result<String, RuntimeError> {
+    ) -> Result<Started, RuntimeError> {
         let StartInputs {
             sandbox_config,
             volumes,
@@ -1706,34 +1794,78 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .as_ref()
             .is_some_and(|m| !m.is_empty());
         let log_dir = Path::new(&sandbox_config.log_directory).join(name);
-        let (files, file_mounts) =
-            self.container_files(pod, container, restart_count, &context.pod_ips, log_dir);
-        files.write().await?;
-        match volumes {
-            Some(volumes) => {
-                config.mounts = self
-                    .container_mounts(pod, container, volumes, &config.envs)
-                    .await?;
+        let (files, file_mounts) = self.container_files(
+            pod,
+            container,
+            restart_count,
+            (&context.pod_ips, sandbox.ips_pending),
+            log_dir,
+        );
+        let hosts_file = files.etc_hosts.as_ref().map(|(path, _)| path.clone());
+        let create = async {
+            files.write().await?;
+            match volumes {
+                Some(volumes) => {
+                    config.mounts = self
+                        .container_mounts(pod, container, volumes, &config.envs)
+                        .await?;
+                }
+                None if has_mounts => tracing::warn!(
+                    pod.uid = uid,
+                    pod.name = pod_ref.name,
+                    container.name = name,
+                    "volume mounts are ignored: no volume manager"
+                ),
+                None => {}
             }
-            None if has_mounts => tracing::warn!(
-                pod.uid = uid,
-                pod.name = pod_ref.name,
-                container.name = name,
-                "volume mounts are ignored: no volume manager"
-            ),
-            None => {}
-        }
-        config.mounts.extend(file_mounts);
-        let container_id = self
-            .service
-            .create_container(sandbox_id, config, sandbox_config.clone())
-            .await
-            .map_err(|source| RuntimeError::CreateContainer {
-                pod_uid: uid.to_owned(),
-                container_name: name.to_owned(),
-                restart_count,
-                source,
-            })?;
+            config.mounts.extend(file_mounts);
+            self.service
+                .create_container(sandbox_id, config, sandbox_config.clone())
+                .await
+                .map_err(|source| RuntimeError::CreateContainer {
+                    pod_uid: uid.to_owned(),
+                    container_name: name.to_owned(),
+                    restart_count,
+                    source,
+                })
+        };
+        // A new sandbox's IPs, asked while the runtime creates the
+        // container; its hosts file (mounted, so rewritten in place) names
+        // them before the container starts.
+        let (container_id, observed) = match sandbox.ips_pending {
+            false => (create.await?, None),
+            true => {
+                let (created, status) = tokio::join!(create, self.sandbox_status(uid, sandbox_id));
+                let container_id = created?;
+                let observed = match status {
+                    Ok(observed) => observed,
+                    Err(error) => {
+                        // Nothing half-made is left behind.
+                        let _ = self.service.remove_container(&container_id).await;
+                        return Err(error);
+                    }
+                };
+                if let (Some(path), Some(observed)) = (hosts_file, &observed) {
+                    let planned = etc_hosts::plan(
+                        pod,
+                        &sandbox::pod_hostname(pod),
+                        etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
+                        &observed.ips,
+                    );
+                    let files = ContainerFiles {
+                        pod_uid: uid.to_owned(),
+                        log_dir: None,
+                        termination_log: None,
+                        etc_hosts: Some((path, planned)),
+                    };
+                    if let Err(error) = files.write().await {
+                        let _ = self.service.remove_container(&container_id).await;
+                        return Err(error);
+                    }
+                }
+                (container_id, observed)
+            }
+        };
         self.service
             .start_container(&container_id)
             .await
@@ -1793,7 +1925,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
             event = "Started",
             "container started"
         );
-        Ok(container_id)
+        Ok(Started {
+            container_id,
+            sandbox: observed,
+        })
     }
 }
 
