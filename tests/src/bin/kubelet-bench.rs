@@ -116,10 +116,18 @@ struct ListedStatus {
 }
 
 /// Names of the pods `/pods` reports Running.
-fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
+/// The pods `/pods` reports Running, read on a blocking thread: the read
+/// waits on the kubelet, and must not hold up the recording proxy, which
+/// shares this process's async workers.
+async fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
+    let port = node.kubelet.read_only_port;
+    tokio::task::spawn_blocking(move || running_pods_at(port)).await?
+}
+
+fn running_pods_at(port: u16) -> anyhow::Result<Vec<String>> {
     let response = harness::http_get(
         std::net::Ipv4Addr::LOCALHOST.into(),
-        node.kubelet.read_only_port,
+        port,
         "/pods",
         Duration::from_secs(5),
     )?;
@@ -175,7 +183,7 @@ async fn start_static_pods(
             t0.elapsed() < Duration::from_secs(300),
             "pods did not start: {pending:?}"
         );
-        let running = running_pods(node)?;
+        let running = running_pods(node).await?;
         let now = Instant::now();
         pending.retain(|(pod, written)| {
             if !running.contains(pod) {
@@ -518,7 +526,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
     let cpu_cores = (cpu_seconds(pid)? - cpu_before) / t0.elapsed().as_secs_f64();
     let (rss_kib, _) = memory_kib(pid);
     ensure!(
-        running_pods(&node)?.len() == args.concurrent,
+        running_pods(&node).await?.len() == args.concurrent,
         "not every pod stayed running"
     );
     remove_all(&node, &mut cri, &concurrent).await?;
