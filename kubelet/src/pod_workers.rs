@@ -895,15 +895,9 @@ mod tests {
         kubelet.stop().await;
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn looking_at_what_was_made_sees_what_a_full_listing_sees() {
-        let logs = tempfile::tempdir().unwrap();
-        let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let runtime = RuntimeManager::new(
-            fake.clone(),
-            logs.path().to_owned(),
-            logs.path().join("none"),
-        );
+    /// Pod `u1` (`web-node1`) made in a new sandbox and started by one
+    /// execution, without errors: the observation before, and what was made.
+    async fn run_and_start_web(runtime: &RuntimeManager<FakeRuntime>) -> (ObservedPod, Made) {
         let web = pod("u1", "web-node1", "Always", 30);
         let pod_ref = PodRef::from_pod(&web);
         let before = runtime.observe_pod("u1").await.unwrap();
@@ -920,6 +914,19 @@ mod tests {
             .execute(Some(&web), &pod_ref, &before, &actions)
             .await;
         assert!(errors.is_empty(), "{errors:?}");
+        (before, made)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn looking_at_what_was_made_sees_what_a_full_listing_sees() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let runtime = RuntimeManager::new(
+            fake.clone(),
+            logs.path().to_owned(),
+            logs.path().join("none"),
+        );
+        let (before, made) = run_and_start_web(&runtime).await;
         assert!(made.sandbox.is_some());
         assert_eq!(made.containers.len(), 1);
         let targeted = runtime.observe_made("u1", &before, &made).await.unwrap();
@@ -955,22 +962,7 @@ mod tests {
             dir.path().join("none"),
         )
         .with_volumes(Arc::new(volumes));
-        let web = pod("u1", "web-node1", "Always", 30);
-        let pod_ref = PodRef::from_pod(&web);
-        let before = runtime.observe_pod("u1").await.unwrap();
-        let actions = [
-            Action::RunPodSandbox { attempt: 0 },
-            Action::StartContainer {
-                name: "app".into(),
-                restart_count: 0,
-                sandbox: crate::actions::SandboxTarget::New,
-                previous_finished_at: None,
-            },
-        ];
-        let Executed { errors, made } = runtime
-            .execute(Some(&web), &pod_ref, &before, &actions)
-            .await;
-        assert!(errors.is_empty(), "{errors:?}");
+        let (before, made) = run_and_start_web(&runtime).await;
         let methods: Vec<&str> = fake.state().calls.iter().map(|c| c.method).collect();
         let position = |m: &str| methods.iter().position(|x| *x == m).unwrap();
         assert_eq!(

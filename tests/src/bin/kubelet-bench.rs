@@ -560,6 +560,18 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// Table cells of each column's p50/p99 (the columns are sorted).
+fn p50_p99_cells<const N: usize>(columns: [&mut Vec<f64>; N]) -> String {
+    columns
+        .into_iter()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            format!("{:>7.1}/{:<7.1}", pct(v, 0.5), pct(v, 0.99))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn quantiles(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -676,20 +688,14 @@ fn main() -> anyhow::Result<()> {
     );
     for f in &mut all {
         for (phase, b) in &mut f.breakdowns {
-            let cells: Vec<String> = [
+            let cells = p50_p99_cells([
                 &mut b.total,
                 &mut b.runtime,
                 &mut b.adds,
                 &mut b.before_sandbox,
                 &mut b.after_start,
-            ]
-            .into_iter()
-            .map(|v| {
-                v.sort_by(f64::total_cmp);
-                format!("{:>7.1}/{:<7.1}", pct(v, 0.5), pct(v, 0.99))
-            })
-            .collect();
-            println!("{:<18} {:<24} {}", f.label, phase, cells.join(" "));
+            ]);
+            println!("{:<18} {:<24} {cells}", f.label, phase);
         }
     }
     println!("\nthe kubelet's steps between the runtime's calls, per pod: p50/p99 ms");
@@ -699,19 +705,13 @@ fn main() -> anyhow::Result<()> {
     );
     for f in &mut all {
         for (phase, b) in &mut f.breakdowns {
-            let cells: Vec<String> = [
+            let cells = p50_p99_cells([
                 &mut b.sandbox_to_create,
                 &mut b.sandbox_status,
                 &mut b.create_to_start,
                 &mut b.container_status,
-            ]
-            .into_iter()
-            .map(|v| {
-                v.sort_by(f64::total_cmp);
-                format!("{:>7.1}/{:<7.1}", pct(v, 0.5), pct(v, 0.99))
-            })
-            .collect();
-            println!("{:<18} {:<24} {}", f.label, phase, cells.join(" "));
+            ]);
+            println!("{:<18} {:<24} {cells}", f.label, phase);
         }
         if let Some((phase, b)) = f.breakdowns.last() {
             let calls: Vec<String> = b
