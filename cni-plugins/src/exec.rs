@@ -127,13 +127,15 @@ pub async fn spawn_off_worker(mut command: Command) -> io::Result<tokio::process
 /// Runs `f` with the calling thread at nice 0, then puts its nice value
 /// back: a process spawned in `f` starts at the default priority.
 pub fn at_default_priority<T>(f: impl FnOnce() -> T) -> T {
+    // A refusal (no CAP_SYS_NICE to raise it back) leaves the thread lower,
+    // which is where an unprivileged thread was anyway.
     let nice = thread_nice();
     if nice != Some(0) {
-        set_thread_nice(0);
+        let _ = set_thread_nice(0);
     }
     let out = f();
     if let Some(nice) = nice.filter(|n| *n != 0) {
-        set_thread_nice(nice);
+        let _ = set_thread_nice(nice);
     }
     out
 }
@@ -148,11 +150,14 @@ fn thread_nice() -> Option<i32> {
     }
 }
 
-fn set_thread_nice(nice: i32) {
-    // SAFETY: setpriority only changes the calling thread's priority. A
-    // refusal (no CAP_SYS_NICE to raise it back) leaves it lower, which is
-    // where an unprivileged thread was anyway.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+/// Sets the calling thread's nice value (on Linux each thread has its
+/// own). Raising it needs `CAP_SYS_NICE`.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: setpriority only changes the calling thread's priority.
+    match unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 impl ProcessExec {

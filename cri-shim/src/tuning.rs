@@ -25,17 +25,13 @@ pub const DAEMON_NICE: i32 = -10;
 /// (and what that starts: a container inherits runc's) runs at the default
 /// priority, not the daemon's.
 pub use cni_plugins::exec::at_default_priority;
+use cni_plugins::exec::set_thread_nice;
 
 /// Sets the calling thread's nice value to [`DAEMON_NICE`] (on Linux each
 /// thread has its own). Needs `CAP_SYS_NICE`; without it the thread keeps
 /// its priority and the error says so.
 pub fn raise_thread_priority() -> std::io::Result<()> {
-    // SAFETY: setpriority only changes the scheduling priority of the
-    // calling thread (`who` 0).
-    match unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, DAEMON_NICE) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    set_thread_nice(DAEMON_NICE)
 }
 
 /// Which threads of [`daemon_runtime`] run at [`DAEMON_NICE`].
@@ -72,8 +68,7 @@ pub fn daemon_runtime(raised: Raised) -> std::io::Result<tokio::runtime::Runtime
 }
 
 fn lower_thread_priority() {
-    // SAFETY: setpriority only changes the calling thread's priority.
-    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) };
+    let _ = set_thread_nice(0);
 }
 
 fn raise_worker_once() {

@@ -231,7 +231,7 @@ impl FlexDriver {
                 .stderr(Stdio::piped());
             // The driver (and any daemon it leaves, e.g. for a FUSE mount)
             // runs at the default CPU priority, not the kubelet's raised one.
-            at_default_priority(|| driver.spawn())
+            cni_plugins::exec::at_default_priority(|| driver.spawn())
         };
         // A driver installed a moment ago can still be open for writing in
         // a process that forked meanwhile (ETXTBSY until it execs): retry
@@ -628,35 +628,6 @@ pub fn mount_options(input: &FlexOptionsInput<'_>) -> BTreeMap<String, String> {
 /// Serialises options as the one JSON argument drivers get.
 pub fn options_json(options: &BTreeMap<String, String>) -> String {
     serde_json::to_string(options).expect("a string map always serialises")
-}
-
-/// Runs `f` (a spawn) with the calling thread at nice 0, then puts its nice
-/// value back: the driver starts at the default priority while std still
-/// spawns it through `posix_spawn` (a `pre_exec` hook would force a fork,
-/// which copies the caller's page tables). As `cni_plugins::exec` does for
-/// the runtime's processes; this crate does not depend on that one.
-fn at_default_priority<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: errno is thread-local; getpriority and setpriority read and
-    // set the calling thread's nice value (`who` 0); -1 from getpriority is
-    // an error only with errno set.
-    let nice = unsafe {
-        *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        (nice != -1 || *libc::__errno_location() == 0).then_some(nice)
-    };
-    let set = |nice: i32| {
-        // SAFETY: see above. A refusal leaves the thread at the lower
-        // priority, where an unprivileged thread was anyway.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    };
-    if nice != Some(0) {
-        set(0);
-    }
-    let out = f();
-    if let Some(nice) = nice.filter(|n| *n != 0) {
-        set(nice);
-    }
-    out
 }
 
 #[cfg(test)]
