@@ -85,8 +85,7 @@ fn main() -> anyhow::Result<()> {
     if let Err(error) = cri_shim::tuning::raise_thread_priority() {
         tracing::warn!(%error, nice = cri_shim::tuning::DAEMON_NICE, "running at the default CPU priority");
     }
-    let rt = cri_shim::tuning::daemon_runtime(cri_shim::tuning::Raised::Workers)
-        .context("starting tokio")?;
+    let rt = cri_shim::tuning::daemon_runtime().context("starting tokio")?;
     match cli.command {
         Some(Command::Import { path, name }) => {
             let store = cri_shim::image::ImageStore::open(&cli.root)

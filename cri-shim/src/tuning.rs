@@ -18,7 +18,7 @@ pub fn limit_malloc_arenas() {
 /// calls, the kubelet's pod workers) goes ahead of the bulk work of many
 /// pods starting at once: runc, CNI plugins and helper processes run at the
 /// default priority (see [`at_default_priority`]), and so do the containers,
-/// which inherit runc's, and cri-shim's blocking threads ([`Raised`]).
+/// which inherit runc's, and cri-shim's own bulk work ([`daemon_runtime`]).
 pub const DAEMON_NICE: i32 = -10;
 
 /// Runs a closure with the calling thread at nice 0: a process it spawns
@@ -34,50 +34,22 @@ pub fn raise_thread_priority() -> std::io::Result<()> {
     set_thread_nice(DAEMON_NICE)
 }
 
-/// Which threads of [`daemon_runtime`] run at [`DAEMON_NICE`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Raised {
-    /// Every thread: the kubelet's blocking threads do its own pod start
-    /// work (files, cgroups, volumes).
-    AllThreads,
-    /// The async workers only, which answer calls; the blocking threads,
-    /// where cri-shim does its bulk work (bundles, mounts, records), stay
-    /// at the default priority with the processes it starts.
-    Workers,
-}
-
-/// The daemons' multi-threaded async runtime, its threads raised as
-/// `raised` says where permitted (the caller raises its own thread, which
+/// The daemons' multi-threaded async runtime, every thread raised to
+/// [`DAEMON_NICE`] where permitted (the caller raises its own thread, which
 /// runs `block_on`, with [`raise_thread_priority`], and reports a refusal).
-pub fn daemon_runtime(raised: Raised) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    match raised {
-        Raised::AllThreads => builder.on_thread_start(|| {
+///
+/// The blocking threads are raised too, though cri-shim runs its bulk work
+/// on them (bundles, mounts, records) at the default priority, through
+/// [`at_default_priority`]: between tasks each takes the blocking pool's
+/// lock, which an async worker handing work off takes as well, and a
+/// thread holding it at the default priority waits behind runc and the
+/// other bulk work of a host starting many pods, with the workers waiting
+/// on it (tens of ms each time, measured).
+pub fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(|| {
             let _ = raise_thread_priority();
-        }),
-        // A new thread inherits its creator's priority. Every thread starts
-        // at the default; tokio calls the park hooks on its workers only,
-        // which raise themselves there once.
-        Raised::Workers => builder
-            .on_thread_start(lower_thread_priority)
-            .on_thread_park(raise_worker_once)
-            .on_thread_unpark(raise_worker_once),
-    };
-    builder.build()
-}
-
-fn lower_thread_priority() {
-    let _ = set_thread_nice(0);
-}
-
-fn raise_worker_once() {
-    thread_local! {
-        static RAISED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    RAISED.with(|raised| {
-        if !raised.replace(true) {
-            let _ = raise_thread_priority();
-        }
-    });
+        })
+        .build()
 }

@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     if let Err(error) = cri_shim::tuning::raise_thread_priority() {
         tracing::warn!(%error, nice = cri_shim::tuning::DAEMON_NICE, "running at the default CPU priority");
     }
-    let runtime = match cri_shim::tuning::daemon_runtime(cri_shim::tuning::Raised::AllThreads) {
+    let runtime = match cri_shim::tuning::daemon_runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(error = %error, "starting the async runtime");

@@ -186,7 +186,7 @@ impl Runtime {
         // file and mount work: on a blocking thread, so under load the
         // async workers keep answering status and list calls meanwhile.
         let (this, mut prepared, image) = (self.clone(), record.clone(), image.clone());
-        let prepared = tokio::task::spawn_blocking(move || {
+        let prepared = super::off_workers(move || {
             this.prepare_bundle(&mut prepared, &image, &paths, pid_namespace)
                 .map(|()| prepared)
         })
@@ -518,7 +518,7 @@ impl Runtime {
     async fn remove_container_files(&self, id: &str) {
         let dir = self.container_dir(id);
         let id = id.to_owned();
-        let removed = tokio::task::spawn_blocking(move || {
+        let removed = super::off_workers(move || {
             let rootfs = dir.join("bundle").join("rootfs");
             match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}

@@ -250,13 +250,22 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> 
     replace_file(path, &encode_json(path, value)?)
 }
 
+/// Runs the bulk work `f` (files, mounts, bundles, records) on a blocking
+/// thread, at the default CPU priority while it runs (the thread itself is
+/// raised between tasks: see [`crate::tuning::daemon_runtime`]).
+async fn off_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || crate::tuning::at_default_priority(f)).await
+}
+
 /// [`write_json`] from async code: encoded here, written and renamed on a
 /// blocking thread (a rename can wait on the journal of a busy disk).
 async fn persist_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
     let data = encode_json(path, value)?;
     let path = path.to_owned();
     let failed = path.clone();
-    tokio::task::spawn_blocking(move || replace_file(&path, &data))
+    off_workers(move || replace_file(&path, &data))
         .await
         .map_err(|e| RuntimeError::Io {
             op: "writing",
@@ -564,4 +573,35 @@ fn list_dirs(dir: &Path) -> HashSet<String> {
         .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread_nice() -> i32 {
+        // SAFETY: getpriority only reads the calling thread's nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn bulk_work_runs_at_the_default_priority_between_raised_tasks_needs_cap_sys_nice() {
+        let rt = crate::tuning::daemon_runtime().unwrap();
+        rt.block_on(async {
+            let pool = tokio::task::spawn_blocking(thread_nice).await.unwrap();
+            if pool != crate::tuning::DAEMON_NICE {
+                eprintln!("skipped: raising a thread's priority needs CAP_SYS_NICE (root)");
+                return;
+            }
+            assert_eq!(off_workers(thread_nice).await.unwrap(), 0);
+            // The thread that ran it is raised again for the pool's own work.
+            let (during, after) = tokio::task::spawn_blocking(|| {
+                let during = crate::tuning::at_default_priority(thread_nice);
+                (during, thread_nice())
+            })
+            .await
+            .unwrap();
+            assert_eq!((during, after), (0, crate::tuning::DAEMON_NICE));
+        });
+    }
 }

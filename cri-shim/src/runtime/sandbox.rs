@@ -209,7 +209,7 @@ impl Runtime {
         // record comes back also after a failure: the teardown needs to
         // know what was made.
         let (this, mut taken) = (self.clone(), record.clone());
-        let (returned, prepared) = tokio::task::spawn_blocking(move || {
+        let (returned, prepared) = super::off_workers(move || {
             let prepared = this.prepare_sandbox_files(&mut taken);
             (taken, prepared)
         })
@@ -369,7 +369,7 @@ impl Runtime {
                 record.utsns.clone(),
             ],
         );
-        let unmounted = tokio::task::spawn_blocking(move || unmount_sandbox(mounts)).await;
+        let unmounted = super::off_workers(move || unmount_sandbox(mounts)).await;
         let (shm, pinned, unmount_errors) = match unmounted {
             Ok(done) => done,
             Err(e) => {
@@ -426,7 +426,7 @@ impl Runtime {
         }
         let dir = self.sandbox_dir(&id);
         let removing = dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&removing))
+        super::off_workers(move || std::fs::remove_dir_all(&removing))
             .await
             .map_err(std::io::Error::other)
             .and_then(|removed| removed)

@@ -602,7 +602,7 @@ fn main() -> anyhow::Result<()> {
     // daemons' priority, so a busy host delays what is measured, not the
     // measuring; containerd is started at the default priority.
     cri_shim::tuning::raise_thread_priority().context("raising the bench's CPU priority")?;
-    let rt = cri_shim::tuning::daemon_runtime(cri_shim::tuning::Raised::AllThreads)?;
+    let rt = cri_shim::tuning::daemon_runtime()?;
     let mut all = Vec::new();
     for (kind, label) in kinds {
         all.push(rt.block_on(measure(kind, label, &args))?);
