@@ -9,12 +9,11 @@
 //! nobody mistakes an unread directory for "no pods".
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use inotify::{EventMask, Inotify, WatchMask};
 use k8s_openapi::api::core::v1::{Pod, Toleration};
 use md5::{Digest, Md5};
@@ -631,11 +630,9 @@ pub struct StaticPodSource {
     node_name: String,
     file_check_frequency: Duration,
     state: StaticPodState,
-    /// Lent to the blocking re-list and given back.
+    /// Manifests parsed before, reused while their content is unchanged.
     cache: ManifestCache,
 }
-
-type EventStream = inotify::EventStream<[u8; 4096]>;
 
 impl StaticPodSource {
     /// A source for `dir`, re-listed at least every `file_check_frequency`.
@@ -649,7 +646,7 @@ impl StaticPodSource {
         }
     }
 
-    fn watch_dir(&self) -> Option<EventStream> {
+    fn watch_dir(&self) -> Option<Inotify> {
         let mask = WatchMask::CREATE
             | WatchMask::MODIFY
             | WatchMask::CLOSE_WRITE
@@ -660,10 +657,10 @@ impl StaticPodSource {
             | WatchMask::ONLYDIR;
         let result = Inotify::init().and_then(|inotify| {
             inotify.watches().add(&self.dir, mask)?;
-            inotify.into_event_stream([0u8; 4096])
+            Ok(inotify)
         });
         match result {
-            Ok(stream) => Some(stream),
+            Ok(inotify) => Some(inotify),
             Err(error) => {
                 // The periodic re-list still works; the watch is retried then.
                 tracing::warn!(path = %self.dir.display(), error = %error, "cannot watch manifest directory");
@@ -672,99 +669,118 @@ impl StaticPodSource {
         }
     }
 
-    async fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
-        let dir = self.dir.clone();
-        let node_name = self.node_name.clone();
-        let mut cache = std::mem::take(&mut self.cache);
-        let listing = tokio::task::spawn_blocking(move || {
-            let listing = list_manifests_cached(&dir, &node_name, &mut cache);
-            (listing, cache)
-        })
-        .await
-        .map(|(listing, cache)| {
-            self.cache = cache;
-            listing
-        });
-        match listing {
-            Ok(Ok(listing)) => {
+    fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
+        match list_manifests_cached(&self.dir, &self.node_name, &mut self.cache) {
+            Ok(listing) => {
                 if let Some(desired) = self.state.apply(listing, chrono::Utc::now()) {
                     tx.send_replace(Some(desired));
                 }
             }
             // Keep the last known set: an unreadable directory is not "no pods".
-            Ok(Err(error)) => tracing::error!(error = %ErrorChain(&error), "listing static pods"),
-            Err(join_error) => tracing::error!(error = %join_error, "listing static pods panicked"),
+            Err(error) => tracing::error!(error = %ErrorChain(&error), "listing static pods"),
         }
     }
 
     /// Lists at once, then on every inotify event (debounced) and every
     /// `file_check_frequency`, until cancelled.
-    pub async fn run(
+    ///
+    /// The source runs on a thread of its own (a blocking thread of the
+    /// runtime, held as long as it runs): reading the directory and its
+    /// manifests is file work, and between an event and the new desired set
+    /// it makes no hand-off to or from the async workers, which are busy
+    /// when many manifests arrive at once.
+    pub async fn run(self, tx: watch::Sender<Option<Arc<DesiredPods>>>, cancel: CancellationToken) {
+        let source = tokio::task::spawn_blocking(move || self.run_blocking(&tx, &cancel));
+        if let Err(error) = source.await {
+            tracing::error!(error = %error, "static pod source ended abnormally");
+        }
+    }
+
+    fn run_blocking(
         mut self,
-        tx: watch::Sender<Option<Arc<DesiredPods>>>,
-        cancel: CancellationToken,
+        tx: &watch::Sender<Option<Arc<DesiredPods>>>,
+        cancel: &CancellationToken,
     ) {
-        let mut events = self.watch_dir();
-        let mut periodic = tokio::time::interval(self.file_check_frequency);
-        periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut debounce: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            let next_event = async {
-                match events.as_mut() {
-                    Some(stream) => stream.next().await,
-                    None => std::future::pending().await,
+        let mut inotify = self.watch_dir();
+        let mut buffer = [0u8; 4096];
+        let mut periodic_at = Instant::now();
+        let mut debounce_at: Option<Instant> = None;
+        while !cancel.is_cancelled() {
+            let now = Instant::now();
+            if now >= periodic_at {
+                if inotify.is_none() {
+                    inotify = self.watch_dir();
                 }
+                debounce_at = None;
+                self.relist(tx);
+                periodic_at = Instant::now() + self.file_check_frequency;
+                continue;
+            }
+            if debounce_at.is_some_and(|at| now >= at) {
+                debounce_at = None;
+                self.relist(tx);
+                continue;
+            }
+            let wake_at = debounce_at
+                .map_or(periodic_at, |at| at.min(periodic_at))
+                .min(now + CANCEL_CHECK);
+            let Some(watch) = inotify.as_mut() else {
+                std::thread::sleep(wake_at - now);
+                continue;
             };
-            let debounced = async {
-                match debounce.as_mut() {
-                    Some(sleep) => sleep.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = periodic.tick() => {
-                    if events.is_none() {
-                        events = self.watch_dir();
-                    }
-                    debounce = None;
-                    self.relist(&tx).await;
-                }
-                event = next_event => {
-                    let mut complete = false;
-                    let mut next = Some(event);
-                    // This event and those already queued behind it.
-                    while let Some(event) = next.take() {
-                        match event {
-                            Some(Ok(event)) => {
-                                let lost = EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED;
-                                if event.mask.intersects(lost) {
-                                    events = None;
-                                }
-                                complete |= event.mask.intersects(COMPLETE_EVENTS);
-                            }
-                            Some(Err(error)) => {
-                                tracing::warn!(error = %error, "reading inotify events");
-                                events = None;
-                            }
-                            None => events = None,
+            if !readable_within(watch, wake_at - now) {
+                continue;
+            }
+            // Every event queued so far.
+            let mut complete = false;
+            let mut lost = false;
+            loop {
+                match watch.read_events(&mut buffer) {
+                    Ok(events) => {
+                        let mut read = false;
+                        for event in events {
+                            read = true;
+                            lost |= event.mask.intersects(
+                                EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
+                            );
+                            complete |= event.mask.intersects(COMPLETE_EVENTS);
                         }
-                        next = events.as_mut().and_then(|stream| stream.next().now_or_never());
+                        if !read {
+                            break;
+                        }
                     }
-                    if complete || events.is_none() {
-                        debounce = None;
-                        self.relist(&tx).await;
-                    } else if debounce.is_none() {
-                        debounce = Some(Box::pin(tokio::time::sleep(INOTIFY_FALLBACK)));
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "reading inotify events");
+                        lost = true;
+                        break;
                     }
                 }
-                _ = debounced => {
-                    debounce = None;
-                    self.relist(&tx).await;
-                }
+            }
+            if lost {
+                inotify = None;
+            }
+            if complete || lost {
+                debounce_at = None;
+                self.relist(tx);
+            } else if debounce_at.is_none() {
+                debounce_at = Some(Instant::now() + INOTIFY_FALLBACK);
             }
         }
     }
+}
+
+/// How often the source's thread looks at its cancellation while no event
+/// comes.
+const CANCEL_CHECK: Duration = Duration::from_millis(50);
+
+/// Waits until the inotify descriptor has events, at most `timeout`.
+fn readable_within(inotify: &Inotify, timeout: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+    // EINTR: looked at again by the caller's loop.
+    matches!(poll(&mut fds, timeout), Ok(n) if n > 0)
 }
 
 #[cfg(test)]
