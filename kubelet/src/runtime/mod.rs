@@ -1587,26 +1587,32 @@ impl<R: RuntimeService> RuntimeManager<R> {
             )
         });
         let uid = pod_ref.uid.clone();
-        let prepare = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
-                pod_uid: uid.clone(),
-                path: log_dir.clone(),
-                source,
-            })?;
-            match cgroup {
-                Some((manager, path, limits)) => {
-                    manager
-                        .ensure(&path, &limits)
-                        .map_err(|source| RuntimeError::PodCgroup {
-                            pod_uid: uid,
-                            source,
-                        })
+        let prepare = async move {
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
+                    pod_uid: uid.clone(),
+                    path: log_dir.clone(),
+                    source,
+                })?;
+                match cgroup {
+                    Some((manager, path, limits)) => {
+                        manager
+                            .ensure(&path, &limits)
+                            .map_err(|source| RuntimeError::PodCgroup {
+                                pod_uid: uid,
+                                source,
+                            })
+                    }
+                    None => Ok(()),
                 }
-                None => Ok(()),
-            }
-        });
+            })
+            .await
+        };
+        // The request goes out first: handing work to a blocking thread can
+        // wait on the pool's lock while other pods start (a new thread is
+        // made under it).
         let run = self.service.run_pod_sandbox(config.clone());
-        let (prepared, sandbox) = tokio::join!(prepare, run);
+        let (sandbox, prepared) = tokio::join!(run, prepare);
         let sandbox_id = sandbox.map_err(|source| RuntimeError::RunPodSandbox {
             pod_uid: pod_ref.uid.clone(),
             pod_name: pod_ref.name.clone(),
