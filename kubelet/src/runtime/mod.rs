@@ -9,6 +9,7 @@
 pub mod container;
 pub mod cri;
 pub mod etc_hosts;
+mod file_work;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -198,7 +199,7 @@ pub enum RuntimeError {
         pod_uid: String,
         /// Why the task ended.
         #[source]
-        source: tokio::task::JoinError,
+        source: file_work::TaskLost,
     },
     /// The pod's hosts file could not be written.
     #[error("writing the hosts file {path} of pod {pod_uid}")]
@@ -236,9 +237,9 @@ pub enum RuntimeError {
     CgroupTask {
         /// Pod UID.
         pod_uid: String,
-        /// Join error.
+        /// Why the task ended.
         #[source]
-        source: tokio::task::JoinError,
+        source: file_work::TaskLost,
     },
     /// A blocking volume task panicked.
     #[error("volume task of pod {pod_uid} ended abnormally")]
@@ -505,7 +506,7 @@ pub struct Made {
     pub containers: Vec<(String, String)>,
 }
 
-/// The host files a container start writes, all on one blocking thread (a
+/// The host files a container start writes, all on one thread of [`file_work`] (a
 /// start under load then waits for one hand-off, not one per file).
 struct ContainerFiles {
     pod_uid: String,
@@ -521,7 +522,7 @@ struct ContainerFiles {
 impl ContainerFiles {
     async fn write(self) -> Result<(), RuntimeError> {
         let uid = self.pod_uid.clone();
-        tokio::task::spawn_blocking(move || self.write_blocking())
+        file_work::run(move || self.write_blocking())
             .await
             .map_err(|source| RuntimeError::FileTask {
                 pod_uid: uid,
@@ -1573,7 +1574,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let pod_ref = PodRef::from_pod(pod);
         // The pod's log directory and its cgroup (a dozen mkdirs and writes
         // in cgroupfs, which serialise on the kernel's cgroup lock while many
-        // pods start), on one blocking thread, while the runtime makes the
+        // pods start), on one thread of [`file_work`], while the runtime makes the
         // sandbox: the runtime writes into the log directory only for
         // containers, and makes the sandbox's cgroup below the pod's
         // (creating the missing parents itself, as runc does). Both are done
@@ -1588,7 +1589,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         });
         let uid = pod_ref.uid.clone();
         let prepare = async move {
-            tokio::task::spawn_blocking(move || {
+            file_work::run(move || {
                 std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
                     pod_uid: uid.clone(),
                     path: log_dir.clone(),
@@ -1608,9 +1609,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             })
             .await
         };
-        // The request goes out first: handing work to a blocking thread can
-        // wait on the pool's lock while other pods start (a new thread is
-        // made under it).
+        // The request goes out first.
         let run = self.service.run_pod_sandbox(config.clone());
         let (sandbox, prepared) = tokio::join!(run, prepare);
         let sandbox_id = sandbox.map_err(|source| RuntimeError::RunPodSandbox {
