@@ -140,7 +140,8 @@ pub fn at_default_priority<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
-fn thread_nice() -> Option<i32> {
+/// The calling thread's nice value (`None` if it cannot be read).
+pub fn thread_nice() -> Option<i32> {
     // SAFETY: errno is thread-local; getpriority reads the calling thread's
     // nice value (`who` 0), and -1 is an error only with errno set.
     unsafe {

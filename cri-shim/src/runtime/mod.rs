@@ -578,22 +578,18 @@ fn list_dirs(dir: &Path) -> HashSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn thread_nice() -> i32 {
-        // SAFETY: getpriority only reads the calling thread's nice value.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-    }
+    use cni_plugins::exec::thread_nice;
 
     #[test]
     fn bulk_work_runs_at_the_default_priority_between_raised_tasks_needs_cap_sys_nice() {
         let rt = crate::tuning::daemon_runtime().unwrap();
         rt.block_on(async {
             let pool = tokio::task::spawn_blocking(thread_nice).await.unwrap();
-            if pool != crate::tuning::DAEMON_NICE {
+            if pool != Some(crate::tuning::DAEMON_NICE) {
                 eprintln!("skipped: raising a thread's priority needs CAP_SYS_NICE (root)");
                 return;
             }
-            assert_eq!(off_workers(thread_nice).await.unwrap(), 0);
+            assert_eq!(off_workers(thread_nice).await.unwrap(), Some(0));
             // The thread that ran it is raised again for the pool's own work.
             let (during, after) = tokio::task::spawn_blocking(|| {
                 let during = crate::tuning::at_default_priority(thread_nice);
@@ -601,7 +597,7 @@ mod tests {
             })
             .await
             .unwrap();
-            assert_eq!((during, after), (0, crate::tuning::DAEMON_NICE));
+            assert_eq!((during, after), (Some(0), Some(crate::tuning::DAEMON_NICE)));
         });
     }
 }

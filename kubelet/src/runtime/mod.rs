@@ -506,8 +506,9 @@ pub struct Made {
     pub containers: Vec<(String, String)>,
 }
 
-/// The host files a container start writes, all on one thread of [`file_work`] (a
-/// start under load then waits for one hand-off, not one per file).
+/// The host files a container start writes, all on one thread of
+/// [`file_work`] (a start under load then waits for one hand-off, not one
+/// per file).
 struct ContainerFiles {
     pod_uid: String,
     /// The container's log directory.
@@ -850,12 +851,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         // in before the container runs).
         if etc_hosts::is_mounted(container, pod_ips, ips_pending) {
             let path = manager.dirs().pod_dir(&uid).join(etc_hosts::FILE_NAME);
-            let planned = etc_hosts::plan(
-                pod,
-                &sandbox::pod_hostname(pod),
-                etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
-                pod_ips,
-            );
+            let planned = self.hosts_plan(pod, pod_ips);
             mounts.push(cri_api::Mount {
                 container_path: etc_hosts::CONTAINER_PATH.to_owned(),
                 host_path: path.display().to_string(),
@@ -865,6 +861,16 @@ impl<R: RuntimeService> RuntimeManager<R> {
             files.etc_hosts = Some((path, planned));
         }
         (files, mounts)
+    }
+
+    /// The pod's hosts file naming `pod_ips`.
+    fn hosts_plan(&self, pod: &Pod, pod_ips: &[String]) -> etc_hosts::Planned {
+        etc_hosts::plan(
+            pod,
+            &sandbox::pod_hostname(pod),
+            etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
+            pod_ips,
+        )
     }
 
     /// Replaces the message of exited containers with their termination
@@ -1574,8 +1580,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         let pod_ref = PodRef::from_pod(pod);
         // The pod's log directory and its cgroup (a dozen mkdirs and writes
         // in cgroupfs, which serialise on the kernel's cgroup lock while many
-        // pods start), on one thread of [`file_work`], while the runtime makes the
-        // sandbox: the runtime writes into the log directory only for
+        // pods start), on one thread of `file_work`, while the runtime makes
+        // the sandbox: the runtime writes into the log directory only for
         // containers, and makes the sandbox's cgroup below the pod's
         // (creating the missing parents itself, as runc does). Both are done
         // before any container is created.
@@ -1588,30 +1594,28 @@ impl<R: RuntimeService> RuntimeManager<R> {
             )
         });
         let uid = pod_ref.uid.clone();
-        let prepare = async move {
-            file_work::run(move || {
-                std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
-                    pod_uid: uid.clone(),
-                    path: log_dir.clone(),
-                    source,
-                })?;
-                match cgroup {
-                    Some((manager, path, limits)) => {
-                        manager
-                            .ensure(&path, &limits)
-                            .map_err(|source| RuntimeError::PodCgroup {
-                                pod_uid: uid,
-                                source,
-                            })
-                    }
-                    None => Ok(()),
+        let prepare = file_work::run(move || {
+            std::fs::create_dir_all(&log_dir).map_err(|source| RuntimeError::LogDirectory {
+                pod_uid: uid.clone(),
+                path: log_dir.clone(),
+                source,
+            })?;
+            match cgroup {
+                Some((manager, path, limits)) => {
+                    manager
+                        .ensure(&path, &limits)
+                        .map_err(|source| RuntimeError::PodCgroup {
+                            pod_uid: uid,
+                            source,
+                        })
                 }
-            })
-            .await
-        };
-        // The request goes out first.
+                None => Ok(()),
+            }
+        });
+        // The request goes out first: `prepare` hands its work off when
+        // first polled, after `run`.
         let run = self.service.run_pod_sandbox(config.clone());
-        let (sandbox, prepared) = tokio::join!(run, prepare);
+        let (sandbox, prepared) = tokio::join!(biased; run, prepare);
         let sandbox_id = sandbox.map_err(|source| RuntimeError::RunPodSandbox {
             pod_uid: pod_ref.uid.clone(),
             pod_name: pod_ref.name.clone(),
@@ -1851,17 +1855,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     }
                 };
                 if let (Some(path), Some(observed)) = (hosts_file, &observed) {
-                    let planned = etc_hosts::plan(
-                        pod,
-                        &sandbox::pod_hostname(pod),
-                        etc_hosts::pod_domain(pod, self.cluster_dns.domain.as_deref()).as_deref(),
-                        &observed.ips,
-                    );
                     let files = ContainerFiles {
                         pod_uid: uid.to_owned(),
                         log_dir: None,
                         termination_log: None,
-                        etc_hosts: Some((path, planned)),
+                        etc_hosts: Some((path, self.hosts_plan(pod, &observed.ips))),
                     };
                     if let Err(error) = files.write().await {
                         let _ = self.service.remove_container(&container_id).await;

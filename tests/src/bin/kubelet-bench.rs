@@ -115,7 +115,6 @@ struct ListedStatus {
     phase: Option<String>,
 }
 
-/// Names of the pods `/pods` reports Running.
 /// The pods `/pods` reports Running, read on a blocking thread: the read
 /// waits on the kubelet, and must not hold up the recording proxy, which
 /// shares this process's async workers.
@@ -124,6 +123,7 @@ async fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
     tokio::task::spawn_blocking(move || running_pods_at(port)).await?
 }
 
+/// Names of the pods the read-only server on `port` reports Running.
 fn running_pods_at(port: u16) -> anyhow::Result<Vec<String>> {
     let response = harness::http_get(
         std::net::Ipv4Addr::LOCALHOST.into(),
