@@ -99,6 +99,8 @@ pub struct FakeRuntime {
     /// Events to stream from `GetContainerEvents`; none: Unimplemented, as
     /// containerd 1.6 answers.
     events: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<cri::ContainerEventResponse>>>>,
+    /// `RunPodSandbox` waits while a test holds this ([`Self::hold_sandboxes`]).
+    sandbox_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn not_found(method: &'static str, id: &str) -> CriError {
@@ -123,7 +125,14 @@ impl FakeRuntime {
             changed: Arc::new(watch::channel(0).0),
             clock,
             events: Arc::default(),
+            sandbox_gate: Arc::default(),
         }
+    }
+
+    /// `RunPodSandbox` calls wait (unanswered, unrecorded) until the
+    /// returned guard is dropped.
+    pub async fn hold_sandboxes(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.sandbox_gate.clone().write_owned().await
     }
 
     /// Makes `GetContainerEvents` available; the test sends events here.
@@ -214,6 +223,7 @@ impl RuntimeService for FakeRuntime {
     }
 
     async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig) -> Result<String, CriError> {
+        let _open = self.sandbox_gate.read().await;
         let uid = config
             .metadata
             .as_ref()

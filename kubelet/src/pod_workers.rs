@@ -942,26 +942,7 @@ mod tests {
     #[tokio::test]
     async fn a_new_sandbox_is_asked_for_its_ips_while_the_container_is_created() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let volumes = volume_drivers::VolumeManager::new(
-            volume_drivers::VolumeManagerConfig {
-                root_dir: dir.path().join("root"),
-                flex_plugin_dir: dir.path().join("flex"),
-                node_name: "node1".into(),
-                node_allocatable: volume_drivers::NodeAllocatable {
-                    cpu_millicores: 2000,
-                    memory_bytes: 1 << 30,
-                    ephemeral_storage_bytes: 1 << 30,
-                },
-            },
-            Arc::new(volume_drivers::FakeMounter::new()),
-        );
-        let runtime = RuntimeManager::new(
-            fake.clone(),
-            dir.path().join("logs"),
-            dir.path().join("none"),
-        )
-        .with_volumes(Arc::new(volumes));
+        let (fake, runtime) = with_pod_dirs(dir.path());
         let (before, made) = run_and_start_web(&runtime).await;
         let methods: Vec<&str> = fake.state().calls.iter().map(|c| c.method).collect();
         let position = |m: &str| methods.iter().position(|x| *x == m).unwrap();
@@ -987,6 +968,95 @@ mod tests {
         );
         let targeted = runtime.observe_made("u1", &before, &made).await.unwrap();
         assert_eq!(targeted, runtime.observe_pod("u1").await.unwrap());
+    }
+
+    /// A fake runtime, and a runtime manager on it with pod directories
+    /// under `dir/root` and logs under `dir/logs`.
+    fn with_pod_dirs(dir: &Path) -> (FakeRuntime, RuntimeManager<FakeRuntime>) {
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let volumes = volume_drivers::VolumeManager::new(
+            volume_drivers::VolumeManagerConfig {
+                root_dir: dir.join("root"),
+                flex_plugin_dir: dir.join("flex"),
+                node_name: "node1".into(),
+                node_allocatable: volume_drivers::NodeAllocatable {
+                    cpu_millicores: 2000,
+                    memory_bytes: 1 << 30,
+                    ephemeral_storage_bytes: 1 << 30,
+                },
+            },
+            Arc::new(volume_drivers::FakeMounter::new()),
+        );
+        let runtime = RuntimeManager::new(fake.clone(), dir.join("logs"), dir.join("none"))
+            .with_volumes(Arc::new(volumes));
+        (fake, runtime)
+    }
+
+    /// The starting containers' host files (log directory, termination
+    /// message file, the pod's hosts file) are written while the runtime
+    /// makes the sandbox. The second container's hosts file would then name
+    /// the pod IP, which the first start learned, so its start writes it.
+    #[tokio::test]
+    async fn host_files_are_written_while_the_sandbox_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, runtime) = with_pod_dirs(dir.path());
+        let two: Pod = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: two-node1, namespace: default, uid: u2}\n\
+             spec:\n  containers:\n  - {name: app, image: busybox, imagePullPolicy: IfNotPresent}\n  \
+             - {name: side, image: busybox, imagePullPolicy: IfNotPresent}\n",
+        )
+        .unwrap();
+        let start = |name: &str| Action::StartContainer {
+            name: name.into(),
+            restart_count: 0,
+            sandbox: crate::actions::SandboxTarget::New,
+            previous_finished_at: None,
+        };
+        let actions = [
+            Action::RunPodSandbox { attempt: 0 },
+            start("app"),
+            start("side"),
+        ];
+        let root = dir.path().join("root/pods/u2");
+        let log_dir = dir.path().join("logs/default_two-node1_u2");
+        let files = [
+            root.join("containers/app/0"),
+            root.join("containers/side/0"),
+            root.join("etc-hosts"),
+            log_dir.join("app"),
+            log_dir.join("side"),
+        ];
+
+        let held = fake.hold_sandboxes().await;
+        let pod_ref = PodRef::from_pod(&two);
+        let before = runtime.observe_pod("u2").await.unwrap();
+        let execution = runtime.execute(Some(&two), &pod_ref, &before, &actions);
+        tokio::pin!(execution);
+        let look = async {
+            while !files.iter().all(|f| f.exists()) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut execution => panic!("the execution ended while RunPodSandbox was held"),
+            found = tokio::time::timeout(Duration::from_secs(30), look) => {
+                found.expect("the host files, written while RunPodSandbox is unanswered");
+            }
+        }
+        assert!(fake.state().calls_of("RunPodSandbox").is_empty());
+        let hosts = std::fs::read_to_string(root.join("etc-hosts")).unwrap();
+        assert!(!hosts.contains("10.0.0.9"), "no IP known yet:\n{hosts}");
+        drop(held);
+
+        let Executed { errors, made } = execution.await;
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(made.containers.len(), 2);
+        assert_eq!(std::fs::read(&files[1]).unwrap(), b"");
+        let hosts = std::fs::read_to_string(root.join("etc-hosts")).unwrap();
+        assert!(
+            hosts.lines().any(|l| l.starts_with("10.0.0.9\t")),
+            "the hosts file names the pod IP:\n{hosts}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

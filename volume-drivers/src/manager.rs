@@ -291,6 +291,16 @@ impl VolumeManager {
         self.flex = plugins;
     }
 
+    /// Whether [`Self::setup_pod_volumes`] touches the file system for
+    /// `pod`: only when it declares a volume. A caller that hands the set-up
+    /// to a blocking thread can skip that hand-off otherwise.
+    pub fn setup_needs_io(pod: &Pod) -> bool {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| !v.is_empty())
+    }
+
     /// Sets up every volume of `pod` (idempotent: volumes already set up are
     /// kept, API-data volumes are rewritten only when their content changed).
     /// On error, what this call mounted or created is undone and the error
@@ -634,6 +644,16 @@ impl VolumeManager {
                 .map(|(p, _)| (p, volume.name.clone())),
         });
         Ok(result)
+    }
+
+    /// Whether [`Self::container_mounts`] touches the file system for
+    /// `container`: only for a `subPath` or `subPathExpr` (a bind mount);
+    /// every other mount is computed from the set-up volumes.
+    pub fn container_mounts_need_io(container: &Container) -> bool {
+        container.volume_mounts.iter().flatten().any(|vm| {
+            vm.sub_path.as_deref().is_some_and(|p| !p.is_empty())
+                || vm.sub_path_expr.as_deref().is_some_and(|p| !p.is_empty())
+        })
     }
 
     /// Builds the CRI mounts of `container` from its `volumeMounts`: resolves
@@ -1442,6 +1462,73 @@ mod tests {
 
         e.vm.teardown_pod("uid-c").unwrap();
         assert!(e.mounter.mounted().is_empty());
+    }
+
+    #[test]
+    fn io_predicates_match_what_the_calls_touch() {
+        let e = env();
+        let root = e.dir.path().join("kubelet");
+        // No volumes: nothing is made, nothing is mounted.
+        let bare = pod("uid-bare", Vec::new());
+        assert!(!VolumeManager::setup_needs_io(&bare));
+        let v = e.vm.setup_pod_volumes(&bare, &objects()).unwrap();
+        assert!(v.volumes.is_empty());
+        assert!(!root.exists(), "no directory for a pod without volumes");
+        assert!(e.mounter.calls().is_empty());
+
+        let p = pod(
+            "uid-io",
+            vec![Volume {
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..vol("scratch")
+            }],
+        );
+        assert!(VolumeManager::setup_needs_io(&p));
+        let v = e.vm.setup_pod_volumes(&p, &objects()).unwrap();
+        let listing = |dir: &Path| {
+            let mut all = Vec::new();
+            let mut todo = vec![dir.to_owned()];
+            while let Some(d) = todo.pop() {
+                for entry in std::fs::read_dir(&d).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        todo.push(path.clone());
+                    }
+                    all.push(path);
+                }
+            }
+            all.sort();
+            all
+        };
+        let mount = |sub_path: Option<&str>, expr: Option<&str>| Container {
+            name: "app".into(),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "scratch".into(),
+                mount_path: "/data".into(),
+                sub_path: sub_path.map(Into::into),
+                sub_path_expr: expr.map(Into::into),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let env = HashMap::from([("NAME".to_owned(), "web".to_owned())]);
+        // Plain mounts and empty subPaths: computed, nothing touched.
+        for c in [mount(None, None), mount(Some(""), Some(""))] {
+            assert!(!VolumeManager::container_mounts_need_io(&c));
+            let (before, calls) = (listing(&root), e.mounter.calls());
+            let m = e.vm.container_mounts(&p, &c, &v, &env, false).unwrap();
+            assert_eq!(m[0].host_path, v.volumes["scratch"].host_path);
+            assert_eq!(listing(&root), before);
+            assert_eq!(e.mounter.calls(), calls);
+        }
+        // A subPath or subPathExpr is a bind mount.
+        for c in [mount(Some("a"), None), mount(None, Some("$(NAME)"))] {
+            assert!(VolumeManager::container_mounts_need_io(&c));
+            let calls = e.mounter.calls().len();
+            e.vm.container_mounts(&p, &c, &v, &env, false).unwrap();
+            assert!(e.mounter.calls().len() > calls);
+        }
+        e.vm.teardown_pod("uid-io").unwrap();
     }
 
     #[test]

@@ -483,6 +483,14 @@ struct Started {
     sandbox: Option<ObservedSandbox>,
 }
 
+/// A new sandbox's id, its status when asked for, and the containers whose
+/// host files were written while it was made.
+type PodSandboxMade = (
+    String,
+    Option<ObservedSandbox>,
+    Vec<(String, ContainerFiles)>,
+);
+
 /// The outcome of [`RuntimeManager::execute`].
 #[derive(Debug, Default)]
 pub struct Executed {
@@ -509,6 +517,7 @@ pub struct Made {
 /// The host files a container start writes, all on one thread of
 /// [`file_work`] (a start under load then waits for one hand-off, not one
 /// per file).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ContainerFiles {
     pod_uid: String,
     /// The container's log directory.
@@ -531,7 +540,7 @@ impl ContainerFiles {
             })?
     }
 
-    fn write_blocking(self) -> Result<(), RuntimeError> {
+    fn write_blocking(&self) -> Result<(), RuntimeError> {
         let pod_uid = &self.pod_uid;
         if let Some(log_dir) = &self.log_dir {
             std::fs::create_dir_all(log_dir).map_err(|source| RuntimeError::LogDirectory {
@@ -606,6 +615,9 @@ struct StartInputs<'a> {
     /// The image check made while the sandbox was made (with the image's
     /// status when it was present already); `None`: check now.
     image: Option<Result<Option<cri_api::Image>, RuntimeError>>,
+    /// The container's host files, written while the sandbox was made; the
+    /// start writes them again only if it would write something else.
+    files: Option<ContainerFiles>,
 }
 
 /// Carries out pod actions on a CRI runtime.
@@ -760,16 +772,25 @@ impl<R: RuntimeService> RuntimeManager<R> {
             return Ok(None);
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let pod = pod.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            volume_drivers::check_static_pod_volumes(&pod)?;
-            manager.setup_pod_volumes(&pod, &volume_drivers::NoApiObjects)
-        })
-        .await
-        .map_err(|source| RuntimeError::VolumeTask {
-            pod_uid: uid.clone(),
-            source,
-        })?;
+        let set_up = |manager: &VolumeManager, pod: &Pod| {
+            volume_drivers::check_static_pod_volumes(pod)?;
+            manager.setup_pod_volumes(pod, &volume_drivers::NoApiObjects)
+        };
+        // A pod without volumes needs no disk work, so no trip to a
+        // blocking thread (each takes tokio's pool lock, and a hundred pods
+        // starting at once queue on it).
+        let result = match VolumeManager::setup_needs_io(pod) {
+            false => set_up(&manager, pod),
+            true => {
+                let pod = pod.clone();
+                tokio::task::spawn_blocking(move || set_up(&manager, &pod))
+                    .await
+                    .map_err(|source| RuntimeError::VolumeTask {
+                        pod_uid: uid.clone(),
+                        source,
+                    })?
+            }
+        };
         match result {
             Ok(volumes) => Ok(Some(Arc::new(volumes))),
             Err(source) => {
@@ -863,6 +884,34 @@ impl<R: RuntimeService> RuntimeManager<R> {
         (files, mounts)
     }
 
+    /// The IPs containers of `pod` started in `sandbox` are given. A
+    /// host-network pod's are the node's (upstream sets them so in the pod
+    /// status, and starts containers with them).
+    fn pod_ips<'a>(&'a self, pod: &Pod, sandbox: &'a TargetSandbox) -> &'a [String] {
+        match sandbox::host_network(pod) {
+            true => &self.node.host_ips,
+            false => &sandbox.pod_ips,
+        }
+    }
+
+    /// [`Self::container_files`] of a container started in `sandbox`.
+    fn container_files_in(
+        &self,
+        pod: &Pod,
+        container: &Container,
+        restart_count: u32,
+        sandbox: &TargetSandbox,
+        sandbox_config: &cri_api::PodSandboxConfig,
+    ) -> (ContainerFiles, Vec<cri_api::Mount>) {
+        self.container_files(
+            pod,
+            container,
+            restart_count,
+            (self.pod_ips(pod, sandbox), sandbox.ips_pending),
+            Path::new(&sandbox_config.log_directory).join(&container.name),
+        )
+    }
+
     /// The pod's hosts file naming `pod_ips`.
     fn hosts_plan(&self, pod: &Pod, pod_ips: &[String]) -> etc_hosts::Planned {
         etc_hosts::plan(
@@ -930,16 +979,23 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .as_ref()
             .and_then(|sc| sc.privileged)
             .unwrap_or(false);
-        let (pod, container, volumes) = (pod.clone(), container.clone(), volumes.clone());
         let name = container.name.clone();
-        let mounts = tokio::task::spawn_blocking(move || {
-            manager.container_mounts(&pod, &container, &volumes, &env, privileged)
-        })
-        .await
-        .map_err(|source| RuntimeError::VolumeTask {
-            pod_uid: uid.clone(),
-            source,
-        })?
+        // Only subPath mounts touch the disk; the rest are computed here,
+        // with no trip to a blocking thread.
+        let mounts = match VolumeManager::container_mounts_need_io(container) {
+            false => manager.container_mounts(pod, container, volumes, &env, privileged),
+            true => {
+                let (pod, container, volumes) = (pod.clone(), container.clone(), volumes.clone());
+                tokio::task::spawn_blocking(move || {
+                    manager.container_mounts(&pod, &container, &volumes, &env, privileged)
+                })
+                .await
+                .map_err(|source| RuntimeError::VolumeTask {
+                    pod_uid: uid.clone(),
+                    source,
+                })?
+            }
+        }
         .map_err(|source| RuntimeError::ContainerMounts {
             pod_uid: uid,
             container_name: name,
@@ -1170,6 +1226,9 @@ impl<R: RuntimeService> RuntimeManager<R> {
         // container name.
         let mut images: HashMap<String, Result<Option<cri_api::Image>, RuntimeError>> =
             HashMap::new();
+        // Host files written while the new sandbox was made, by container
+        // name.
+        let mut prepared_files: HashMap<String, ContainerFiles> = HashMap::new();
         let mut index = 0;
         while index < actions.len() {
             let action = &actions[index];
@@ -1231,14 +1290,15 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                 // the new sandbox, and the pod's volumes, are
                                 // made ready while the runtime makes the
                                 // sandbox: none needs the other.
-                                let starting: Vec<&Container> = actions[index..]
+                                let starting: Vec<(&Container, u32)> = actions[index..]
                                     .iter()
                                     .filter_map(|a| match a {
                                         Action::StartContainer {
                                             name,
+                                            restart_count,
                                             sandbox: SandboxTarget::New,
                                             ..
-                                        } => find_container(pod, name),
+                                        } => find_container(pod, name).map(|c| (c, *restart_count)),
                                         _ => None,
                                     })
                                     .collect();
@@ -1252,16 +1312,53 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                 let pod_network = !sandbox::host_network(pod);
                                 let need_ips = pod_network
                                     && (self.volumes.is_some()
-                                        || starting.iter().any(|c| container::needs_pod_ips(c)));
+                                        || starting
+                                            .iter()
+                                            .any(|(c, _)| container::needs_pod_ips(c)));
                                 let ask_now = need_ips
-                                    && starting.first().is_none_or(|c| container::needs_pod_ips(c));
+                                    && starting
+                                        .first()
+                                        .is_none_or(|(c, _)| container::needs_pod_ips(c));
+                                // The starting containers' host files are
+                                // written with the pod's cgroup, while the
+                                // runtime makes the sandbox, unless the
+                                // first one waits for the IPs (its files
+                                // name them).
+                                let early_files = match ask_now {
+                                    true => Vec::new(),
+                                    false => starting
+                                        .iter()
+                                        .map(|(c, restart_count)| {
+                                            let target = TargetSandbox {
+                                                id: String::new(),
+                                                attempt: *attempt,
+                                                pod_ips: Vec::new(),
+                                                ips_pending: need_ips,
+                                            };
+                                            let (files, _) = self.container_files_in(
+                                                pod,
+                                                c,
+                                                *restart_count,
+                                                &target,
+                                                &config,
+                                            );
+                                            (c.name.clone(), files)
+                                        })
+                                        .collect(),
+                                };
                                 let (sandbox, pulled, volumes) = tokio::join!(
-                                    self.run_pod_sandbox(pod, *attempt, &config, ask_now),
+                                    self.run_pod_sandbox(
+                                        pod,
+                                        *attempt,
+                                        &config,
+                                        ask_now,
+                                        early_files
+                                    ),
                                     // One after the other, in container
                                     // order, as upstream's serial pulls.
                                     async {
                                         let mut checked = Vec::with_capacity(starting.len());
-                                        for c in &starting {
+                                        for (c, _) in &starting {
                                             let result = self.ensure_image(uid, c, &config).await;
                                             checked.push((c.name.clone(), result));
                                         }
@@ -1282,7 +1379,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         errors.push(error);
                                     }
                                 }
-                                sandbox.map(|(id, observed)| {
+                                sandbox.map(|(id, observed, written)| {
+                                    prepared_files.extend(written);
                                     made.sandbox = Some(id.clone());
                                     let ips = observed
                                         .as_ref()
@@ -1355,6 +1453,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                             sandbox_config: &config,
                                             volumes: volumes.as_ref(),
                                             image: images.remove(name),
+                                            files: prepared_files.remove(name),
                                         },
                                     )
                                     .await
@@ -1576,7 +1675,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         attempt: u32,
         config: &cri_api::PodSandboxConfig,
         need_ips: bool,
-    ) -> Result<(String, Option<ObservedSandbox>), RuntimeError> {
+        files: Vec<(String, ContainerFiles)>,
+    ) -> Result<PodSandboxMade, RuntimeError> {
         let pod_ref = PodRef::from_pod(pod);
         // The pod's log directory and its cgroup (a dozen mkdirs and writes
         // in cgroupfs, which serialise on the kernel's cgroup lock while many
@@ -1584,7 +1684,9 @@ impl<R: RuntimeService> RuntimeManager<R> {
         // the sandbox: the runtime writes into the log directory only for
         // containers, and makes the sandbox's cgroup below the pod's
         // (creating the missing parents itself, as runc does). Both are done
-        // before any container is created.
+        // before any container is created. Then the starting containers'
+        // host files (`files`): one that fails is written, and its error
+        // reported, by its start.
         let log_dir = PathBuf::from(&config.log_directory);
         let cgroup = self.cgroups.as_ref().map(|(manager, layout)| {
             (
@@ -1600,17 +1702,23 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 path: log_dir.clone(),
                 source,
             })?;
-            match cgroup {
-                Some((manager, path, limits)) => {
-                    manager
-                        .ensure(&path, &limits)
-                        .map_err(|source| RuntimeError::PodCgroup {
-                            pod_uid: uid,
-                            source,
-                        })
-                }
-                None => Ok(()),
+            if let Some((manager, path, limits)) = cgroup {
+                manager
+                    .ensure(&path, &limits)
+                    .map_err(|source| RuntimeError::PodCgroup {
+                        pod_uid: uid.clone(),
+                        source,
+                    })?;
             }
+            let mut written = files;
+            written.retain(|(name, files)| match files.write_blocking() {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(pod.uid = uid, container.name = name, error = %crate::ErrorChain(&error), "writing a container's host files early");
+                    false
+                }
+            });
+            Ok(written)
         });
         // The request goes out first: `prepare` hands its work off when
         // first polled, after `run`.
@@ -1628,13 +1736,16 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 source,
             })
             .and_then(|done| done);
-        if let Err(error) = prepared {
-            // No sandbox is left without its pod's limits or log directory.
-            if let Err(e) = self.service.remove_pod_sandbox(&sandbox_id).await {
-                tracing::warn!(pod.uid = pod_ref.uid, sandbox.id = sandbox_id, error = %e, "removing the sandbox of a pod whose cgroup or log directory could not be made");
+        let files_written = match prepared {
+            Ok(written) => written,
+            Err(error) => {
+                // No sandbox is left without its pod's limits or log directory.
+                if let Err(e) = self.service.remove_pod_sandbox(&sandbox_id).await {
+                    tracing::warn!(pod.uid = pod_ref.uid, sandbox.id = sandbox_id, error = %e, "removing the sandbox of a pod whose cgroup or log directory could not be made");
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
         // Asked now when a container start needs the IPs (the pod's hosts
         // file, env, a hook); else the next observation asks.
         let observed = match need_ips {
@@ -1653,7 +1764,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             since_pod_seen_ms = since_pod_seen(pod).map(|d| d.as_millis() as u64),
             "pod sandbox started"
         );
-        Ok((sandbox_id, observed))
+        Ok((sandbox_id, observed, files_written))
     }
 
     /// Makes the container's image present by its pull policy; returns the
@@ -1758,6 +1869,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
             sandbox_config,
             volumes,
             image,
+            files: prepared,
         } = inputs;
         let sandbox_id = sandbox.id.as_str();
         let pod_ref = PodRef::from_pod(pod);
@@ -1772,14 +1884,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
         };
         self.verify_run_as_non_root(pod, container, inspected)
             .await?;
-        // A host-network pod's IPs are the node's (upstream sets them so
-        // in the pod status, and starts containers with them).
-        let pod_ips = match sandbox::host_network(pod) {
-            true => self.node.host_ips.clone(),
-            false => sandbox.pod_ips.clone(),
-        };
         let context = container::EnvContext {
-            pod_ips,
+            pod_ips: self.pod_ips(pod, sandbox).to_vec(),
             ..self.node.clone()
         };
         let config_error = |source| RuntimeError::ContainerConfig {
@@ -1802,17 +1908,14 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .volume_mounts
             .as_ref()
             .is_some_and(|m| !m.is_empty());
-        let log_dir = Path::new(&sandbox_config.log_directory).join(name);
-        let (files, file_mounts) = self.container_files(
-            pod,
-            container,
-            restart_count,
-            (&context.pod_ips, sandbox.ips_pending),
-            log_dir,
-        );
+        let (files, file_mounts) =
+            self.container_files_in(pod, container, restart_count, sandbox, sandbox_config);
         let hosts_file = files.etc_hosts.as_ref().map(|(path, _)| path.clone());
+        let files = (prepared.as_ref() != Some(&files)).then_some(files);
         let create = async {
-            files.write().await?;
+            if let Some(files) = files {
+                files.write().await?;
+            }
             match volumes {
                 Some(volumes) => {
                     config.mounts = self
