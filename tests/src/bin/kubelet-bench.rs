@@ -27,7 +27,7 @@
 //! would cost the measured process CPU.
 //!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
-//! [--runtime embedded,cri-shim,containerd] [--poll-ms 10] [--rounds 3]`;
+//! [--runtime embedded,cri-shim,containerd] [--poll-ms 5] [--rounds 3]`;
 //! needs root.
 
 use std::collections::HashMap;
@@ -60,10 +60,14 @@ struct Args {
         default_value = "embedded,cri-shim,containerd"
     )]
     runtime: Vec<Which>,
-    /// How often `/pods` is read while pods start, in ms. Every read makes
-    /// the kubelet serialise every pod, and this process parse them: on a
-    /// 2-core machine reading too often slows the start being measured.
-    #[arg(long, default_value_t = 10)]
+    /// How often `/pods` is read while pods start, in ms. A pod is timed
+    /// Running at the end of the first read that shows it, so up to one
+    /// period plus one read late. Every read makes the kubelet copy out
+    /// every pod (serialised once per status change) and this process
+    /// parse them: on a 2-core machine reading much more often slows the
+    /// start being measured (at 5 ms the kubelet's CPU per start did not
+    /// grow).
+    #[arg(long, default_value_t = 5)]
     poll_ms: u64,
     /// Rounds of the concurrent comparison. Under a saturated runtime one
     /// round's p99 varies by a second from run to run, so rounds alternate
