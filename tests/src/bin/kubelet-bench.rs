@@ -771,34 +771,29 @@ fn main() -> anyhow::Result<()> {
                 calls.join(", ")
             );
         }
+        let reads = format!(
+            "`/pods` read every {} ms, how late a pod is timed Running",
+            args.poll_ms
+        );
+        let probe = "Version every 20 ms on its own connection".to_owned();
         for (phase, b) in &mut f.breakdowns {
-            if b.windows.is_empty() {
-                continue;
+            for (values, what, noun) in [
+                (&mut b.windows, &reads, "reads"),
+                (&mut b.probe, &probe, "calls"),
+            ] {
+                if values.is_empty() {
+                    continue;
+                }
+                values.sort_by(f64::total_cmp);
+                println!(
+                    "{:<18} {what} ({phase}): p50/p99/max {:.1}/{:.1}/{:.1} ms over {} {noun}",
+                    f.label,
+                    pct(values, 0.5),
+                    pct(values, 0.99),
+                    values.last().copied().unwrap_or(f64::NAN),
+                    values.len()
+                );
             }
-            b.windows.sort_by(f64::total_cmp);
-            println!(
-                "{:<18} `/pods` read every {} ms ({phase}): a pod is timed Running at most p50/p99/max {:.1}/{:.1}/{:.1} ms after it was, over {} reads",
-                f.label,
-                args.poll_ms,
-                pct(&b.windows, 0.5),
-                pct(&b.windows, 0.99),
-                b.windows.last().copied().unwrap_or(f64::NAN),
-                b.windows.len()
-            );
-        }
-        for (phase, b) in &mut f.breakdowns {
-            if b.probe.is_empty() {
-                continue;
-            }
-            b.probe.sort_by(f64::total_cmp);
-            println!(
-                "{:<18} Version every 20 ms on its own connection ({phase}): p50/p99/max {:.1}/{:.1}/{:.1} ms over {} calls",
-                f.label,
-                pct(&b.probe, 0.5),
-                pct(&b.probe, 0.99),
-                b.probe.last().copied().unwrap_or(f64::NAN),
-                b.probe.len()
-            );
         }
     }
     println!(
