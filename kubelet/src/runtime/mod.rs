@@ -516,7 +516,8 @@ pub struct Made {
 
 /// The host files a container start writes, all on one thread of
 /// [`file_work`] (a start under load then waits for one hand-off, not one
-/// per file).
+/// per file). For the containers starting in a new sandbox they are written
+/// while the runtime makes it (see `RuntimeManager::run_pod_sandbox`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ContainerFiles {
     pod_uid: String,
@@ -1329,6 +1330,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     false => starting
                                         .iter()
                                         .map(|(c, restart_count)| {
+                                            // The new sandbox as the first
+                                            // start will see it.
                                             let target = TargetSandbox {
                                                 id: String::new(),
                                                 attempt: *attempt,
