@@ -30,7 +30,7 @@ const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
 pub struct CgroupLimits {
     /// `cpu.shares` (v1) / converted to `cpu.weight` (v2).
     pub cpu_shares: Option<u64>,
-    /// CFS quota in µs per [`QUOTA_PERIOD`].
+    /// CFS quota in µs per period of 100 ms (100000 µs, as upstream).
     pub cpu_quota: Option<u64>,
     /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
