@@ -54,7 +54,22 @@ fn queue() -> &'static mpsc::Sender<Job> {
 }
 
 /// Runs `f` on one of the threads and waits for its result.
+///
+/// In unit tests it runs on tokio's blocking pool instead: tests with a
+/// paused clock let tokio move time on whenever it sees no work, and it
+/// sees its own blocking threads, not these (a pod start waiting for its
+/// files would let minutes pass).
 pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, TaskLost> {
+    #[cfg(test)]
+    return tokio::task::spawn_blocking(f).await.map_err(|_| TaskLost);
+    #[cfg(not(test))]
+    on_threads(f).await
+}
+
+/// Runs `f` on one of the threads and waits for its result.
+async fn on_threads<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TaskLost> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
         if let Ok(out) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
@@ -71,10 +86,11 @@ mod tests {
 
     #[tokio::test]
     async fn runs_work_and_survives_a_panic() {
-        assert_eq!(run(|| 6 * 7).await.unwrap(), 42);
-        assert!(run(|| -> u32 { panic!("boom") }).await.is_err());
+        assert_eq!(on_threads(|| 6 * 7).await.unwrap(), 42);
+        assert!(on_threads(|| -> u32 { panic!("boom") }).await.is_err());
         // Every thread still takes work after one panicked.
-        let results = futures::future::join_all((0..THREADS * 3).map(|i| run(move || i))).await;
+        let results =
+            futures::future::join_all((0..THREADS * 3).map(|i| on_threads(move || i))).await;
         let got: Vec<usize> = results.into_iter().map(Result::unwrap).collect();
         assert_eq!(got, (0..THREADS * 3).collect::<Vec<_>>());
     }
