@@ -651,8 +651,7 @@ impl VolumeManager {
     /// every other mount is computed from the set-up volumes.
     pub fn container_mounts_need_io(container: &Container) -> bool {
         container.volume_mounts.iter().flatten().any(|vm| {
-            vm.sub_path.as_deref().is_some_and(|p| !p.is_empty())
-                || vm.sub_path_expr.as_deref().is_some_and(|p| !p.is_empty())
+            set_sub_path(&vm.sub_path).is_some() || set_sub_path(&vm.sub_path_expr).is_some()
         })
     }
 
@@ -687,10 +686,7 @@ impl VolumeManager {
                 if propagation == MountPropagation::Bidirectional && !privileged {
                     return Err(MountFailure::BidirectionalNotPrivileged);
                 }
-                let sub_path = match (
-                    vm.sub_path.as_deref().filter(|s| !s.is_empty()),
-                    vm.sub_path_expr.as_deref().filter(|s| !s.is_empty()),
-                ) {
+                let sub_path = match (set_sub_path(&vm.sub_path), set_sub_path(&vm.sub_path_expr)) {
                     (Some(_), Some(_)) => return Err(MountFailure::SubPathAndExpr),
                     (Some(p), None) => Some(p.to_owned()),
                     (None, Some(expr)) => Some(subpath::expand(expr, env)),
@@ -956,6 +952,12 @@ fn volume_type_name(volume: &Volume) -> String {
             .unwrap_or_else(|| "(none)".into()),
         _ => "(unknown)".into(),
     }
+}
+
+/// A `subPath` or `subPathExpr` that asks for one: an empty one is the
+/// same as none, as upstream.
+fn set_sub_path(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|s| !s.is_empty())
 }
 
 /// For static pods (which upstream forbids to reference API objects): the

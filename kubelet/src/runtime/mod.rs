@@ -773,25 +773,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
             return Ok(None);
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let set_up = |manager: &VolumeManager, pod: &Pod| {
-            volume_drivers::check_static_pod_volumes(pod)?;
-            manager.setup_pod_volumes(pod, &volume_drivers::NoApiObjects)
-        };
-        // A pod without volumes needs no disk work, so no trip to a
-        // blocking thread (each takes tokio's pool lock, and a hundred pods
-        // starting at once queue on it).
-        let result = match VolumeManager::setup_needs_io(pod) {
-            false => set_up(&manager, pod),
-            true => {
-                let pod = pod.clone();
-                tokio::task::spawn_blocking(move || set_up(&manager, &pod))
-                    .await
-                    .map_err(|source| RuntimeError::VolumeTask {
-                        pod_uid: uid.clone(),
-                        source,
-                    })?
-            }
-        };
+        let owned = pod.clone();
+        let result = volume_work(&uid, VolumeManager::setup_needs_io(pod), move || {
+            volume_drivers::check_static_pod_volumes(&owned)?;
+            manager.setup_pod_volumes(&owned, &volume_drivers::NoApiObjects)
+        })
+        .await?;
         match result {
             Ok(volumes) => Ok(Some(Arc::new(volumes))),
             Err(source) => {
@@ -888,27 +875,28 @@ impl<R: RuntimeService> RuntimeManager<R> {
     /// The IPs containers of `pod` started in `sandbox` are given. A
     /// host-network pod's are the node's (upstream sets them so in the pod
     /// status, and starts containers with them).
-    fn pod_ips<'a>(&'a self, pod: &Pod, sandbox: &'a TargetSandbox) -> &'a [String] {
+    fn pod_ips<'a>(&'a self, pod: &Pod, sandbox_ips: &'a [String]) -> &'a [String] {
         match sandbox::host_network(pod) {
             true => &self.node.host_ips,
-            false => &sandbox.pod_ips,
+            false => sandbox_ips,
         }
     }
 
-    /// [`Self::container_files`] of a container started in `sandbox`.
+    /// [`Self::container_files`] of a container started in a sandbox with
+    /// IPs `sandbox_ips` (or whose IPs are still pending).
     fn container_files_in(
         &self,
         pod: &Pod,
         container: &Container,
         restart_count: u32,
-        sandbox: &TargetSandbox,
+        (sandbox_ips, ips_pending): (&[String], bool),
         sandbox_config: &cri_api::PodSandboxConfig,
     ) -> (ContainerFiles, Vec<cri_api::Mount>) {
         self.container_files(
             pod,
             container,
             restart_count,
-            (self.pod_ips(pod, sandbox), sandbox.ips_pending),
+            (self.pod_ips(pod, sandbox_ips), ips_pending),
             Path::new(&sandbox_config.log_directory).join(&container.name),
         )
     }
@@ -981,22 +969,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .and_then(|sc| sc.privileged)
             .unwrap_or(false);
         let name = container.name.clone();
-        // Only subPath mounts touch the disk; the rest are computed here,
-        // with no trip to a blocking thread.
-        let mounts = match VolumeManager::container_mounts_need_io(container) {
-            false => manager.container_mounts(pod, container, volumes, &env, privileged),
-            true => {
-                let (pod, container, volumes) = (pod.clone(), container.clone(), volumes.clone());
-                tokio::task::spawn_blocking(move || {
-                    manager.container_mounts(&pod, &container, &volumes, &env, privileged)
-                })
-                .await
-                .map_err(|source| RuntimeError::VolumeTask {
-                    pod_uid: uid.clone(),
-                    source,
-                })?
-            }
-        }
+        let io = VolumeManager::container_mounts_need_io(container);
+        let (pod, container, volumes) = (pod.clone(), container.clone(), volumes.clone());
+        let mounts = volume_work(&uid, io, move || {
+            manager.container_mounts(&pod, &container, &volumes, &env, privileged)
+        })
+        .await?
         .map_err(|source| RuntimeError::ContainerMounts {
             pod_uid: uid,
             container_name: name,
@@ -1330,19 +1308,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                     false => starting
                                         .iter()
                                         .map(|(c, restart_count)| {
-                                            // The new sandbox as the first
-                                            // start will see it.
-                                            let target = TargetSandbox {
-                                                id: String::new(),
-                                                attempt: *attempt,
-                                                pod_ips: Vec::new(),
-                                                ips_pending: need_ips,
-                                            };
+                                            // As the first start will see
+                                            // the new sandbox: no IPs yet.
                                             let (files, _) = self.container_files_in(
                                                 pod,
                                                 c,
                                                 *restart_count,
-                                                &target,
+                                                (&[], need_ips),
                                                 &config,
                                             );
                                             (c.name.clone(), files)
@@ -1888,7 +1860,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         self.verify_run_as_non_root(pod, container, inspected)
             .await?;
         let context = container::EnvContext {
-            pod_ips: self.pod_ips(pod, sandbox).to_vec(),
+            pod_ips: self.pod_ips(pod, &sandbox.pod_ips).to_vec(),
             ..self.node.clone()
         };
         let config_error = |source| RuntimeError::ContainerConfig {
@@ -1911,8 +1883,13 @@ impl<R: RuntimeService> RuntimeManager<R> {
             .volume_mounts
             .as_ref()
             .is_some_and(|m| !m.is_empty());
-        let (files, file_mounts) =
-            self.container_files_in(pod, container, restart_count, sandbox, sandbox_config);
+        let (files, file_mounts) = self.container_files_in(
+            pod,
+            container,
+            restart_count,
+            (&sandbox.pod_ips, sandbox.ips_pending),
+            sandbox_config,
+        );
         let hosts_file = files.etc_hosts.as_ref().map(|(path, _)| path.clone());
         let files = (prepared.as_ref() != Some(&files)).then_some(files);
         let create = async {
@@ -2079,6 +2056,25 @@ const MAX_TERMINATION_MESSAGE: usize = 4096;
 const MAX_FALLBACK_MESSAGE: usize = 2048;
 
 /// Up to `limit` bytes of a file as text; empty if it cannot be read.
+/// Volume work `f` of pod `uid`: on a blocking thread when it touches the
+/// disk (`io`), else here, with no trip to one (each takes tokio's pool
+/// lock, which a hundred pods starting at once queue on).
+async fn volume_work<T: Send + 'static>(
+    uid: &str,
+    io: bool,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RuntimeError> {
+    match io {
+        false => Ok(f()),
+        true => tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|source| RuntimeError::VolumeTask {
+                pod_uid: uid.to_owned(),
+                source,
+            }),
+    }
+}
+
 async fn read_prefix(path: &Path, limit: usize) -> String {
     match tokio::fs::read(path).await {
         Ok(mut bytes) => {
