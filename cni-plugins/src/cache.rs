@@ -9,12 +9,12 @@
 //! inside the cache dir.
 
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::io::AsyncWriteExt;
 
 /// The `kind` libcni writes; entries of another kind are not ours to read.
 pub const CACHE_KIND: &str = "cniCacheV1";
@@ -117,34 +117,15 @@ impl ResultCache {
     /// Writes `entry` atomically, replacing any previous one.
     pub async fn write(&self, entry: &CacheEntry) -> Result<PathBuf, (PathBuf, CacheError)> {
         let path = self.path(&entry.network_name, &entry.container_id, &entry.if_name);
-        let fail = |source| (path.clone(), source);
-        let bytes = serde_json::to_vec(entry).map_err(|e| fail(CacheError::Json(e)))?;
-        let mut dirs = std::fs::DirBuilder::new();
-        // Entries may hold capability args such as pod annotations.
-        dirs.recursive(true).mode(0o700);
-        dirs.create(&self.dir)
-            .map_err(|e| fail(CacheError::Io(e)))?;
-        let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-        let temp = self.dir.join(format!(".{file_name}.tmp"));
-        let write = async {
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
-                .await?;
-            file.write_all(&bytes).await?;
-            // Flushed before the rename so a crash leaves the old entry or
-            // the new one, never an empty file under the real name.
-            file.sync_all().await?;
-            tokio::fs::rename(&temp, &path).await
+        let bytes = match serde_json::to_vec(entry) {
+            Ok(bytes) => bytes,
+            Err(e) => return Err((path, CacheError::Json(e))),
         };
-        if let Err(err) = write.await {
-            let _ = tokio::fs::remove_file(&temp).await;
-            return Err(fail(CacheError::Io(err)));
+        let (dir, target) = (self.dir.clone(), path.clone());
+        match on_bulk(move || write_entry(&dir, &target, &bytes)).await {
+            Ok(()) => Ok(path),
+            Err(e) => Err((path, CacheError::Io(e))),
         }
-        Ok(path)
     }
 
     /// Every entry for `container_id`/`ifname`, whatever network it was
@@ -159,45 +140,23 @@ impl ResultCache {
     ) -> Result<Vec<FoundEntry>, (PathBuf, CacheError)> {
         let suffix = format!("-{container_id}-{ifname}");
         let exact = exact_network.map(|network| self.path(network, container_id, ifname));
-        let mut entries = match tokio::fs::read_dir(&self.dir).await {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
+        let (container_id, ifname) = (container_id.to_owned(), ifname.to_owned());
+        let wanted = move |name: &str| {
+            !name.starts_with('.') && name.len() > suffix.len() && name.ends_with(&suffix)
         };
-        let mut found = Vec::new();
-        loop {
-            let entry = match entries.next_entry().await {
-                Ok(Some(entry)) => entry,
-                Ok(None) => break,
-                Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
-            };
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || name.len() <= suffix.len() || !name.ends_with(&suffix) {
-                continue;
-            }
-            let path = entry.path();
-            let parsed = match tokio::fs::read(&path).await {
-                Ok(bytes) => serde_json::from_slice::<CacheEntry>(&bytes).map_err(CacheError::Json),
-                // Removed by a concurrent DEL between listing and reading.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => Err(CacheError::Io(err)),
-            };
+        self.scan(wanted, move |path, bytes| {
+            let parsed = bytes.map_err(CacheError::Io).and_then(|bytes| {
+                serde_json::from_slice::<CacheEntry>(&bytes).map_err(CacheError::Json)
+            });
             let ours = match &parsed {
                 Ok(e) => {
                     e.kind == CACHE_KIND && e.container_id == container_id && e.if_name == ifname
                 }
-                Err(_) => exact.as_ref() == Some(&path),
+                Err(_) => exact.as_deref() == Some(path),
             };
-            if ours {
-                found.push(FoundEntry {
-                    path,
-                    entry: parsed,
-                });
-            }
-        }
-        found.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(found)
+            ours.then_some(parsed)
+        })
+        .await
     }
 
     /// Every readable entry of `network`, whatever the container: what GC
@@ -205,50 +164,102 @@ impl ResultCache {
     /// are skipped, since nothing says which attachment they are.
     pub async fn list(&self, network: &str) -> Result<Vec<FoundEntry>, (PathBuf, CacheError)> {
         let prefix = format!("{network}-");
-        let mut entries = match tokio::fs::read_dir(&self.dir).await {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
-        };
-        let mut found = Vec::new();
-        loop {
-            let entry = match entries.next_entry().await {
-                Ok(Some(entry)) => entry,
-                Ok(None) => break,
-                Err(err) => return Err((self.dir.clone(), CacheError::Io(err))),
-            };
-            let name = entry.file_name();
-            if !name.to_string_lossy().starts_with(&prefix) {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(bytes) = tokio::fs::read(&path).await else {
-                continue;
-            };
-            let Ok(parsed) = serde_json::from_slice::<CacheEntry>(&bytes) else {
-                continue;
-            };
+        let network = network.to_owned();
+        let wanted = move |name: &str| name.starts_with(&prefix);
+        self.scan(wanted, move |_, bytes| {
+            let parsed = serde_json::from_slice::<CacheEntry>(&bytes.ok()?).ok()?;
             // The name prefix is only a hint ("a-b" is a prefix of "a-b-c"'s
             // files too); the entry itself says whose it is.
-            if parsed.kind == CACHE_KIND && parsed.network_name == network {
-                found.push(FoundEntry {
-                    path,
-                    entry: Ok(parsed),
-                });
+            (parsed.kind == CACHE_KIND && parsed.network_name == network).then_some(Ok(parsed))
+        })
+        .await
+    }
+
+    /// Reads the cache dir on a bulk-work thread: each file whose name is
+    /// `wanted` is read, and `pick` says from its path and contents what to
+    /// return for it, if anything. Sorted by path; a missing dir is an
+    /// empty cache; a file removed between listing and reading (a
+    /// concurrent DEL) is skipped.
+    async fn scan(
+        &self,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+        pick: impl Fn(&Path, io::Result<Vec<u8>>) -> Option<Result<CacheEntry, CacheError>>
+        + Send
+        + 'static,
+    ) -> Result<Vec<FoundEntry>, (PathBuf, CacheError)> {
+        let dir = self.dir.clone();
+        let scanned = on_bulk(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(err) => return Err(err),
+            };
+            let mut found = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                if !wanted(&entry.file_name().to_string_lossy()) {
+                    continue;
+                }
+                let path = entry.path();
+                let bytes = match std::fs::read(&path) {
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    read => read,
+                };
+                if let Some(entry) = pick(&path, bytes) {
+                    found.push(FoundEntry { path, entry });
+                }
             }
-        }
-        found.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(found)
+            found.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(found)
+        })
+        .await;
+        scanned.map_err(|err| (self.dir.clone(), CacheError::Io(err)))
     }
 
     /// Removes an entry; one already gone is fine.
     pub async fn remove(&self, path: &Path) -> Result<(), CacheError> {
-        match tokio::fs::remove_file(path).await {
-            Ok(()) => Ok(()),
+        let path = path.to_owned();
+        on_bulk(move || match std::fs::remove_file(path) {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(CacheError::Io(err)),
-        }
+            removed => removed,
+        })
+        .await
+        .map_err(CacheError::Io)
     }
+}
+
+/// Runs file work on a [`BULK`](crate::work::BULK) thread.
+async fn on_bulk<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    crate::work::BULK.run(f).await.map_err(io::Error::other)?
+}
+
+/// Writes `bytes` to `path` in `dir` through a temp file, flushed before
+/// the rename so a crash leaves the old entry or the new one, never an
+/// empty file under the real name.
+fn write_entry(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut dirs = std::fs::DirBuilder::new();
+    // Entries may hold capability args such as pod annotations.
+    dirs.recursive(true).mode(0o700);
+    dirs.create(dir)?;
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = dir.join(format!(".{file_name}.tmp"));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 #[cfg(test)]

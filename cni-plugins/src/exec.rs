@@ -109,17 +109,19 @@ impl Drop for GroupKill {
     }
 }
 
-/// Starts `command` on a blocking thread, at the default CPU priority.
+/// Starts `command` on one of the [`BULK`](crate::work::BULK) threads, at
+/// the default CPU priority.
 ///
 /// Forking copies the daemon's page tables and can take milliseconds on a
 /// host busy starting many pods, which an async worker would not spend
 /// answering other calls; std spawns through `posix_spawn` (a vfork, which
 /// copies nothing) as long as the command has no `pre_exec` hook, so the
-/// priority is not reset in the child: the spawning thread runs at nice 0
-/// while it spawns, and the child (with what it starts: containers inherit
-/// runc's) inherits that, not a raised daemon thread's.
+/// priority is not reset in the child: the spawning thread runs at nice 0,
+/// and the child (with what it starts: containers inherit runc's) inherits
+/// that, not a raised daemon thread's.
 pub async fn spawn_off_worker(mut command: Command) -> io::Result<tokio::process::Child> {
-    tokio::task::spawn_blocking(move || at_default_priority(|| command.spawn()))
+    crate::work::BULK
+        .run(move || command.spawn())
         .await
         .map_err(io::Error::other)?
 }
@@ -127,15 +129,20 @@ pub async fn spawn_off_worker(mut command: Command) -> io::Result<tokio::process
 /// Runs `f` with the calling thread at nice 0, then puts its nice value
 /// back: a process spawned in `f` starts at the default priority.
 pub fn at_default_priority<T>(f: impl FnOnce() -> T) -> T {
-    // A refusal (no CAP_SYS_NICE to raise it back) leaves the thread lower,
-    // which is where an unprivileged thread was anyway.
-    let nice = thread_nice();
-    if nice != Some(0) {
-        let _ = set_thread_nice(0);
+    at_nice(0, f)
+}
+
+/// Runs `f` with the calling thread at `nice`, then puts its nice value
+/// back. A refusal (raising needs `CAP_SYS_NICE`) leaves the thread where
+/// it was, or lower: where an unprivileged thread was anyway.
+pub fn at_nice<T>(nice: i32, f: impl FnOnce() -> T) -> T {
+    let before = thread_nice();
+    if before != Some(nice) {
+        let _ = set_thread_nice(nice);
     }
     let out = f();
-    if let Some(nice) = nice.filter(|n| *n != 0) {
-        let _ = set_thread_nice(nice);
+    if let Some(before) = before.filter(|n| *n != nice) {
+        let _ = set_thread_nice(before);
     }
     out
 }
@@ -243,6 +250,16 @@ impl PluginExec for ProcessExec {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn at_nice_runs_at_that_nice_value_and_puts_it_back() {
+        let before = thread_nice();
+        assert_eq!(at_nice(7, thread_nice), Some(7));
+        // Putting it back raises it, which needs CAP_SYS_NICE (root).
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(thread_nice(), before);
+        }
+    }
 
     fn script(dir: &std::path::Path, body: &str) -> PathBuf {
         let path = dir.join("plugin");

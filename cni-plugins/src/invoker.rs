@@ -962,13 +962,17 @@ impl Invoker {
                 reason: "must be a file name, not a path",
             });
         }
-        for dir in &self.bin_dirs {
-            let candidate = dir.join(plugin_type);
-            if let Ok(meta) = tokio::fs::metadata(&candidate).await
-                && meta.is_file()
-            {
-                return Ok((candidate, meta));
-            }
+        let candidates: Vec<PathBuf> = self.bin_dirs.iter().map(|d| d.join(plugin_type)).collect();
+        let found = crate::work::BULK
+            .run(move || {
+                candidates.into_iter().find_map(|candidate| {
+                    let meta = std::fs::metadata(&candidate).ok()?;
+                    meta.is_file().then_some((candidate, meta))
+                })
+            })
+            .await;
+        if let Ok(Some(found)) = found {
+            return Ok(found);
         }
         Err(CniError::PluginNotFound {
             plugin: plugin_type.to_owned(),

@@ -22,6 +22,7 @@ pub mod plugins;
 pub mod result;
 pub mod skel;
 pub mod version;
+pub mod work;
 
 pub use cache::CacheError;
 pub use conf::{ConfError, NetworkConfigList};

@@ -26,6 +26,8 @@ pub const DAEMON_NICE: i32 = -10;
 /// priority, not the daemon's.
 pub use cni_plugins::exec::at_default_priority;
 use cni_plugins::exec::set_thread_nice;
+/// Threads of one's own for short blocking work (see [`cni_plugins::work`]).
+pub use cni_plugins::work::{TaskLost, WorkThreads};
 
 /// Sets the calling thread's nice value to [`DAEMON_NICE`] (on Linux each
 /// thread has its own). Needs `CAP_SYS_NICE`; without it the thread keeps
@@ -38,13 +40,14 @@ pub fn raise_thread_priority() -> std::io::Result<()> {
 /// [`DAEMON_NICE`] where permitted (the caller raises its own thread, which
 /// runs `block_on`, with [`raise_thread_priority`], and reports a refusal).
 ///
-/// The blocking threads are raised too, though cri-shim runs its bulk work
-/// on them (bundles, mounts, records) at the default priority, through
-/// [`at_default_priority`]: between tasks each takes the blocking pool's
-/// lock, which an async worker handing work off takes as well, and a
-/// thread holding it at the default priority waits behind runc and the
-/// other bulk work of a host starting many pods, with the workers waiting
-/// on it (tens of ms each time, measured).
+/// The blocking threads are raised too. Between tasks each takes the
+/// blocking pool's lock, which an async worker handing work off takes as
+/// well, and a thread holding it at the default priority waits behind runc
+/// and the other bulk work of a host starting many pods, with the workers
+/// waiting on it (tens of ms each time, measured). Work that must run at
+/// the default priority there goes through [`at_default_priority`]; the
+/// bulk work of pod starts runs on threads of its own
+/// ([`cni_plugins::work::BULK`]), which take no such lock.
 pub fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

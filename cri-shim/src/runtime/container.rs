@@ -183,7 +183,7 @@ impl Runtime {
         let paths = self.sandbox_paths(sandbox);
         let pid_namespace = self.pid_namespace_for(&record.config, sandbox)?;
         // Directories, the overlay mount, the user lookup and the bundle are
-        // file and mount work: on a blocking thread, so under load the
+        // file and mount work: on a bulk-work thread, so under load the
         // async workers keep answering status and list calls meanwhile.
         let (this, mut prepared, image) = (self.clone(), record.clone(), image.clone());
         let prepared = super::off_workers(move || {
@@ -514,7 +514,7 @@ impl Runtime {
     }
 
     /// Unmounts the rootfs and deletes the container directory (not the
-    /// log), on a blocking thread.
+    /// log), on a bulk-work thread.
     async fn remove_container_files(&self, id: &str) {
         let dir = self.container_dir(id);
         let id = id.to_owned();

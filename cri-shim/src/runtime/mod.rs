@@ -250,17 +250,17 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> 
     replace_file(path, &encode_json(path, value)?)
 }
 
-/// Runs the bulk work `f` (files, mounts, bundles, records) on a blocking
-/// thread, at the default CPU priority while it runs (the thread itself is
-/// raised between tasks: see [`crate::tuning::daemon_runtime`]).
+/// Runs the bulk work `f` (files, mounts, bundles, records) on one of the
+/// [`BULK`](cni_plugins::work::BULK) threads, at the default CPU priority,
+/// so under load the async workers keep answering calls.
 async fn off_workers<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
-    tokio::task::spawn_blocking(move || crate::tuning::at_default_priority(f)).await
+) -> Result<T, cni_plugins::work::TaskLost> {
+    cni_plugins::work::BULK.run(f).await
 }
 
 /// [`write_json`] from async code: encoded here, written and renamed on a
-/// blocking thread (a rename can wait on the journal of a busy disk).
+/// bulk-work thread (a rename can wait on the journal of a busy disk).
 async fn persist_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RuntimeError> {
     let data = encode_json(path, value)?;
     let path = path.to_owned();

@@ -204,7 +204,7 @@ impl Runtime {
     async fn set_up_sandbox(&self, record: &mut SandboxRecord) -> Result<(), RuntimeError> {
         let id = record.id.clone();
         let dir = self.sandbox_dir(&id);
-        // The sandbox's files and its shm mount on a blocking thread, so
+        // The sandbox's files and its shm mount on a bulk-work thread, so
         // under load the async workers keep answering other calls. The
         // record comes back also after a failure: the teardown needs to
         // know what was made.
@@ -359,7 +359,7 @@ impl Runtime {
             }
             record.infra_pid = None;
         }
-        // The unmounts on a blocking thread: they wait on the mount lock,
+        // The unmounts on a bulk-work thread: they wait on the mount lock,
         // which a host starting many pods holds often.
         let mounts = (
             record.shm.clone(),
