@@ -24,3 +24,17 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R
     #[cfg(not(test))]
     POD_FILES.run(f).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_work_runs_on_the_pod_file_threads() {
+        let name = POD_FILES
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert!(name.is_some_and(|n| n.starts_with("pod-files-")));
+    }
+}
