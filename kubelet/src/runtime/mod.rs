@@ -2055,7 +2055,6 @@ const MAX_TERMINATION_MESSAGE: usize = 4096;
 /// Upstream `kubecontainer.MaxContainerTerminationMessageLogLength`.
 const MAX_FALLBACK_MESSAGE: usize = 2048;
 
-/// Up to `limit` bytes of a file as text; empty if it cannot be read.
 /// Volume work `f` of pod `uid`: on a blocking thread when it touches the
 /// disk (`io`), else here, with no trip to one (each takes tokio's pool
 /// lock, which a hundred pods starting at once queue on).
@@ -2075,6 +2074,7 @@ async fn volume_work<T: Send + 'static>(
     }
 }
 
+/// Up to `limit` bytes of a file as text; empty if it cannot be read.
 async fn read_prefix(path: &Path, limit: usize) -> String {
     match tokio::fs::read(path).await {
         Ok(mut bytes) => {
