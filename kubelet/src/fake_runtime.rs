@@ -454,7 +454,11 @@ impl RuntimeService for FakeRuntime {
     }
 
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {
-        let state = self.state();
+        let mut state = self.state();
+        state.calls.push(Call {
+            method: "ContainerStatus",
+            target: id.into(),
+        });
         let c = state
             .containers
             .get(id)

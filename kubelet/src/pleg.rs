@@ -14,10 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_cri::v1 as cri_api;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::ErrorChain;
+use crate::actions::{ContainerState, ObservedPod};
 use crate::runtime::{CriError, PodRef, RuntimeManager, RuntimeService};
 
 /// The least time between two relists that runtime events trigger.
@@ -30,6 +32,35 @@ pub struct PodLifecycleEvent {
     pub pod: PodRef,
     /// Whether any sandbox or container of it is left.
     pub present: bool,
+    /// Its sandboxes and containers as the relist saw them (none if gone).
+    pub objects: PodObjects,
+}
+
+/// A pod's sandboxes and containers as a relist sees them:
+/// `("sandbox:<id>" or "container:<id>", CRI state)`.
+pub type PodObjects = BTreeSet<(String, i32)>;
+
+/// The objects of a pod worker's observation, in a relist's terms: equal
+/// to a relist's record when the relist shows nothing the worker has not
+/// seen.
+pub fn observed_objects(observed: &ObservedPod) -> PodObjects {
+    let sandboxes = observed.sandboxes.iter().map(|s| {
+        let state = match s.ready {
+            true => cri_api::PodSandboxState::SandboxReady,
+            false => cri_api::PodSandboxState::SandboxNotready,
+        };
+        (format!("sandbox:{}", s.id), state as i32)
+    });
+    let containers = observed.containers.iter().map(|c| {
+        let state = match c.state {
+            ContainerState::Created => cri_api::ContainerState::ContainerCreated,
+            ContainerState::Running => cri_api::ContainerState::ContainerRunning,
+            ContainerState::Exited => cri_api::ContainerState::ContainerExited,
+            ContainerState::Unknown => cri_api::ContainerState::ContainerUnknown,
+        };
+        (format!("container:{}", c.id), state as i32)
+    });
+    sandboxes.chain(containers).collect()
 }
 
 /// Errors of one relist.
@@ -44,7 +75,7 @@ pub enum PlegError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodRecord {
     pod: PodRef,
-    objects: BTreeSet<(String, i32)>,
+    objects: PodObjects,
 }
 
 /// All pods in the runtime, keyed by UID.
@@ -93,6 +124,7 @@ pub fn diff(old: &RuntimeSnapshot, new: &RuntimeSnapshot) -> Vec<PodLifecycleEve
             events.push(PodLifecycleEvent {
                 pod: record.pod.clone(),
                 present: true,
+                objects: record.objects.clone(),
             });
         }
     }
@@ -101,6 +133,7 @@ pub fn diff(old: &RuntimeSnapshot, new: &RuntimeSnapshot) -> Vec<PodLifecycleEve
             events.push(PodLifecycleEvent {
                 pod: record.pod.clone(),
                 present: false,
+                objects: PodObjects::new(),
             });
         }
     }

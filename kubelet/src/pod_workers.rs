@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use futures::FutureExt;
@@ -26,7 +26,7 @@ use crate::ErrorChain;
 use crate::actions::ObservedPod;
 use crate::actions::{Action, DesiredPod, PodIntent, compute_actions, termination_grace_period};
 use crate::backoff::{Backoff, CrashLoopBackOff};
-use crate::pleg::PodLifecycleEvent;
+use crate::pleg::{PodLifecycleEvent, PodObjects, observed_objects};
 use crate::prober::Prober;
 use crate::runtime::{
     Executed, Made, PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container,
@@ -114,6 +114,9 @@ struct PodWorker<R> {
     /// worker started, and only this worker makes objects for its UID: the
     /// first sync starts from an empty observation instead of listing.
     known_empty: bool,
+    /// What the last sync observed, in a relist's terms, shared with the
+    /// worker's handle: a relist that shows just that wakes no one.
+    seen: Arc<Mutex<Option<PodObjects>>>,
 }
 
 /// The upstream waiting reason a failed action leaves its container in.
@@ -238,6 +241,8 @@ impl<R: RuntimeService> PodWorker<R> {
                 .await
                 .map_err(|e| vec![e])?,
         };
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(observed_objects(&observed));
         match intent {
             WorkerIntent::Run(pod) => {
                 self.runtime
@@ -474,11 +479,24 @@ struct WorkerHandle {
     pod: PodRef,
     intent: watch::Sender<WorkerIntent>,
     wake: Arc<Notify>,
+    /// [`PodWorker::seen`].
+    seen: Arc<Mutex<Option<PodObjects>>>,
 }
 
 impl WorkerHandle {
     fn is_terminating(&self) -> bool {
         matches!(*self.intent.borrow(), WorkerIntent::Terminate { .. })
+    }
+
+    /// Whether the worker's last observation matches a relist's record.
+    fn has_seen(&self, event: &PodLifecycleEvent) -> bool {
+        event.present
+            && self
+                .seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                == Some(&event.objects)
     }
 }
 
@@ -613,6 +631,10 @@ impl<R: RuntimeService> PodWorkers<R> {
                 pods.remove(&event.pod.uid);
             }
             match self.workers.get(&event.pod.uid) {
+                // The worker's last observation shows all the relist does:
+                // a sync would list, find the same and change nothing (on
+                // a busy runtime, three calls per pod that just started).
+                Some(worker) if worker.has_seen(&event) => {}
                 Some(worker) => worker.wake.notify_one(),
                 None => unknown_pod_seen = true,
             }
@@ -731,6 +753,7 @@ impl<R: RuntimeService> PodWorkers<R> {
     fn spawn(&mut self, pod: PodRef, intent: WorkerIntent, known_empty: bool) {
         let (intent_tx, intent_rx) = watch::channel(intent);
         let wake = Arc::new(Notify::new());
+        let seen = Arc::new(Mutex::new(None));
         let worker = PodWorker {
             pod: pod.clone(),
             runtime: self.runtime.clone(),
@@ -745,6 +768,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             cancel: self.cancel.child_token(),
             made: None,
             known_empty,
+            seen: seen.clone(),
         };
         let task = self.tasks.spawn(worker.run());
         self.task_pods.insert(task.id(), pod.uid.clone());
@@ -754,6 +778,7 @@ impl<R: RuntimeService> PodWorkers<R> {
                 pod,
                 intent: intent_tx,
                 wake,
+                seen,
             },
         );
     }
@@ -892,6 +917,38 @@ mod tests {
         // Only the most recent dead instance is kept.
         fake.wait_for("old instance removed", |s| s.containers_of("u1").len() == 2)
             .await;
+        kubelet.stop().await;
+    }
+
+    /// A relist that shows what the worker last observed wakes no one: a
+    /// started pod is not listed again at the next relist. One that shows
+    /// a change does.
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_showing_what_the_worker_saw_does_not_wake_it() {
+        let logs = tempfile::tempdir().unwrap();
+        let fake = FakeRuntime::new(test_clock, &["busybox"]);
+        let web = pod("u1", "web-node1", "Always", 30);
+        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+            .await;
+        let statuses = || fake.state().calls_of("ContainerStatus").len();
+        // The worker looks at what it started at once; let it settle.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let settled = statuses();
+        assert!(settled >= 1, "the start was observed");
+        // Five relists see the pod, first as new, then unchanged.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(statuses(), settled, "no sync after the start");
+
+        fake.exit_container(&only_running(&fake, "u1"), 1);
+        fake.wait_for("restart", |s| running_with_restart(s, "u1", "1"))
+            .await;
+        assert!(statuses() > settled, "the exit was observed");
+        // The exited instance and the new one, unchanged: no sync either.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let settled = statuses();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(statuses(), settled, "no sync after the restart");
         kubelet.stop().await;
     }
 
@@ -1159,7 +1216,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let changes: Vec<Call> = fake.state().calls[calls_before..]
             .iter()
-            .filter(|c| c.method != "PodSandboxStatus")
+            // Status reads aside.
+            .filter(|c| !matches!(c.method, "PodSandboxStatus" | "ContainerStatus"))
             .cloned()
             .collect();
         assert_eq!(changes, [], "nothing was touched");
