@@ -5,6 +5,11 @@
 //! The first relist reports every pod present, and is sent even when empty:
 //! the pod workers wait for it before deciding that a runtime pod is an orphan.
 //!
+//! An event carries the pod's sandboxes and containers as the relist saw
+//! them; a worker whose last observation shows the same ([`observed_objects`])
+//! is not woken: it has seen the change already (mostly its own doing,
+//! such as a container it just started).
+//!
 //! Where the runtime streams container events (`GetContainerEvents`, as
 //! cri-shim does), each event triggers a relist at once, so a change is seen
 //! in milliseconds rather than at the next tick; the periodic relist stays as
