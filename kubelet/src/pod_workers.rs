@@ -813,6 +813,11 @@ mod tests {
         Arc::new(serde_yaml::from_str(&yaml).unwrap())
     }
 
+    /// Pod `u1`, `web-node1`: one container, restartPolicy Always.
+    fn web() -> Arc<Pod> {
+        pod("u1", "web-node1", "Always", 30)
+    }
+
     fn desired(pods: &[&Arc<Pod>]) -> Option<Arc<DesiredPods>> {
         let map = pods
             .iter()
@@ -848,6 +853,15 @@ mod tests {
             }
         }
 
+        /// A kubelet with pod `u1` (`web-node1`, restartPolicy Always,
+        /// see [`web`]), once the pod's container runs.
+        async fn with_web_running(fake: &FakeRuntime, logs: &Path) -> Self {
+            let kubelet = Self::start(fake, logs, desired(&[&web()]));
+            fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
+                .await;
+            kubelet
+        }
+
         async fn stop(self) {
             self.cancel.cancel();
             self.task.await.unwrap();
@@ -873,11 +887,7 @@ mod tests {
     async fn starts_a_pod_and_restarts_an_exited_container_with_backoff() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let kubelet = Kubelet::with_web_running(&fake, logs.path()).await;
         {
             let state = fake.state();
             let (_, sandbox) = state.sandboxes_of("u1")[0];
@@ -927,10 +937,7 @@ mod tests {
     async fn a_relist_showing_what_the_worker_saw_does_not_wake_it() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let kubelet = Kubelet::with_web_running(&fake, logs.path()).await;
         let statuses = || fake.state().calls_of("ContainerStatus").len();
         // The worker looks at what it started at once; let it settle.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -955,7 +962,7 @@ mod tests {
     /// Pod `u1` (`web-node1`) made in a new sandbox and started by one
     /// execution, without errors: the observation before, and what was made.
     async fn run_and_start_web(runtime: &RuntimeManager<FakeRuntime>) -> (ObservedPod, Made) {
-        let web = pod("u1", "web-node1", "Always", 30);
+        let web = web();
         let pod_ref = PodRef::from_pod(&web);
         let before = runtime.observe_pod("u1").await.unwrap();
         let actions = [
@@ -1120,10 +1127,7 @@ mod tests {
     async fn a_sandbox_is_asked_for_its_ips_once() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let kubelet = Kubelet::with_web_running(&fake, logs.path()).await;
         // Relists and periodic syncs come and go; the IPs are remembered.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let sandbox = fake.state().sandboxes_of("u1")[0].0.clone();
@@ -1204,15 +1208,12 @@ mod tests {
     async fn a_restarted_kubelet_adopts_running_pods_and_a_missing_image_is_pulled() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &[]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let first = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let first = Kubelet::with_web_running(&fake, logs.path()).await;
         assert_eq!(fake.state().calls_of("PullImage").len(), 1);
         first.stop().await;
 
         let calls_before = fake.state().calls.len();
-        let second = Kubelet::start(&fake, logs.path(), desired(&[&web]));
+        let second = Kubelet::start(&fake, logs.path(), desired(&[&web()]));
         tokio::time::sleep(Duration::from_secs(10)).await;
         let changes: Vec<Call> = fake.state().calls[calls_before..]
             .iter()
@@ -1266,10 +1267,7 @@ mod tests {
     async fn orphans_are_torn_down_only_once_the_source_has_listed() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let first = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let first = Kubelet::with_web_running(&fake, logs.path()).await;
         first.stop().await;
 
         // Source not listed yet: the pod is not an orphan yet.
@@ -1322,10 +1320,7 @@ mod tests {
     async fn a_dead_sandbox_is_replaced_with_the_next_attempt() {
         let logs = tempfile::tempdir().unwrap();
         let fake = FakeRuntime::new(test_clock, &["busybox"]);
-        let web = pod("u1", "web-node1", "Always", 30);
-        let kubelet = Kubelet::start(&fake, logs.path(), desired(&[&web]));
-        fake.wait_for("container running", |s| s.running_of("u1").len() == 1)
-            .await;
+        let kubelet = Kubelet::with_web_running(&fake, logs.path()).await;
         let sandbox = fake.state().sandboxes_of("u1")[0].0.clone();
 
         fake.kill_sandbox(&sandbox);
