@@ -189,14 +189,8 @@ impl ResultCache {
     ) -> Result<Vec<FoundEntry>, (PathBuf, CacheError)> {
         let dir = self.dir.clone();
         let scanned = on_bulk(move || {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(err) => return Err(err),
-            };
             let mut found = Vec::new();
-            for entry in entries {
-                let entry = entry?;
+            for entry in crate::conf::dir_entries(&dir)? {
                 if !wanted(&entry.file_name().to_string_lossy()) {
                     continue;
                 }

@@ -204,14 +204,8 @@ pub(crate) fn is_valid_identifier(s: &str) -> bool {
 /// Lists the configuration files of `dir` sorted by file name. A missing
 /// dir is an empty one: the network plugin may simply not be installed yet.
 pub fn conf_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(err),
-    };
     let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry?;
+    for entry in dir_entries(dir)? {
         // Follows symlinks, as installers often link their conf into place.
         if entry.path().is_dir() {
             continue;
@@ -227,6 +221,15 @@ pub fn conf_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The entries of `dir`, in no order; a missing dir has none.
+pub(crate) fn dir_entries(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.collect(),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err),
+    }
 }
 
 #[cfg(test)]

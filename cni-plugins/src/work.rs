@@ -47,7 +47,7 @@ pub struct WorkThreads {
     started: AtomicUsize,
     /// Jobs sent and not yet finished (waiting or running).
     pending: AtomicUsize,
-    /// When a job last finished, in ms since [`epoch`].
+    /// When a job last finished, in ms ([`since_epoch`]).
     last_done: AtomicU64,
     queue: OnceLock<mpsc::Sender<Job>>,
     /// Parked while no work is pending.
