@@ -258,6 +258,8 @@ mod tests {
         // Putting it back raises it, which needs CAP_SYS_NICE (root).
         if nix::unistd::geteuid().is_root() {
             assert_eq!(thread_nice(), before);
+        } else {
+            eprintln!("skipped the put-back check: raising a thread's priority needs root");
         }
     }
 
