@@ -324,10 +324,11 @@ impl Runtime {
                 )));
             }
         }
-        // Stamped before the call: a container that exits at once must not
-        // report finishing before it started.
-        let started_at = now_ns();
         self.inner.oci.start(&id).await?;
+        // Stamped once the process runs, as containerd does: a kubelet that
+        // takes the answer for the start reads about this time. A container
+        // that exits at once may have finished before it; its status clamps.
+        let started_at = now_ns();
         let record = entry.update(|r| r.started_at = Some(started_at));
         persist_json(&self.container_dir(&id).join("container.json"), &record).await?;
         tracing::info!(container.id = %id, container.name = %record.name(), "container started");
@@ -627,7 +628,11 @@ impl Runtime {
             metadata: r.config.metadata.clone(),
             state: cri_state(state) as i32,
             created_at: r.created_at,
-            started_at: r.started_at.unwrap_or(0),
+            started_at: match (r.started_at, finished_at) {
+                (Some(started), 0) => started,
+                (Some(started), finished) => started.min(finished),
+                (None, _) => 0,
+            },
             finished_at,
             exit_code,
             image: r.config.image.clone(),
