@@ -26,6 +26,9 @@ pub struct FakeContainer {
     pub config: cri::ContainerConfig,
     pub state: cri::ContainerState,
     pub created_at: i64,
+    /// The sandbox's log directory joined with the config's log path.
+    pub log_path: String,
+    pub started_at: i64,
     pub finished_at: i64,
     pub exit_code: i32,
 }
@@ -101,6 +104,9 @@ pub struct FakeRuntime {
     events: Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<cri::ContainerEventResponse>>>>,
     /// `RunPodSandbox` waits while a test holds this ([`Self::hold_sandboxes`]).
     sandbox_gate: Arc<tokio::sync::RwLock<()>>,
+    /// `ContainerStatus` waits while a test holds this
+    /// ([`Self::hold_container_statuses`]).
+    status_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn not_found(method: &'static str, id: &str) -> CriError {
@@ -126,6 +132,7 @@ impl FakeRuntime {
             clock,
             events: Arc::default(),
             sandbox_gate: Arc::default(),
+            status_gate: Arc::default(),
         }
     }
 
@@ -133,6 +140,12 @@ impl FakeRuntime {
     /// returned guard is dropped.
     pub async fn hold_sandboxes(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
         self.sandbox_gate.clone().write_owned().await
+    }
+
+    /// `ContainerStatus` calls wait (unanswered, unrecorded) until the
+    /// returned guard is dropped.
+    pub async fn hold_container_statuses(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.status_gate.clone().write_owned().await
     }
 
     /// Makes `GetContainerEvents` available; the test sends events here.
@@ -204,6 +217,11 @@ impl FakeRuntime {
         self.mutate(None, |state, _| {
             state.sandboxes.get_mut(id).unwrap().state = cri::PodSandboxState::SandboxNotready;
         });
+    }
+
+    /// The id of image `name`.
+    fn image_id(name: &str) -> String {
+        format!("sha256:{name}")
     }
 
     fn next_id(state: &mut FakeState, prefix: &str) -> String {
@@ -341,8 +359,12 @@ impl RuntimeService for FakeRuntime {
         &self,
         sandbox_id: &str,
         config: cri::ContainerConfig,
-        _sandbox_config: cri::PodSandboxConfig,
+        sandbox_config: cri::PodSandboxConfig,
     ) -> Result<String, CriError> {
+        let log_path = crate::runtime::container::runtime_log_path(
+            &sandbox_config.log_directory,
+            &config.log_path,
+        );
         let name = config
             .metadata
             .as_ref()
@@ -365,6 +387,8 @@ impl RuntimeService for FakeRuntime {
                         config,
                         state: cri::ContainerState::ContainerCreated,
                         created_at: now,
+                        log_path,
+                        started_at: 0,
                         finished_at: 0,
                         exit_code: 0,
                     },
@@ -380,12 +404,13 @@ impl RuntimeService for FakeRuntime {
                 method: "StartContainer",
                 target: id.into(),
             }),
-            |state, _| {
+            |state, now| {
                 let c = state
                     .containers
                     .get_mut(id)
                     .ok_or_else(|| not_found("StartContainer", id))?;
                 c.state = cri::ContainerState::ContainerRunning;
+                c.started_at = now;
                 Ok(())
             },
         )
@@ -454,6 +479,7 @@ impl RuntimeService for FakeRuntime {
     }
 
     async fn container_status(&self, id: &str) -> Result<cri::ContainerStatus, CriError> {
+        let _open = self.status_gate.read().await;
         let mut state = self.state();
         state.calls.push(Call {
             method: "ContainerStatus",
@@ -468,10 +494,19 @@ impl RuntimeService for FakeRuntime {
             metadata: c.config.metadata.clone(),
             state: c.state as i32,
             created_at: c.created_at,
+            started_at: c.started_at,
             finished_at: c.finished_at,
             exit_code: c.exit_code,
+            image: c.config.image.clone(),
+            image_ref: c
+                .config
+                .image
+                .as_ref()
+                .map(|i| Self::image_id(&i.image))
+                .unwrap_or_default(),
             labels: c.config.labels.clone(),
             annotations: c.config.annotations.clone(),
+            log_path: c.log_path.clone(),
             ..Default::default()
         })
     }
@@ -479,7 +514,7 @@ impl RuntimeService for FakeRuntime {
     async fn image_status(&self, image: cri::ImageSpec) -> Result<Option<cri::Image>, CriError> {
         let present = self.state().images.contains(&image.image);
         Ok(present.then(|| cri::Image {
-            id: format!("sha256:{}", image.image),
+            id: Self::image_id(&image.image),
             ..Default::default()
         }))
     }
@@ -496,7 +531,7 @@ impl RuntimeService for FakeRuntime {
             }),
             |state, _| {
                 state.images.insert(image.image.clone());
-                Ok(format!("sha256:{}", image.image))
+                Ok(Self::image_id(&image.image))
             },
         )
     }

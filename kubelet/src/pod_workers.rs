@@ -339,7 +339,11 @@ impl<R: RuntimeService> PodWorker<R> {
                 Action::RunPodSandbox { .. } | Action::StartContainer { .. }
             )
         });
-        if errors.is_empty() && only_made && made != Made::default() {
+        let made_only = errors.is_empty() && only_made && made != Made::default();
+        // The pod as the execution left it, where it knows: its status need
+        // not wait for the runtime's answers to the look that follows.
+        let assumed = made_only.then(|| made.assumed(&observed)).flatten();
+        if made_only {
             self.made = Some((observed.clone(), made));
         }
         if let Some(pod) = pod {
@@ -349,7 +353,15 @@ impl<R: RuntimeService> PodWorker<R> {
                     waiting.insert(name.to_owned(), reason);
                 }
             }
-            self.publish_status(pod, &observed, waiting, now);
+            match assumed {
+                Some(assumed) => {
+                    // Probes of the started containers start with it.
+                    self.prober
+                        .sync_pod(pod, &assumed, self.pod_ip(pod, &assumed));
+                    self.publish_status(pod, &assumed, waiting, (self.clock)());
+                }
+                None => self.publish_status(pod, &observed, waiting, now),
+            }
         }
         if errors.is_empty() {
             Ok(SyncOutcome::Synced {
@@ -830,27 +842,62 @@ mod tests {
         cancel: CancellationToken,
         task: tokio::task::JoinHandle<()>,
         desired: watch::Sender<Option<Arc<DesiredPods>>>,
+        /// The pod statuses the workers publish.
+        statuses: Arc<PodStatusStore>,
     }
 
     impl Kubelet {
         fn start(fake: &FakeRuntime, logs: &Path, pods: Option<Arc<DesiredPods>>) -> Self {
-            let runtime = Arc::new(RuntimeManager::new(
-                fake.clone(),
-                logs.to_owned(),
-                logs.join("no-resolv.conf"),
-            ));
+            let runtime =
+                RuntimeManager::new(fake.clone(), logs.to_owned(), logs.join("no-resolv.conf"));
+            Self::start_on(runtime, pods)
+        }
+
+        /// A kubelet on `runtime`.
+        fn start_on(runtime: RuntimeManager<FakeRuntime>, pods: Option<Arc<DesiredPods>>) -> Self {
+            let runtime = Arc::new(runtime);
             let (desired, desired_rx) = watch::channel(pods);
             let (pleg_tx, pleg_rx) = mpsc::channel(64);
             let cancel = CancellationToken::new();
             let pleg = GenericPleg::new(runtime.clone(), Duration::from_secs(1));
             tokio::spawn(pleg.run(pleg_tx, cancel.clone()));
-            let workers = PodWorkers::with_clock(runtime, cancel.clone(), test_clock);
+            let statuses = Arc::new(PodStatusStore::default());
+            let workers = PodWorkers::with_clock(runtime, cancel.clone(), test_clock).with_status(
+                StatusReporter {
+                    store: statuses.clone(),
+                    runtime_name: "fake".into(),
+                    host_ips: vec!["10.0.0.1".into()],
+                },
+            );
             let task = tokio::spawn(workers.run(desired_rx, pleg_rx));
             Self {
                 cancel,
                 task,
                 desired,
+                statuses,
             }
+        }
+
+        /// Pod `uid`'s status once `predicate` holds for it.
+        async fn wait_for_status(
+            &self,
+            what: &str,
+            uid: &str,
+            predicate: impl Fn(&k8s_openapi::api::core::v1::PodStatus) -> bool,
+        ) -> k8s_openapi::api::core::v1::PodStatus {
+            let mut changes = self.statuses.subscribe();
+            let wait = async {
+                loop {
+                    let status = self.statuses.get(uid).and_then(|p| p.status.clone());
+                    if let Some(status) = status.filter(|s| predicate(s)) {
+                        return status;
+                    }
+                    changes.changed().await.unwrap();
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(600), wait)
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         }
 
         /// A kubelet with pod `u1` (`web-node1`, restartPolicy Always,
@@ -956,6 +1003,56 @@ mod tests {
         let settled = statuses();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(statuses(), settled, "no sync after the restart");
+        kubelet.stop().await;
+    }
+
+    /// A started container shows running in the pod's status once its
+    /// start is answered, before the runtime answers for its status; the
+    /// runtime's answer then shows the same. On the pod network and the
+    /// host's.
+    #[tokio::test(start_paused = true)]
+    async fn a_started_container_shows_running_before_the_runtime_answers_for_it() {
+        shows_running_before_the_runtime_answers(web(), "10.0.0.9").await;
+        let mut host = (*web()).clone();
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        shows_running_before_the_runtime_answers(Arc::new(host), "10.0.0.1").await;
+    }
+
+    async fn shows_running_before_the_runtime_answers(pod: Arc<Pod>, pod_ip: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, runtime) = with_pod_dirs(dir.path());
+        let held = fake.hold_container_statuses().await;
+        let kubelet = Kubelet::start_on(runtime, desired(&[&pod]));
+        let running = |s: &k8s_openapi::api::core::v1::PodStatus| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .any(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        };
+        let assumed = kubelet.wait_for_status("app running", "u1", running).await;
+        assert!(fake.state().calls_of("ContainerStatus").is_empty());
+        assert_eq!(assumed.phase.as_deref(), Some("Running"));
+        assert_eq!(assumed.pod_ips.as_ref().unwrap()[0].ip, pod_ip);
+        let app = &assumed.container_statuses.as_ref().unwrap()[0];
+        let id = only_running(&fake, "u1");
+        assert_eq!(app.container_id.as_deref(), Some(&*format!("fake://{id}")));
+        assert_eq!(app.image_id, "sha256:busybox");
+        assert!(app.ready);
+        let started_at = |s: &k8s_openapi::api::core::v1::PodStatus| {
+            let mut s = s.clone();
+            let state = s.container_statuses.as_mut().unwrap()[0].state.as_mut();
+            let running = state.unwrap().running.as_mut().unwrap();
+            (running.started_at.take(), s)
+        };
+        let (assumed_start, assumed) = started_at(&assumed);
+        assert!(assumed_start.is_some());
+
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(fake.state().calls_of("ContainerStatus").len(), 1);
+        let confirmed = kubelet.wait_for_status("app running", "u1", running).await;
+        // Apart from the start time, which the runtime stamps itself.
+        assert_eq!(started_at(&confirmed).1, assumed);
         kubelet.stop().await;
     }
 

@@ -68,12 +68,12 @@ pub struct StatusInputs {
     pub host_ips: Vec<String>,
 }
 
+/// `at` in whole seconds, as the API carries it: statuses that read the
+/// same compare equal, and are not published again.
 fn time(at: SystemTime) -> Option<Time> {
     let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).ok()?;
     let seconds = i64::try_from(since_epoch.as_secs()).ok()?;
-    Timestamp::new(seconds, since_epoch.subsec_nanos() as i32)
-        .ok()
-        .map(Time)
+    Timestamp::new(seconds, 0).ok().map(Time)
 }
 
 fn container_id(runtime: &str, id: &str) -> String {

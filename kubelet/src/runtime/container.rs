@@ -97,6 +97,16 @@ pub fn container_log_path(container: &str, restart_count: u32) -> String {
     format!("{container}/{restart_count}.log")
 }
 
+/// The log file a runtime writes for a container: the sandbox's log
+/// directory joined with the container's log path, none unless both are
+/// set (as containerd's).
+pub fn runtime_log_path(log_directory: &str, log_path: &str) -> String {
+    match (log_directory, log_path) {
+        ("", _) | (_, "") => String::new(),
+        (dir, path) => Path::new(dir).join(path).to_string_lossy().into_owned(),
+    }
+}
+
 /// Whether starting `container` needs the pod's IPs: its env refers to
 /// them, or its postStart hook reaches the pod over the network.
 pub fn needs_pod_ips(container: &Container) -> bool {

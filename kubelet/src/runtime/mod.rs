@@ -373,6 +373,14 @@ impl RuntimeError {
     }
 }
 
+/// Now, in the CRI's terms: nanoseconds since the epoch.
+fn since_epoch_nanos() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+}
+
 fn nanos_to_time(nanos: i64) -> Option<SystemTime> {
     (nanos > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos.unsigned_abs()))
 }
@@ -481,6 +489,8 @@ struct TargetSandbox {
 struct Started {
     container_id: String,
     sandbox: Option<ObservedSandbox>,
+    /// The container as its start showed it ([`Made::started`]).
+    assumed: Option<ObservedContainer>,
 }
 
 /// A new sandbox's id, its status when asked for, and the containers whose
@@ -510,8 +520,49 @@ pub struct Made {
     /// uses it instead of asking again (a sandbox that died since shows at
     /// the next relist).
     pub sandbox_observed: Option<ObservedSandbox>,
+    /// The new sandbox as RunPodSandbox's answer showed it (ready), when
+    /// its status was not asked for: a host-network pod's, whose IPs are
+    /// the node's.
+    pub sandbox_assumed: Option<ObservedSandbox>,
     /// Started containers: `(container id, sandbox id)`.
     pub containers: Vec<(String, String)>,
+    /// The started containers as their start showed them, in the order of
+    /// `containers`: running since StartContainer answered, which the CRI
+    /// gives only once the container has started. One short for each
+    /// container whose image was pulled: the image's id, which its status
+    /// names, is then not known without asking.
+    pub started: Vec<ObservedContainer>,
+}
+
+impl Made {
+    /// `before` with what was made as the kubelet knows it, without asking
+    /// the runtime: a pod's status can show a started container running at
+    /// once, while the runtime is asked for the container's status. `None`
+    /// when something made is not known well enough: a container whose
+    /// image was pulled, a new sandbox on the pod network whose status (and
+    /// so IPs) was not asked for.
+    pub fn assumed(&self, before: &ObservedPod) -> Option<ObservedPod> {
+        let sandbox = self
+            .sandbox_observed
+            .as_ref()
+            .or(self.sandbox_assumed.as_ref());
+        let sandbox_known = self.sandbox.is_none() || sandbox.is_some();
+        (sandbox_known && self.started.len() == self.containers.len())
+            .then(|| with_made(before, sandbox.cloned(), self.started.iter().cloned()))
+    }
+}
+
+/// `before` and the objects made since.
+fn with_made(
+    before: &ObservedPod,
+    sandbox: Option<ObservedSandbox>,
+    containers: impl IntoIterator<Item = ObservedContainer>,
+) -> ObservedPod {
+    let mut observed = before.clone();
+    observed.sandboxes.extend(sandbox);
+    observed.containers.extend(containers);
+    observed.unhealthy.clear();
+    observed
 }
 
 /// The host files a container start writes, all on one thread of
@@ -1361,6 +1412,15 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                         .as_ref()
                                         .map(|o| o.ips.clone())
                                         .unwrap_or_default();
+                                    if !pod_network {
+                                        made.sandbox_assumed = Some(ObservedSandbox {
+                                            id: id.clone(),
+                                            attempt: *attempt,
+                                            ready: true,
+                                            created_at: since_epoch_nanos(),
+                                            ips: Vec::new(),
+                                        });
+                                    }
                                     made.sandbox_observed = observed;
                                     new_sandbox = Some(TargetSandbox {
                                         id,
@@ -1443,6 +1503,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                             }
                                             made.sandbox_observed = Some(observed);
                                         }
+                                        made.started.extend(started.assumed);
                                         made.containers
                                             .push((started.container_id, target.id.clone()))
                                     }),
@@ -1543,15 +1604,8 @@ impl<R: RuntimeService> RuntimeManager<R> {
                     })
             }));
         let (sandbox, containers) = futures::future::join(sandbox, containers).await;
-        let mut observed = before.clone();
-        if let Some(sandbox) = sandbox? {
-            observed.sandboxes.push(sandbox);
-        }
-        for container in containers {
-            observed.containers.push(container?);
-        }
-        observed.unhealthy.clear();
-        Ok(observed)
+        let containers = containers.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(with_made(before, sandbox?, containers))
     }
 
     /// Runs the container's preStop hook (if it has one and runs), then
@@ -1857,6 +1911,12 @@ impl<R: RuntimeService> RuntimeManager<R> {
             Some(checked) => checked?,
             None => self.ensure_image(uid, container, sandbox_config).await?,
         };
+        // What the runtime's status of the container names as its image:
+        // the image's first repo digest, else its id (as containerd's and
+        // cri-shim's do).
+        let image_ref = inspected
+            .as_ref()
+            .map(|i| i.repo_digests.first().unwrap_or(&i.id).clone());
         self.verify_run_as_non_root(pod, container, inspected)
             .await?;
         let context = container::EnvContext {
@@ -1892,6 +1952,16 @@ impl<R: RuntimeService> RuntimeManager<R> {
         );
         let hosts_file = files.etc_hosts.as_ref().map(|(path, _)| path.clone());
         let files = (prepared.as_ref() != Some(&files)).then_some(files);
+        // The container as its status will show it once started.
+        let assumed = image_ref.map(|image_ref| cri_api::ContainerStatus {
+            metadata: config.metadata.clone(),
+            image: config.image.clone(),
+            image_ref,
+            labels: config.labels.clone(),
+            annotations: config.annotations.clone(),
+            log_path: container::runtime_log_path(&sandbox_config.log_directory, &config.log_path),
+            ..Default::default()
+        });
         let create = async {
             if let Some(files) = files {
                 files.write().await?;
@@ -1952,6 +2022,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 (container_id, observed)
             }
         };
+        let created_at = since_epoch_nanos();
         self.service
             .start_container(&container_id)
             .await
@@ -1961,6 +2032,18 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 container_id: container_id.clone(),
                 source,
             })?;
+        let assumed = assumed.map(|status| {
+            observed_container(
+                sandbox_id.to_owned(),
+                cri_api::ContainerStatus {
+                    id: container_id.clone(),
+                    state: cri_api::ContainerState::ContainerRunning as i32,
+                    created_at,
+                    started_at: since_epoch_nanos(),
+                    ..status
+                },
+            )
+        });
         if let Some(handler) = container
             .lifecycle
             .as_ref()
@@ -2014,6 +2097,7 @@ impl<R: RuntimeService> RuntimeManager<R> {
         Ok(Started {
             container_id,
             sandbox: observed,
+            assumed,
         })
     }
 }
