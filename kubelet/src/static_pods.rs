@@ -9,6 +9,7 @@
 //! nobody mistakes an unread directory for "no pods".
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -205,18 +206,31 @@ pub struct ManifestCache {
     parsed: HashMap<PathBuf, ([u8; 16], Pod)>,
 }
 
+/// Which manifests a listing reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Reread<'a> {
+    /// Every file (parsing only content the cache does not hold).
+    All,
+    /// Only the files of these names and those the cache does not hold:
+    /// the others are as the cache has them. For a listing after inotify
+    /// events, which name every file whose content changed.
+    Named(&'a HashSet<OsString>),
+}
+
 /// Reads every manifest in `dir`. A missing directory lists as empty (as
 /// upstream, so the source still counts as seen); other directory errors fail.
 pub fn list_manifests(dir: &Path, node_name: &str) -> Result<ManifestListing, ManifestError> {
-    list_manifests_cached(dir, node_name, &mut ManifestCache::default())
+    list_manifests_cached(dir, node_name, &mut ManifestCache::default(), Reread::All)
 }
 
-/// [`list_manifests`], parsing only what `cache` does not hold; the cache
-/// is left holding exactly the valid manifests of this listing.
+/// [`list_manifests`], reading what `reread` says and parsing only what
+/// `cache` does not hold; the cache is left holding exactly the valid
+/// manifests of this listing.
 pub fn list_manifests_cached(
     dir: &Path,
     node_name: &str,
     cache: &mut ManifestCache,
+    reread: Reread<'_>,
 ) -> Result<ManifestListing, ManifestError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -246,21 +260,34 @@ pub fn list_manifests_cached(
     let mut parsed = HashMap::with_capacity(paths.len());
     let mut full_names: HashMap<(String, String), PathBuf> = HashMap::new();
     for path in paths {
-        let data = match std::fs::read(&path) {
-            Ok(data) => data,
-            // Deleted between listing and reading: the next event re-lists.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                listing
-                    .errors
-                    .push((path.clone(), [0; 16], ManifestError::Read { path, source }));
-                continue;
-            }
+        let cached = cache.parsed.remove(&path);
+        let unchanged = match reread {
+            Reread::All => false,
+            Reread::Named(changed) => path.file_name().is_some_and(|n| !changed.contains(n)),
         };
-        let digest: [u8; 16] = Md5::digest(&data).into();
-        let pod = match cache.parsed.remove(&path) {
-            Some((seen, pod)) if seen == digest => Ok(pod),
-            _ => static_pod_from_manifest(&path, &data, node_name),
+        let (digest, pod) = match cached {
+            Some((digest, pod)) if unchanged => (digest, Ok(pod)),
+            cached => {
+                let data = match std::fs::read(&path) {
+                    Ok(data) => data,
+                    // Deleted between listing and reading: the next event re-lists.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        let error = ManifestError::Read {
+                            path: path.clone(),
+                            source,
+                        };
+                        listing.errors.push((path, [0; 16], error));
+                        continue;
+                    }
+                };
+                let digest: [u8; 16] = Md5::digest(&data).into();
+                let pod = match cached {
+                    Some((seen, pod)) if seen == digest => Ok(pod),
+                    _ => static_pod_from_manifest(&path, &data, node_name),
+                };
+                (digest, pod)
+            }
         };
         if let Ok(pod) = &pod {
             parsed.insert(path.clone(), (digest, pod.clone()));
@@ -669,8 +696,20 @@ impl StaticPodSource {
         }
     }
 
-    fn relist(&mut self, tx: &watch::Sender<Option<Arc<DesiredPods>>>) {
-        match list_manifests_cached(&self.dir, &self.node_name, &mut self.cache) {
+    /// Lists, reading the files `changed` names (every file when `None`),
+    /// and starts `changed` afresh.
+    fn relist(
+        &mut self,
+        tx: &watch::Sender<Option<Arc<DesiredPods>>>,
+        changed: &mut Option<HashSet<OsString>>,
+    ) {
+        let reread = match changed {
+            Some(names) => Reread::Named(names),
+            None => Reread::All,
+        };
+        let listed = list_manifests_cached(&self.dir, &self.node_name, &mut self.cache, reread);
+        *changed = Some(HashSet::new());
+        match listed {
             Ok(listing) => {
                 if let Some(desired) = self.state.apply(listing, chrono::Utc::now()) {
                     tx.send_replace(Some(desired));
@@ -682,7 +721,10 @@ impl StaticPodSource {
     }
 
     /// Lists at once, then on every inotify event (debounced) and every
-    /// `file_check_frequency`, until cancelled.
+    /// `file_check_frequency`, until cancelled. A listing after events
+    /// reads only the files they named (and any the cache lacks); the
+    /// periodic one reads every file, as does one after the kernel dropped
+    /// events.
     ///
     /// The source runs on a thread of its own (a blocking thread of the
     /// runtime, held as long as it runs): reading the directory and its
@@ -705,6 +747,9 @@ impl StaticPodSource {
         let mut buffer = [0u8; 4096];
         let mut periodic_at = Instant::now();
         let mut debounce_at: Option<Instant> = None;
+        // The files events named since the last listing; `None` when events
+        // were dropped, so every file is read.
+        let mut changed: Option<HashSet<OsString>> = Some(HashSet::new());
         while !cancel.is_cancelled() {
             let now = Instant::now();
             if now >= periodic_at {
@@ -712,13 +757,14 @@ impl StaticPodSource {
                     inotify = self.watch_dir();
                 }
                 debounce_at = None;
-                self.relist(tx);
+                changed = None;
+                self.relist(tx, &mut changed);
                 periodic_at = Instant::now() + self.file_check_frequency;
                 continue;
             }
             if debounce_at.is_some_and(|at| now >= at) {
                 debounce_at = None;
-                self.relist(tx);
+                self.relist(tx, &mut changed);
                 continue;
             }
             let wake_at = debounce_at
@@ -744,6 +790,14 @@ impl StaticPodSource {
                                 EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
                             );
                             complete |= event.mask.intersects(COMPLETE_EVENTS);
+                            if event.mask.contains(EventMask::Q_OVERFLOW) {
+                                // Events were dropped: which files changed
+                                // is not known.
+                                changed = None;
+                                complete = true;
+                            } else if let (Some(name), Some(names)) = (event.name, &mut changed) {
+                                names.insert(name.to_owned());
+                            }
                         }
                         if !read {
                             break;
@@ -759,10 +813,11 @@ impl StaticPodSource {
             }
             if lost {
                 inotify = None;
+                changed = None;
             }
             if complete || lost {
                 debounce_at = None;
-                self.relist(tx);
+                self.relist(tx, &mut changed);
             } else if debounce_at.is_none() {
                 debounce_at = Some(Instant::now() + INOTIFY_FALLBACK);
             }
@@ -998,15 +1053,62 @@ spec:
         assert_eq!(listing.errors[0].0, dir.path().join("bad.yaml"));
     }
 
+    /// A listing after events reads the files they name and those it has
+    /// not read before; the others are taken from the cache, whatever is
+    /// on disk now.
+    #[test]
+    fn a_listing_after_events_reads_only_the_named_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cache = ManifestCache::default();
+        write(dir.path(), "web.yaml", WEB);
+        write(dir.path(), "db.yaml", &WEB.replace("name: web", "name: db"));
+        list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
+        let edited = |name: &str| {
+            WEB.replace("name: web", &format!("name: {name}"))
+                .replace("busybox-httpd", "busybox-httpx")
+        };
+        write(dir.path(), "web.yaml", &edited("web"));
+        write(dir.path(), "db.yaml", &edited("db"));
+        write(dir.path(), "new.yaml", &edited("new"));
+        let named: HashSet<OsString> = ["db.yaml".into()].into();
+        let listing =
+            list_manifests_cached(dir.path(), NODE, &mut cache, Reread::Named(&named)).unwrap();
+        let images: Vec<(&str, &str)> = listing
+            .pods
+            .iter()
+            .map(|(path, pod)| {
+                let name = path.file_name().unwrap().to_str().unwrap();
+                let image = pod.spec.as_ref().unwrap().containers[0].image.as_deref();
+                (name, image.unwrap().rsplit('/').next().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            images,
+            [
+                ("db.yaml", "busybox-httpx:latest"),
+                ("new.yaml", "busybox-httpx:latest"),
+                ("web.yaml", "busybox-httpd:latest"),
+            ]
+        );
+        // A full listing reads every file.
+        let listing = list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
+        assert_eq!(listing.pods, list_manifests(dir.path(), NODE).unwrap().pods);
+        let web = &listing.pods[2].1.spec.as_ref().unwrap().containers[0];
+        assert_eq!(
+            web.image.as_deref(),
+            Some("docker.io/library/busybox-httpx:latest")
+        );
+    }
+
     #[test]
     fn cached_listing_reparses_only_changed_manifests() {
         let dir = tempfile::tempdir().unwrap();
         let mut cache = ManifestCache::default();
         write(dir.path(), "web.yaml", WEB);
-        let first = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        let first = list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
         assert_eq!(cache.parsed.len(), 1);
         // Unchanged: the same pod as a fresh parse.
-        let again = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        let again = list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
         assert_eq!(again.pods, first.pods);
         assert_eq!(again.pods, list_manifests(dir.path(), NODE).unwrap().pods);
         // Changed content is parsed again.
@@ -1015,7 +1117,7 @@ spec:
             "web.yaml",
             &WEB.replace("busybox-httpd", "busybox"),
         );
-        let changed = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        let changed = list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
         let image = |l: &ManifestListing| {
             l.pods[0].1.spec.as_ref().unwrap().containers[0]
                 .image
@@ -1027,7 +1129,7 @@ spec:
         );
         // A file that turns invalid, and one removed, leave the cache.
         write(dir.path(), "web.yaml", "kind: Pod\n");
-        let broken = list_manifests_cached(dir.path(), NODE, &mut cache).unwrap();
+        let broken = list_manifests_cached(dir.path(), NODE, &mut cache, Reread::All).unwrap();
         assert_eq!((broken.pods.len(), broken.errors.len()), (0, 1));
         assert!(cache.parsed.is_empty());
     }
@@ -1151,6 +1253,30 @@ spec:
         })
         .await
         .expect("the renamed and the symlinked manifest are listed");
+        // An edit in place, to content of the same length, is read again:
+        // the listing after an event reads the files it names.
+        let image = |rx: &mut DesiredPodsReceiver| {
+            let desired = rx.borrow_and_update().clone().unwrap();
+            let db = desired
+                .values()
+                .find(|p| p.metadata.name.as_deref() == Some("db-node1"));
+            db.unwrap().spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(image(&mut rx), "docker.io/library/busybox-httpd:latest");
+        let edited = WEB
+            .replace("name: web", "name: db")
+            .replace("busybox-httpd", "busybox-httpx");
+        write(dir.path(), "db.yaml", &edited);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while image(&mut rx) != "docker.io/library/busybox-httpx:latest" {
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("the edited manifest is read again");
         // A deletion is seen too.
         std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
         tokio::time::timeout(Duration::from_secs(10), async {
