@@ -33,7 +33,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, ensure};
 use clap::{Parser, ValueEnum};
@@ -111,6 +111,8 @@ struct ListedPod {
 #[derive(serde::Deserialize)]
 struct ListedMeta {
     name: String,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -124,11 +126,13 @@ struct ListedStatus {
 /// shares this process's async workers.
 async fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
     let port = node.kubelet.read_only_port;
-    tokio::task::spawn_blocking(move || running_pods_at(port)).await?
+    let running = tokio::task::spawn_blocking(move || running_pods_at(port)).await??;
+    Ok(running.into_iter().map(|(name, _)| name).collect())
 }
 
-/// Names of the pods the read-only server on `port` reports Running.
-fn running_pods_at(port: u16) -> anyhow::Result<Vec<String>> {
+/// The pods the read-only server on `port` reports Running: their names
+/// and when the kubelet first listed their manifests (`config.seen`).
+fn running_pods_at(port: u16) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
     let response = harness::http_get(
         std::net::Ipv4Addr::LOCALHOST.into(),
         port,
@@ -146,7 +150,15 @@ fn running_pods_at(port: u16) -> anyhow::Result<Vec<String>> {
                 .and_then(|s| s.phase.as_deref())
                 .is_some_and(|phase| phase == "Running")
         })
-        .map(|p| p.metadata.name)
+        .map(|p| {
+            let seen = p
+                .metadata
+                .annotations
+                .get("kubernetes.io/config.seen")
+                .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                .map(SystemTime::from);
+            (p.metadata.name, seen)
+        })
         .collect())
 }
 
@@ -157,6 +169,9 @@ struct Started {
     pod: String,
     /// When its manifest was written.
     written: Instant,
+    /// From the manifest written until the kubelet listed it (its
+    /// `config.seen`, by the wall clock).
+    noticed: Option<Duration>,
     /// When `/pods` first reported it Running.
     running: Instant,
 }
@@ -193,7 +208,11 @@ async fn start_static_pods(
     for name in names {
         node.kubelet
             .write_manifest(&format!("{name}.yaml"), &manifest(name))?;
-        pending.push((node.kubelet.pod_name(name), Instant::now()));
+        pending.push((
+            node.kubelet.pod_name(name),
+            Instant::now(),
+            SystemTime::now(),
+        ));
     }
     let port = node.kubelet.read_only_port;
     tokio::task::spawn_blocking(move || {
@@ -211,13 +230,14 @@ async fn start_static_pods(
             if let Some(previous) = previous_request.replace(request) {
                 windows.push((now - previous).as_secs_f64() * 1000.0);
             }
-            pending.retain(|(pod, written)| {
-                if !running.contains(pod) {
+            pending.retain(|(pod, written, written_at)| {
+                let Some((_, seen)) = running.iter().find(|(name, _)| name == pod) else {
                     return true;
-                }
+                };
                 started.push(Started {
                     pod: pod.clone(),
                     written: *written,
+                    noticed: seen.and_then(|seen| seen.duration_since(*written_at).ok()),
                     running: now,
                 });
                 false
@@ -240,6 +260,8 @@ struct Breakdown {
     adds: Vec<f64>,
     /// Manifest written -> RunPodSandbox sent.
     before_sandbox: Vec<f64>,
+    /// Of that, manifest written -> the kubelet lists it (`config.seen`).
+    noticed: Vec<f64>,
     /// StartContainer answered -> `/pods` Running.
     after_start: Vec<f64>,
     /// RunPodSandbox answered -> CreateContainer sent.
@@ -323,6 +345,7 @@ fn breakdown(
         out.adds.push(total - runtime);
         out.before_sandbox
             .push(ms(sandbox.start.saturating_duration_since(pod.written)));
+        out.noticed.extend(pod.noticed.map(ms));
         out.after_start
             .push(ms(pod.running.saturating_duration_since(start.end)));
         out.sandbox_to_create
@@ -356,13 +379,23 @@ async fn remove_all(node: &Node, cri: &mut CriClient, names: &[String]) -> anyho
     for name in names {
         node.kubelet.remove_manifest(&format!("{name}.yaml"))?;
     }
+    // Gone from the runtime, and torn down by the kubelet (its pod
+    // directories removed): the next phase starts with no teardown (a
+    // mount table read, a directory tree removed, per pod) running beside
+    // it.
+    let pod_dirs = node.kubelet.root_dir.join("pods");
     harness::wait_until(
         "every pod is gone",
         Duration::from_secs(300),
         Duration::from_millis(100),
         async || {
             let left = harness::list_sandboxes(cri, None).await?;
-            Ok(left.is_empty().then_some(()))
+            let dirs_left = match std::fs::read_dir(&pod_dirs) {
+                Ok(mut entries) => entries.next().is_some(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e.into()),
+            };
+            Ok((left.is_empty() && !dirs_left).then_some(()))
         },
     )
     .await
@@ -746,12 +779,19 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\nthe kubelet's steps between the runtime's calls, per pod: p50/p99 ms");
     println!(
-        "{:<18} {:<24} {:>15} {:>15} {:>15} {:>15}",
-        "runtime", "", "Sandbox->Create", "(SandboxStatus)", "Create->Start", "(ContainerStat)"
+        "{:<18} {:<24} {:>15} {:>15} {:>15} {:>15} {:>15}",
+        "runtime",
+        "",
+        "Written->Listed",
+        "Sandbox->Create",
+        "(SandboxStatus)",
+        "Create->Start",
+        "(ContainerStat)"
     );
     for f in &mut all {
         for (phase, b) in &mut f.breakdowns {
             let cells = p50_p99_cells([
+                &mut b.noticed,
                 &mut b.sandbox_to_create,
                 &mut b.sandbox_status,
                 &mut b.create_to_start,
