@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use tokio::sync::watch;
@@ -156,10 +156,7 @@ impl FakeRuntime {
     }
 
     fn now_nanos(&self) -> i64 {
-        let nanos = (self.clock)()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        i64::try_from(nanos.as_nanos()).unwrap_or(i64::MAX)
+        crate::runtime::time_to_nanos((self.clock)())
     }
 
     /// Runs `f` on the state, recording the call, and notifies waiters.

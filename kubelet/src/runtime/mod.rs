@@ -373,12 +373,18 @@ impl RuntimeError {
     }
 }
 
-/// Now, in the CRI's terms: nanoseconds since the epoch.
-fn since_epoch_nanos() -> i64 {
-    let since = SystemTime::now()
+/// `at` in the CRI's terms: nanoseconds since the epoch (the inverse of
+/// [`nanos_to_time`]).
+pub(crate) fn time_to_nanos(at: SystemTime) -> i64 {
+    let since = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(since.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// Now, in the CRI's terms.
+fn since_epoch_nanos() -> i64 {
+    time_to_nanos(SystemTime::now())
 }
 
 fn nanos_to_time(nanos: i64) -> Option<SystemTime> {
@@ -489,7 +495,7 @@ struct TargetSandbox {
 struct Started {
     container_id: String,
     sandbox: Option<ObservedSandbox>,
-    /// The container as its start showed it ([`Made::started`]).
+    /// The container as its start showed it ([`MadeContainer::assumed`]).
     assumed: Option<ObservedContainer>,
 }
 
@@ -524,14 +530,22 @@ pub struct Made {
     /// its status was not asked for: a host-network pod's, whose IPs are
     /// the node's.
     pub sandbox_assumed: Option<ObservedSandbox>,
-    /// Started containers: `(container id, sandbox id)`.
-    pub containers: Vec<(String, String)>,
-    /// The started containers as their start showed them, in the order of
-    /// `containers`: running since StartContainer answered, which the CRI
-    /// gives only once the container has started. One short for each
-    /// container whose image was pulled: the image's id, which its status
+    /// Started containers.
+    pub containers: Vec<MadeContainer>,
+}
+
+/// A container an execution started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadeContainer {
+    /// The container's id.
+    pub id: String,
+    /// Its sandbox's id.
+    pub sandbox_id: String,
+    /// The container as its start showed it: running since StartContainer
+    /// answered, which the CRI gives only once the container has started.
+    /// `None` when its image was pulled: the image's id, which its status
     /// names, is then not known without asking.
-    pub started: Vec<ObservedContainer>,
+    pub assumed: Option<ObservedContainer>,
 }
 
 impl Made {
@@ -547,8 +561,12 @@ impl Made {
             .as_ref()
             .or(self.sandbox_assumed.as_ref());
         let sandbox_known = self.sandbox.is_none() || sandbox.is_some();
-        (sandbox_known && self.started.len() == self.containers.len())
-            .then(|| with_made(before, sandbox.cloned(), self.started.iter().cloned()))
+        let containers: Option<Vec<ObservedContainer>> =
+            self.containers.iter().map(|c| c.assumed.clone()).collect();
+        match (sandbox_known, containers) {
+            (true, Some(containers)) => Some(with_made(before, sandbox.cloned(), containers)),
+            _ => None,
+        }
     }
 }
 
@@ -1503,9 +1521,11 @@ impl<R: RuntimeService> RuntimeManager<R> {
                                             }
                                             made.sandbox_observed = Some(observed);
                                         }
-                                        made.started.extend(started.assumed);
-                                        made.containers
-                                            .push((started.container_id, target.id.clone()))
+                                        made.containers.push(MadeContainer {
+                                            id: started.container_id,
+                                            sandbox_id: target.id.clone(),
+                                            assumed: started.assumed,
+                                        })
                                     }),
                                 (Ok(_), Err(error)) => Err(error),
                                 // Reported when the set-up failed.
@@ -1591,18 +1611,17 @@ impl<R: RuntimeService> RuntimeManager<R> {
                 (None, None) => Ok(None),
             }
         };
-        let containers =
-            futures::future::join_all(made.containers.iter().map(|(id, sandbox_id)| async move {
-                self.service
-                    .container_status(id)
-                    .await
-                    .map(|status| observed_container(sandbox_id.clone(), status))
-                    .map_err(|source| RuntimeError::ContainerStatus {
-                        pod_uid: uid.to_owned(),
-                        container_id: id.clone(),
-                        source,
-                    })
-            }));
+        let containers = futures::future::join_all(made.containers.iter().map(|c| async move {
+            self.service
+                .container_status(&c.id)
+                .await
+                .map(|status| observed_container(c.sandbox_id.clone(), status))
+                .map_err(|source| RuntimeError::ContainerStatus {
+                    pod_uid: uid.to_owned(),
+                    container_id: c.id.clone(),
+                    source,
+                })
+        }));
         let (sandbox, containers) = futures::future::join(sandbox, containers).await;
         let containers = containers.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(with_made(before, sandbox?, containers))
