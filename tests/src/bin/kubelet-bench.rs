@@ -284,6 +284,9 @@ struct Breakdown {
     /// Running, in ms ([`StaticStarts::windows`]): how finely Running is
     /// timed.
     windows: Vec<f64>,
+    /// The kubelet's threads during the phase, per kind: how long they
+    /// waited for a CPU (ms), and how many times they ran.
+    kubelet_waited: Vec<(String, f64, u64)>,
 }
 
 /// Calls `Version` on the runtime at `endpoint` every 20 ms, on a connection
@@ -459,6 +462,63 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks / hz)
 }
 
+/// Per thread of process `pid`: its name, the time it spent waiting on a
+/// run queue (runnable, not running) and how many times it ran, from
+/// `/proc/<pid>/task/<tid>/{comm,schedstat}` (`run_delay` in ns, `pcount`).
+fn run_queue_waits(pid: u32) -> anyhow::Result<HashMap<u32, (String, u64, u64)>> {
+    let mut waits = HashMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // A thread that exited since the listing is left out.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(entry.path().join("comm")),
+            std::fs::read_to_string(entry.path().join("schedstat")),
+        ) else {
+            continue;
+        };
+        let fields: Vec<u64> = stat
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        ensure!(fields.len() >= 3, "malformed schedstat: {stat:?}");
+        // One name per kind of thread: `pod-files-0` and `pod-files-1` are
+        // `pod-files`.
+        let name = name.trim_end();
+        let kind = name.trim_end_matches(|c: char| c.is_ascii_digit());
+        let kind = kind.strip_suffix('-').unwrap_or(name);
+        waits.insert(tid, (kind.to_owned(), fields[1], fields[2]));
+    }
+    Ok(waits)
+}
+
+/// What the threads of a process waited for a CPU between two
+/// [`run_queue_waits`]: per kind of thread, most first, (name, ms, times
+/// they ran). A thread that exited in between is left out; one that started
+/// counts from zero.
+fn waited_between(
+    before: &HashMap<u32, (String, u64, u64)>,
+    after: &HashMap<u32, (String, u64, u64)>,
+) -> Vec<(String, f64, u64)> {
+    let mut by_kind: HashMap<&str, (u64, u64)> = HashMap::new();
+    for (tid, (kind, delay, count)) in after {
+        let (delay_before, count_before) = before
+            .get(tid)
+            .map_or((0, 0), |(_, delay, count)| (*delay, *count));
+        let sum = by_kind.entry(kind).or_default();
+        sum.0 += delay.saturating_sub(delay_before);
+        sum.1 += count.saturating_sub(count_before);
+    }
+    let mut waited: Vec<(String, f64, u64)> = by_kind
+        .into_iter()
+        .map(|(kind, (delay, runs))| (kind.to_owned(), delay as f64 / 1e6, runs))
+        .collect();
+    waited.sort_by(|a, b| b.1.total_cmp(&a.1));
+    waited
+}
+
 struct Figures {
     label: &'static str,
     direct_sequential: Vec<Duration>,
@@ -552,6 +612,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
             if kubelet_first {
                 split(&node, &[])?;
                 let cpu_before = cpu_seconds(pid)?;
+                let waits_before = run_queue_waits(pid)?;
                 let stop = Arc::new(AtomicBool::new(false));
                 let probe =
                     tokio::spawn(probe_runtime(node.kubelet.endpoint.clone(), stop.clone()));
@@ -560,9 +621,11 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 let probe = probe.await??;
                 let StaticStarts { started, windows } = started?;
                 cpu_kubelet = cpu_seconds(pid)? - cpu_before;
+                let waited = waited_between(&waits_before, &run_queue_waits(pid)?);
                 if let Some(mut split) = split(&node, &started)? {
                     split.probe = probe.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
                     split.windows = windows;
+                    split.kubelet_waited = waited;
                     breakdowns.push((format!("{} at once, round {round}", args.concurrent), split));
                 }
                 through_kubelet = latencies(&started);
@@ -834,6 +897,23 @@ fn main() -> anyhow::Result<()> {
                     values.len()
                 );
             }
+            if !b.kubelet_waited.is_empty() {
+                let waited: f64 = b.kubelet_waited.iter().map(|(_, ms, _)| ms).sum();
+                let runs: u64 = b.kubelet_waited.iter().map(|(_, _, runs)| runs).sum();
+                let kinds: Vec<String> = b
+                    .kubelet_waited
+                    .iter()
+                    .take(4)
+                    .map(|(kind, ms, runs)| format!("{kind} {ms:.0} ms/{runs}"))
+                    .collect();
+                println!(
+                    "{:<18} kubelet threads waiting for a CPU ({phase}): {waited:.0} ms in all, \
+                     {:.0} us per run over {runs} runs (most: {})",
+                    f.label,
+                    waited * 1000.0 / runs.max(1) as f64,
+                    kinds.join(", ")
+                );
+            }
         }
     }
     println!(
@@ -862,4 +942,53 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_summed_per_kind_of_thread_over_the_threads_seen_at_the_end() {
+        let entry = |kind: &str, delay: u64, runs: u64| (kind.to_owned(), delay, runs);
+        let before = HashMap::from([
+            (1, entry("tokio-rt-worker", 1_000_000, 10)),
+            (2, entry("pod-files", 5_000_000, 3)),
+            // Exited before the end: left out.
+            (3, entry("tokio-rt-worker", 9_000_000, 90)),
+        ]);
+        let after = HashMap::from([
+            (1, entry("tokio-rt-worker", 4_000_000, 15)),
+            (2, entry("pod-files", 6_000_000, 4)),
+            // Started in between: counts from zero.
+            (4, entry("pod-files", 2_500_000, 2)),
+        ]);
+        assert_eq!(
+            waited_between(&before, &after),
+            vec![
+                ("pod-files".to_owned(), 3.5, 3),
+                ("tokio-rt-worker".to_owned(), 3.0, 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_threads_of_this_process_are_read_by_kind() {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bench-kind-7".to_owned())
+            .spawn(move || {
+                ready_tx.send(()).unwrap();
+                let _ = stop_rx.recv();
+            })
+            .unwrap();
+        ready_rx.recv().unwrap();
+        let waits = run_queue_waits(std::process::id()).unwrap();
+        drop(stop_tx);
+        thread.join().unwrap();
+        let kinds: Vec<&str> = waits.values().map(|(kind, _, _)| kind.as_str()).collect();
+        assert!(kinds.contains(&"bench-kind"), "{kinds:?}");
+        assert!(waits.values().any(|(_, _, runs)| *runs > 0), "{waits:?}");
+    }
 }
