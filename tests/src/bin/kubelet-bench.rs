@@ -31,6 +31,8 @@
 //! needs root.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -133,14 +135,84 @@ async fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
 /// The pods the read-only server on `port` reports Running: their names
 /// and when the kubelet first listed their manifests (`config.seen`).
 fn running_pods_at(port: u16) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
-    let response = harness::http_get(
-        std::net::Ipv4Addr::LOCALHOST.into(),
-        port,
-        "/pods",
-        Duration::from_secs(5),
-    )?;
-    ensure!(response.status == 200, "GET /pods: {}", response.status);
-    let list: PodList = serde_json::from_str(&response.body).context("GET /pods")?;
+    PodsReader::new(port).running()
+}
+
+/// `GET /pods` on one HTTP/1.1 connection kept open from read to read.
+/// A new connection per read (about 200 a second while pods start) can
+/// wait a second for a SYN retransmission; this opens one again only when
+/// the server closed the last.
+struct PodsReader {
+    port: u16,
+    connection: Option<BufReader<TcpStream>>,
+}
+
+impl PodsReader {
+    fn new(port: u16) -> Self {
+        Self {
+            port,
+            connection: None,
+        }
+    }
+
+    /// The pods reported Running: their names and when the kubelet first
+    /// listed their manifests (`config.seen`).
+    fn running(&mut self) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
+        let body = match self.get() {
+            Ok(body) => body,
+            // The server may have closed the connection: once more on a new one.
+            Err(_) => {
+                self.connection = None;
+                self.get()?
+            }
+        };
+        running_in(&body)
+    }
+
+    fn get(&mut self) -> anyhow::Result<String> {
+        let port = self.port;
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            None => {
+                let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                stream.set_nodelay(true)?;
+                self.connection.insert(BufReader::new(stream))
+            }
+        };
+        connection.get_mut().write_all(
+            format!("GET /pods HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes(),
+        )?;
+        let mut status = String::new();
+        connection.read_line(&mut status)?;
+        ensure!(status.starts_with("HTTP/1.1 200"), "GET /pods: {status:?}");
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            ensure!(
+                connection.read_line(&mut line)? > 0,
+                "GET /pods: the connection closed"
+            );
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let mut body = vec![0; length.context("GET /pods: no Content-Length")?];
+        connection.read_exact(&mut body)?;
+        Ok(String::from_utf8(body)?)
+    }
+}
+
+/// The pods a `/pods` answer reports Running: their names and when the
+/// kubelet first listed their manifests (`config.seen`).
+fn running_in(body: &str) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
+    let list: PodList = serde_json::from_str(body).context("GET /pods")?;
     Ok(list
         .items
         .into_iter()
@@ -219,13 +291,14 @@ async fn start_static_pods(
         let mut started = Vec::with_capacity(pending.len());
         let mut windows = Vec::new();
         let mut previous_request: Option<Instant> = None;
+        let mut reader = PodsReader::new(port);
         while !pending.is_empty() {
             ensure!(
                 t0.elapsed() < Duration::from_secs(300),
                 "pods did not start: {pending:?}"
             );
             let request = Instant::now();
-            let running = running_pods_at(port)?;
+            let running = reader.running()?;
             let now = Instant::now();
             if let Some(previous) = previous_request.replace(request) {
                 windows.push((now - previous).as_secs_f64() * 1000.0);
@@ -970,6 +1043,41 @@ mod tests {
                 ("tokio-rt-worker".to_owned(), 3.0, 5)
             ]
         );
+    }
+
+    #[test]
+    fn pods_are_read_on_one_kept_connection_and_again_after_it_closed() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = r#"{"items":[{"metadata":{"name":"a","annotations":{"kubernetes.io/config.seen":"2026-11-27T10:00:00Z"}},"status":{"phase":"Running"}},{"metadata":{"name":"b"},"status":{"phase":"Pending"}}]}"#;
+        // Answers two requests on the first connection, then closes it;
+        // one on the second.
+        let server = std::thread::spawn(move || {
+            for answers in [2, 1] {
+                let (stream, _) = listener.accept().unwrap();
+                let mut requests = BufReader::new(stream);
+                for _ in 0..answers {
+                    let mut line = String::new();
+                    while line != "\r\n" {
+                        line.clear();
+                        requests.read_line(&mut line).unwrap();
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    requests.get_mut().write_all(answer.as_bytes()).unwrap();
+                }
+            }
+        });
+        let mut reader = PodsReader::new(port);
+        for _ in 0..3 {
+            let running = reader.running().unwrap();
+            assert_eq!(running.len(), 1, "only the Running pod");
+            assert_eq!(running[0].0, "a");
+            assert!(running[0].1.is_some(), "config.seen is read");
+        }
+        server.join().unwrap();
     }
 
     #[test]
