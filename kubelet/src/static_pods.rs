@@ -317,13 +317,6 @@ pub fn list_manifests_cached(
     Ok(listing)
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TypeMeta {
-    api_version: Option<String>,
-    kind: Option<String>,
-}
-
 /// Parses one manifest, validates what the kubelet relies on and applies the
 /// static pod defaults.
 pub fn static_pod_from_manifest(
@@ -340,23 +333,27 @@ pub fn static_pod_from_manifest(
         path: path.to_owned(),
         source,
     };
-    let type_meta: TypeMeta = if is_json {
-        serde_json::from_slice(data).map_err(parse_error_json)?
-    } else {
-        serde_yaml::from_slice(data).map_err(parse_error_yaml)?
-    };
-    if type_meta.api_version.as_deref() != Some("v1") || type_meta.kind.as_deref() != Some("Pod") {
-        return Err(ManifestError::NotAPod {
-            path: path.to_owned(),
-            api_version: type_meta.api_version,
-            kind: type_meta.kind,
-        });
-    }
+    // The document as read, for its kind and for the fields the Pod type
+    // lacks (below).
     let raw: serde_json::Value = if is_json {
         serde_json::from_slice(data).map_err(parse_error_json)?
     } else {
         serde_yaml::from_slice(data).map_err(parse_error_yaml)?
     };
+    let type_field = |key: &str| {
+        raw.get(key).map(|value| match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+    };
+    let (api_version, kind) = (type_field("apiVersion"), type_field("kind"));
+    if api_version.as_deref() != Some("v1") || kind.as_deref() != Some("Pod") {
+        return Err(ManifestError::NotAPod {
+            path: path.to_owned(),
+            api_version,
+            kind,
+        });
+    }
     let pod: Pod = if is_json {
         serde_json::from_slice(data).map_err(parse_error_json)?
     } else {
@@ -584,14 +581,53 @@ pub struct StaticPodState {
     current: Option<Arc<DesiredPods>>,
 }
 
+/// The pods a listing added to the desired set and removed from it, logged
+/// once the new set is out ([`StaticPodState::fold`]).
+#[derive(Debug, Default)]
+#[must_use = "the changes are logged by `log`"]
+pub struct SetChanges {
+    /// (UID, name, manifest path).
+    added: Vec<(String, String, PathBuf)>,
+    /// (UID, name).
+    removed: Vec<(String, String)>,
+}
+
+impl SetChanges {
+    pub fn log(self) {
+        for (uid, name, path) in self.added {
+            tracing::info!(pod.uid = %uid, pod.name = name, path = %path.display(), "static pod added");
+        }
+        for (uid, name) in self.removed {
+            tracing::info!(pod.uid = %uid, pod.name = name, "static pod removed");
+        }
+    }
+}
+
 impl StaticPodState {
     /// Folds a listing in; returns the new desired set if it differs from the
-    /// last one. Logs each broken file once per content.
+    /// last one. Logs each broken file once per content, and the pods added
+    /// and removed.
+    #[cfg(test)]
     pub fn apply(
         &mut self,
         listing: ManifestListing,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Option<Arc<DesiredPods>> {
+        let (desired, changes) = self.fold(listing, now);
+        changes.log();
+        desired
+    }
+
+    /// [`apply`](Self::apply), with the pods added and removed returned to
+    /// be logged after the new set is published: a line per pod, written
+    /// while a hundred manifests arrive at once, would hold every one of
+    /// them back.
+    pub fn fold(
+        &mut self,
+        listing: ManifestListing,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (Option<Arc<DesiredPods>>, SetChanges) {
+        let mut changes = SetChanges::default();
         let mut still_broken = HashSet::new();
         for (path, digest, error) in &listing.errors {
             still_broken.insert(path.clone());
@@ -618,12 +654,8 @@ impl StaticPodState {
                 .as_ref()
                 .is_some_and(|current| current.contains_key(&uid))
             {
-                tracing::info!(
-                    pod.uid = %uid,
-                    pod.name = pod.metadata.name.as_deref().unwrap_or_default(),
-                    path = %path.display(),
-                    "static pod added"
-                );
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                changes.added.push((uid.clone(), name, path));
             }
             desired.insert(uid, Arc::new(pod));
         }
@@ -632,21 +664,18 @@ impl StaticPodState {
                 .iter()
                 .filter(|(uid, _)| !desired.contains_key(*uid))
             {
-                tracing::info!(
-                    pod.uid = %uid,
-                    pod.name = pod.metadata.name.as_deref().unwrap_or_default(),
-                    "static pod removed"
-                );
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                changes.removed.push((uid.clone(), name));
             }
         }
         self.first_seen.retain(|uid, _| desired.contains_key(uid));
 
         if self.current.as_deref() == Some(&desired) {
-            return None;
+            return (None, changes);
         }
         let desired = Arc::new(desired);
         self.current = Some(desired.clone());
-        Some(desired)
+        (Some(desired), changes)
     }
 }
 
@@ -711,9 +740,11 @@ impl StaticPodSource {
         *changed = Some(HashSet::new());
         match listed {
             Ok(listing) => {
-                if let Some(desired) = self.state.apply(listing, chrono::Utc::now()) {
+                let (desired, changes) = self.state.fold(listing, chrono::Utc::now());
+                if let Some(desired) = desired {
                     tx.send_replace(Some(desired));
                 }
+                changes.log();
             }
             // Keep the last known set: an unreadable directory is not "no pods".
             Err(error) => tracing::error!(error = %ErrorChain(&error), "listing static pods"),
@@ -726,15 +757,32 @@ impl StaticPodSource {
     /// periodic one reads every file, as does one after the kernel dropped
     /// events.
     ///
-    /// The source runs on a thread of its own (a blocking thread of the
-    /// runtime, held as long as it runs): reading the directory and its
-    /// manifests is file work, and between an event and the new desired set
-    /// it makes no hand-off to or from the async workers, which are busy
-    /// when many manifests arrive at once.
+    /// The source runs on a thread of its own, `static-pods`, at the
+    /// daemon's priority: reading the directory and its manifests is file
+    /// work, and between an event and the new desired set it makes no
+    /// hand-off to or from the async workers, which are busy when many
+    /// manifests arrive at once. Its name sets it apart in `top -H` and in
+    /// each thread's scheduler figures (`/proc/<pid>/task/<tid>/schedstat`).
     pub async fn run(self, tx: watch::Sender<Option<Arc<DesiredPods>>>, cancel: CancellationToken) {
-        let source = tokio::task::spawn_blocking(move || self.run_blocking(&tx, &cancel));
-        if let Err(error) = source.await {
-            tracing::error!(error = %error, "static pod source ended abnormally");
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name(SOURCE_THREAD.to_owned())
+            .spawn(move || {
+                // Refused without CAP_SYS_NICE, as for every other thread.
+                let _ = cri_shim::tuning::raise_thread_priority();
+                self.run_blocking(&tx, &cancel);
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            // The sender is dropped without a send only if the thread panicked.
+            Ok(_) => {
+                if done.await.is_err() {
+                    tracing::error!("static pod source ended abnormally");
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "starting the static pod source's thread")
+            }
         }
     }
 
@@ -824,6 +872,9 @@ impl StaticPodSource {
         }
     }
 }
+
+/// The name of the source's thread.
+const SOURCE_THREAD: &str = "static-pods";
 
 /// How often the source's thread looks at its cancellation while no event
 /// comes.
@@ -949,6 +1000,16 @@ spec:
                 "svc.yaml",
                 "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
                 "kind Some(\"Service\")",
+            ),
+            (
+                "list.yaml",
+                "- apiVersion: v1\n  kind: Pod\n",
+                "expected apiVersion v1, kind Pod, found apiVersion None, kind None",
+            ),
+            (
+                "number.yaml",
+                "apiVersion: 1\nkind: Pod\nmetadata: {name: n}\n",
+                "found apiVersion Some(\"1\"), kind Some(\"Pod\")",
             ),
             (
                 "noname.yaml",
@@ -1199,6 +1260,38 @@ spec:
     }
 
     #[test]
+    fn a_fold_returns_the_pods_added_and_removed_for_logging_later() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "web.yaml", WEB);
+        let mut state = StaticPodState::default();
+        let now = chrono::Utc::now();
+
+        let (desired, changes) = state.fold(list_manifests(dir.path(), NODE).unwrap(), now);
+        let uid = desired.unwrap().keys().next().unwrap().clone();
+        assert_eq!(
+            changes.added,
+            vec![(
+                uid.clone(),
+                format!("web-{NODE}"),
+                dir.path().join("web.yaml")
+            )]
+        );
+        assert!(changes.removed.is_empty());
+
+        // Listed again unchanged: no new set, nothing to log.
+        let (desired, changes) = state.fold(list_manifests(dir.path(), NODE).unwrap(), now);
+        assert!(desired.is_none());
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+
+        std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+        let (desired, changes) = state.fold(list_manifests(dir.path(), NODE).unwrap(), now);
+        assert!(desired.unwrap().is_empty());
+        assert!(changes.added.is_empty());
+        assert_eq!(changes.removed, vec![(uid, format!("web-{NODE}"))]);
+        changes.log();
+    }
+
+    #[test]
     fn rfc3339_nano_trims_zeros() {
         let t = chrono::DateTime::from_timestamp(0, 0).unwrap();
         assert_eq!(rfc3339_nano(t), "1970-01-01T00:00:00Z");
@@ -1220,6 +1313,13 @@ spec:
 
         rx.changed().await.unwrap();
         assert!(rx.borrow_and_update().as_ref().unwrap().is_empty());
+        // The source runs on its own named thread of this process.
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect();
+        assert!(names.iter().any(|n| n == SOURCE_THREAD), "{names:?}");
         write(dir.path(), "web.yaml", WEB);
         tokio::time::timeout(Duration::from_secs(10), rx.changed())
             .await
