@@ -22,12 +22,18 @@
 //!   also holds the cri-shim server (its per-container helpers are separate
 //!   processes and not counted).
 //!
+//! Each phase starts on a quiet machine (see [`settle`]), and each burst
+//! through the kubelet prints how long the kubelet's threads and this
+//! process's own (the proxy on every CRI call's path, the `/pods` reader)
+//! waited for a CPU; `--per-pod` prints each pod's steps in time.
+//!
 //! The kubelets log at `-v 0` (info, as in production) unless
 //! `E2E_KUBELET_VERBOSITY` says otherwise; the tests' `-v 4` debug logs
 //! would cost the measured process CPU.
 //!
 //! `kubelet-bench [--sequential 50] [--concurrent 110] [--idle-seconds 30]
-//! [--runtime embedded,cri-shim,containerd] [--poll-ms 5] [--rounds 3]`;
+//! [--runtime embedded,cri-shim,containerd] [--poll-ms 5] [--rounds 3]
+//! [--per-pod]`;
 //! needs root.
 
 use std::collections::HashMap;
@@ -76,6 +82,11 @@ struct Args {
     /// which path goes first and the median round is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Print each pod's steps in the phases through the kubelet (manifest
+    /// written, listed by the kubelet, RunPodSandbox sent, shown Running),
+    /// in ms from the phase's first manifest written: where a burst waited.
+    #[arg(long)]
+    per_pod: bool,
     /// Copy each kubelet's log into this directory (to see where the time went).
     #[arg(long)]
     keep_log: Option<std::path::PathBuf>,
@@ -360,6 +371,25 @@ struct Breakdown {
     /// The kubelet's threads during the phase, per kind: how long they
     /// waited for a CPU (ms), and how many times they ran.
     kubelet_waited: Vec<(String, f64, u64)>,
+    /// The same for this process's threads: the recording proxy, on the
+    /// path of every CRI call the kubelet makes, and the `/pods` reader.
+    bench_waited: Vec<(String, f64, u64)>,
+    /// Each pod's steps, in ms from the phase's first manifest written
+    /// (printed with `--per-pod`).
+    timeline: Vec<PodTimeline>,
+}
+
+/// When one pod's steps happened, in ms from the first manifest of its
+/// phase written.
+struct PodTimeline {
+    pod: String,
+    written: f64,
+    /// When the kubelet listed its manifest (`config.seen`).
+    listed: Option<f64>,
+    /// When the proxy saw its RunPodSandbox.
+    sandbox_sent: f64,
+    /// When `/pods` first showed it Running.
+    running: f64,
 }
 
 /// Calls `Version` on the runtime at `endpoint` every 20 ms, on a connection
@@ -387,6 +417,8 @@ fn breakdown(
         by_pod.entry(call.pod.as_str()).or_default().push(call);
     }
     let mut out = Breakdown::default();
+    // Offsets in the phase are from its first manifest written.
+    let first_written = started.iter().map(|p| p.written).min();
     for pod in started {
         let calls = by_pod
             .get(pod.pod.as_str())
@@ -435,6 +467,15 @@ fn breakdown(
             .push(ms(start.start.saturating_duration_since(create.end)));
         out.container_status
             .push(within(TimedMethod::ContainerStatus, start.end, pod.running));
+        let since_first =
+            |at: Instant| ms(at.saturating_duration_since(first_written.unwrap_or(at)));
+        out.timeline.push(PodTimeline {
+            pod: pod.pod.clone(),
+            written: since_first(pod.written),
+            listed: pod.noticed.map(|n| since_first(pod.written) + ms(n)),
+            sandbox_sent: since_first(sandbox.start),
+            running: since_first(pod.running),
+        });
     }
     let mut per_method: Vec<(String, f64, f64, f64)> = calls
         .iter()
@@ -518,6 +559,71 @@ async fn direct_starts(
         stop_pod(&mut cri, id).await?;
     }
     Ok(samples)
+}
+
+/// The machine's CPU time so far, in clock ticks, from the `cpu` line of
+/// `/proc/stat`: (busy, counted). Busy is user, nice, system, irq and
+/// softirq; counted adds idle and iowait. Steal (time the hypervisor gave
+/// to others) is in neither.
+fn machine_cpu_ticks(stat: &str) -> anyhow::Result<(u64, u64)> {
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(ticks.len() >= 7, "malformed cpu line: {line:?}");
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    Ok((busy, busy + ticks[3] + ticks[4]))
+}
+
+/// How long a phase waits at most for a quiet machine.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Quiet: the CPUs busy less than this share of the time, in each of two
+/// windows of [`SETTLE_WINDOW`] in a row.
+const QUIET_BUSY: f64 = 0.10;
+const SETTLE_WINDOW: Duration = Duration::from_millis(250);
+
+/// Waits until the machine is quiet ([`QUIET_BUSY`]) or [`SETTLE_LIMIT`]
+/// has passed, so that no phase starts while the previous one's work still
+/// runs: a runtime may go on removing what its RemovePodSandbox calls left
+/// (containerd collects snapshots and content in the background), and the
+/// kernel frees cgroups and network namespaces late. Returns the time
+/// waited and the busy share of the last window.
+async fn settle() -> anyhow::Result<(Duration, f64)> {
+    let t0 = Instant::now();
+    let mut quiet_windows = 0;
+    let mut last = machine_cpu_ticks(&std::fs::read_to_string("/proc/stat")?)?;
+    loop {
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let now = machine_cpu_ticks(&std::fs::read_to_string("/proc/stat")?)?;
+        let busy = (now.0 - last.0) as f64 / ((now.1 - last.1) as f64).max(1.0);
+        last = now;
+        quiet_windows = if busy < QUIET_BUSY {
+            quiet_windows + 1
+        } else {
+            0
+        };
+        if quiet_windows >= 2 || t0.elapsed() >= SETTLE_LIMIT {
+            return Ok((t0.elapsed(), busy));
+        }
+    }
+}
+
+/// [`settle`], said on stderr when it took more than its two windows.
+async fn settle_before(runtime: &str, phase: &str) -> anyhow::Result<()> {
+    let (waited, busy) = settle().await?;
+    if waited > SETTLE_WINDOW * 3 {
+        eprintln!(
+            "{runtime}: {phase} waited {:.1} s for a quiet machine ({:.0} % busy at the end)",
+            waited.as_secs_f64(),
+            busy * 100.0
+        );
+    }
+    Ok(())
 }
 
 /// utime + stime of a process, in seconds.
@@ -648,10 +754,12 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
     start_static_pods(&node, &warm, poll).await?;
     remove_all(&node, &mut cri, &warm).await?;
 
+    settle_before(label, "sequential, direct").await?;
     let direct_sequential =
         direct_starts(endpoint, &log_dir, "seq", args.sequential, false).await?;
     let mut started = Vec::with_capacity(args.sequential);
     let sequential: Vec<String> = (0..args.sequential).map(|i| format!("seq{i}")).collect();
+    settle_before(label, "sequential, through the kubelet").await?;
     split(&node, &[])?;
     for name in &sequential {
         started.extend(
@@ -683,9 +791,11 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
         let mut through_kubelet = Vec::new();
         for kubelet_first in [round % 2 == 1, round % 2 == 0] {
             if kubelet_first {
+                settle_before(label, &format!("round {round}, through the kubelet")).await?;
                 split(&node, &[])?;
                 let cpu_before = cpu_seconds(pid)?;
                 let waits_before = run_queue_waits(pid)?;
+                let bench_waits_before = run_queue_waits(std::process::id())?;
                 let stop = Arc::new(AtomicBool::new(false));
                 let probe =
                     tokio::spawn(probe_runtime(node.kubelet.endpoint.clone(), stop.clone()));
@@ -695,10 +805,13 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 let StaticStarts { started, windows } = started?;
                 cpu_kubelet = cpu_seconds(pid)? - cpu_before;
                 let waited = waited_between(&waits_before, &run_queue_waits(pid)?);
+                let bench_waited =
+                    waited_between(&bench_waits_before, &run_queue_waits(std::process::id())?);
                 if let Some(mut split) = split(&node, &started)? {
                     split.probe = probe.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
                     split.windows = windows;
                     split.kubelet_waited = waited;
+                    split.bench_waited = bench_waited;
                     breakdowns.push((format!("{} at once, round {round}", args.concurrent), split));
                 }
                 through_kubelet = latencies(&started);
@@ -707,6 +820,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 }
             } else {
                 // The direct phase also stops its pods; only starts are compared.
+                settle_before(label, &format!("round {round}, direct")).await?;
                 let cpu_before = cpu_seconds(pid)?;
                 direct = direct_starts(
                     endpoint,
@@ -970,22 +1084,45 @@ fn main() -> anyhow::Result<()> {
                     values.len()
                 );
             }
-            if !b.kubelet_waited.is_empty() {
-                let waited: f64 = b.kubelet_waited.iter().map(|(_, ms, _)| ms).sum();
-                let runs: u64 = b.kubelet_waited.iter().map(|(_, _, runs)| runs).sum();
-                let kinds: Vec<String> = b
-                    .kubelet_waited
+            for (whose, waits) in [
+                ("kubelet threads", &b.kubelet_waited),
+                ("bench threads (proxy, /pods reader)", &b.bench_waited),
+            ] {
+                if waits.is_empty() {
+                    continue;
+                }
+                let waited: f64 = waits.iter().map(|(_, ms, _)| ms).sum();
+                let runs: u64 = waits.iter().map(|(_, _, runs)| runs).sum();
+                let kinds: Vec<String> = waits
                     .iter()
                     .take(4)
                     .map(|(kind, ms, runs)| format!("{kind} {ms:.0} ms/{runs}"))
                     .collect();
                 println!(
-                    "{:<18} kubelet threads waiting for a CPU ({phase}): {waited:.0} ms in all, \
+                    "{:<18} {whose} waiting for a CPU ({phase}): {waited:.0} ms in all, \
                      {:.0} us per run over {runs} runs (most: {})",
                     f.label,
                     waited * 1000.0 / runs.max(1) as f64,
                     kinds.join(", ")
                 );
+            }
+        }
+    }
+    if args.per_pod {
+        println!(
+            "\neach pod through the kubelet, ms from the phase's first manifest written: \
+             written, listed by the kubelet, RunPodSandbox sent, shown Running"
+        );
+        for f in &mut all {
+            for (phase, b) in &mut f.breakdowns {
+                b.timeline.sort_by(|a, b| a.written.total_cmp(&b.written));
+                for t in &b.timeline {
+                    let listed = t.listed.map_or("-".to_owned(), |l| format!("{l:.1}"));
+                    println!(
+                        "{:<18} {phase:<24} {:<24} {:>8.1} {listed:>8} {:>8.1} {:>8.1}",
+                        f.label, t.pod, t.written, t.sandbox_sent, t.running
+                    );
+                }
             }
         }
     }
@@ -1078,6 +1215,15 @@ mod tests {
             assert!(running[0].1.is_some(), "config.seen is read");
         }
         server.join().unwrap();
+    }
+
+    #[test]
+    fn the_machines_busy_and_counted_ticks_are_read_from_the_cpu_line() {
+        let stat = "cpu  100 5 30 1000 20 3 2 50 0 0\ncpu0 50 2 15 500 10 1 1 25 0 0\nintr 1\n";
+        assert_eq!(machine_cpu_ticks(stat).unwrap(), (140, 1160));
+        assert!(machine_cpu_ticks("cpu0 1 2 3 4 5 6 7\n").is_err());
+        let now = machine_cpu_ticks(&std::fs::read_to_string("/proc/stat").unwrap()).unwrap();
+        assert!(now.0 > 0 && now.1 > now.0, "{now:?}");
     }
 
     #[test]
