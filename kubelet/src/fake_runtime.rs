@@ -107,6 +107,9 @@ pub struct FakeRuntime {
     /// `ContainerStatus` waits while a test holds this
     /// ([`Self::hold_container_statuses`]).
     status_gate: Arc<tokio::sync::RwLock<()>>,
+    /// `CreateContainer` waits while a test holds this
+    /// ([`Self::hold_creates`]).
+    create_gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 fn not_found(method: &'static str, id: &str) -> CriError {
@@ -133,6 +136,7 @@ impl FakeRuntime {
             events: Arc::default(),
             sandbox_gate: Arc::default(),
             status_gate: Arc::default(),
+            create_gate: Arc::default(),
         }
     }
 
@@ -146,6 +150,12 @@ impl FakeRuntime {
     /// returned guard is dropped.
     pub async fn hold_container_statuses(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
         self.status_gate.clone().write_owned().await
+    }
+
+    /// `CreateContainer` calls wait (unanswered, unrecorded) until the
+    /// returned guard is dropped.
+    pub async fn hold_creates(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.create_gate.clone().write_owned().await
     }
 
     /// Makes `GetContainerEvents` available; the test sends events here.
@@ -358,6 +368,7 @@ impl RuntimeService for FakeRuntime {
         config: cri::ContainerConfig,
         sandbox_config: cri::PodSandboxConfig,
     ) -> Result<String, CriError> {
+        let _open = self.create_gate.read().await;
         let log_path = crate::runtime::container::runtime_log_path(
             &sandbox_config.log_directory,
             &config.log_path,

@@ -1131,6 +1131,39 @@ mod tests {
         assert_eq!(targeted, runtime.observe_pod("u1").await.unwrap());
     }
 
+    /// The new sandbox's IPs reach the hosts file while the runtime still
+    /// creates the container: once CreateContainer answers, StartContainer
+    /// follows with no file work between.
+    #[tokio::test]
+    async fn the_hosts_file_names_the_pod_ip_before_the_container_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, runtime) = with_pod_dirs(dir.path());
+        let hosts_file = dir.path().join("root/pods/u1/etc-hosts");
+        let held = fake.hold_creates().await;
+        let start = run_and_start_web(&runtime);
+        tokio::pin!(start);
+        let look = async {
+            loop {
+                let hosts = std::fs::read_to_string(&hosts_file).unwrap_or_default();
+                if hosts.lines().any(|l| l.starts_with("10.0.0.9\t")) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut start => panic!("the start ended while CreateContainer was held"),
+            found = tokio::time::timeout(Duration::from_secs(30), look) => {
+                found.expect("the pod IP in the hosts file while CreateContainer is unanswered");
+            }
+        }
+        assert!(fake.state().calls_of("CreateContainer").is_empty());
+        drop(held);
+        let (_, made) = start.await;
+        assert_eq!(made.containers.len(), 1);
+        assert_eq!(fake.state().calls_of("StartContainer").len(), 1);
+    }
+
     /// A fake runtime, and a runtime manager on it with pod directories
     /// under `dir/root` and logs under `dir/logs`.
     fn with_pod_dirs(dir: &Path) -> (FakeRuntime, RuntimeManager<FakeRuntime>) {
