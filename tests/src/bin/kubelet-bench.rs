@@ -25,7 +25,8 @@
 //! Each phase starts on a quiet machine (see [`settle`]), and each burst
 //! through the kubelet prints how long the kubelet's threads and this
 //! process's own (the proxy on every CRI call's path, the `/pods` reader)
-//! waited for a CPU; `--per-pod` prints each pod's steps in time.
+//! waited for a CPU, and the pods with the most kubelet adds step by step;
+//! `--per-pod` prints each pod's steps in time.
 //!
 //! The kubelets log at `-v 0` (info, as in production) unless
 //! `E2E_KUBELET_VERBOSITY` says otherwise; the tests' `-v 4` debug logs
@@ -390,6 +391,27 @@ struct PodTimeline {
     sandbox_sent: f64,
     /// When `/pods` first showed it Running.
     running: f64,
+    /// What the kubelet added to this pod's start ([`Breakdown::adds`]),
+    /// and the steps that make it up.
+    adds: f64,
+    steps: KubeletSteps,
+}
+
+/// The kubelet's share of one pod's start, step by step, in ms: together
+/// they are its `adds` (the runtime's three calls run one after another
+/// between them).
+struct KubeletSteps {
+    /// Manifest written -> the kubelet listed it (`None` without a
+    /// `config.seen`; then `to_sandbox` counts from the manifest written).
+    listing: Option<f64>,
+    /// -> RunPodSandbox sent.
+    to_sandbox: f64,
+    /// RunPodSandbox answered -> CreateContainer sent.
+    sandbox_to_create: f64,
+    /// CreateContainer answered -> StartContainer sent.
+    create_to_start: f64,
+    /// StartContainer answered -> `/pods` showed it Running.
+    start_to_running: f64,
 }
 
 /// Calls `Version` on the runtime at `endpoint` every 20 ms, on a connection
@@ -451,8 +473,8 @@ fn breakdown(
         out.total.push(total);
         out.runtime.push(runtime);
         out.adds.push(total - runtime);
-        out.before_sandbox
-            .push(ms(sandbox.start.saturating_duration_since(pod.written)));
+        let before_sandbox = ms(sandbox.start.saturating_duration_since(pod.written));
+        out.before_sandbox.push(before_sandbox);
         out.noticed.extend(pod.noticed.map(ms));
         out.after_start
             .push(ms(pod.running.saturating_duration_since(start.end)));
@@ -469,12 +491,21 @@ fn breakdown(
             .push(within(TimedMethod::ContainerStatus, start.end, pod.running));
         let since_first =
             |at: Instant| ms(at.saturating_duration_since(first_written.unwrap_or(at)));
+        let listing = pod.noticed.map(ms);
         out.timeline.push(PodTimeline {
             pod: pod.pod.clone(),
             written: since_first(pod.written),
-            listed: pod.noticed.map(|n| since_first(pod.written) + ms(n)),
+            listed: listing.map(|n| since_first(pod.written) + n),
             sandbox_sent: since_first(sandbox.start),
             running: since_first(pod.running),
+            adds: total - runtime,
+            steps: KubeletSteps {
+                listing,
+                to_sandbox: before_sandbox - listing.unwrap_or(0.0).min(before_sandbox),
+                sandbox_to_create: ms(create.start.saturating_duration_since(sandbox.end)),
+                create_to_start: ms(start.start.saturating_duration_since(create.end)),
+                start_to_running: ms(pod.running.saturating_duration_since(start.end)),
+            },
         });
     }
     let mut per_method: Vec<(String, f64, f64, f64)> = calls
@@ -1104,6 +1135,29 @@ fn main() -> anyhow::Result<()> {
                     f.label,
                     waited * 1000.0 / runs.max(1) as f64,
                     kinds.join(", ")
+                );
+            }
+        }
+    }
+    println!(
+        "\nthe pods with the most kubelet adds, per phase (with 110 pods, the second is the p99), ms:\n\
+         adds = Written->Listed + ->RunPodSandbox + Sandbox->Create + Create->Start + Started->/pods"
+    );
+    for f in &mut all {
+        for (phase, b) in &mut f.breakdowns {
+            b.timeline.sort_by(|a, b| b.adds.total_cmp(&a.adds));
+            for t in b.timeline.iter().take(2) {
+                let s = &t.steps;
+                let listing = s.listing.map_or("-".to_owned(), |l| format!("{l:.1}"));
+                println!(
+                    "{:<18} {phase:<24} {:<24} {:>6.1} = {listing:>5} + {:>5.1} + {:>5.1} + {:>5.1} + {:>5.1}",
+                    f.label,
+                    t.pod,
+                    t.adds,
+                    s.to_sandbox,
+                    s.sandbox_to_create,
+                    s.create_to_start,
+                    s.start_to_running
                 );
             }
         }
