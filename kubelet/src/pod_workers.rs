@@ -277,6 +277,7 @@ impl<R: RuntimeService> PodWorker<R> {
                 .map_err(|e| vec![e])?;
             self.runtime
                 .remove_pod_cgroup(&self.pod.uid)
+                .await
                 .map_err(|e| vec![e])?;
             self.runtime.forget_pod(&self.pod.uid);
             return Ok(SyncOutcome::Terminated);
@@ -742,16 +743,17 @@ impl<R: RuntimeService> PodWorkers<R> {
             .retain(|uid| desired.contains_key(uid));
     }
 
-    /// Removes, in the background, the dirs of pods that vanished while the
-    /// kubelet was down (their volumes unmounted first).
+    /// Removes, in the background, the cgroups and dirs of pods that
+    /// vanished while the kubelet was down (their volumes unmounted first).
     fn clean_orphaned_pod_dirs(&mut self, active: HashSet<String>) {
-        for error in self.runtime.remove_orphaned_pod_cgroups(&active) {
-            tracing::warn!(error = %ErrorChain(&error), "removing the cgroup of a vanished pod");
-        }
-        let Some(manager) = self.runtime.volumes().cloned() else {
-            return;
-        };
+        let runtime = self.runtime.clone();
         self.background.spawn_blocking(move || {
+            for error in runtime.remove_orphaned_pod_cgroups(&active) {
+                tracing::warn!(error = %ErrorChain(&error), "removing the cgroup of a vanished pod");
+            }
+            let Some(manager) = runtime.volumes().cloned() else {
+                return;
+            };
             let (cleaned, errors) = manager.cleanup_orphaned_pod_dirs(&active);
             for uid in cleaned {
                 tracing::info!(pod.uid = uid, "removed the directory of a pod that no longer exists");

@@ -1070,6 +1070,13 @@ spec:
             message.contains("env[PASSWORD].valueFrom.secretKeyRef"),
             "message does not name the field: {message}"
         );
+
+        // Once the pod is gone, so is its cgroup.
+        node.kubelet.remove_manifest("envpod.yaml")?;
+        node.wait_until("the pod's cgroup removed with the pod", async || {
+            Ok((!pod_cgroup.exists()).then_some(()))
+        })
+        .await?;
         Ok(())
     })
 }

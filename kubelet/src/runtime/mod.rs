@@ -767,24 +767,36 @@ impl<R: RuntimeService> RuntimeManager<R> {
         self
     }
 
-    /// Removes the cgroup of pod `uid`, whatever its QoS class was.
-    pub fn remove_pod_cgroup(&self, uid: &str) -> Result<(), RuntimeError> {
-        let Some((manager, layout)) = &self.cgroups else {
+    /// Removes the cgroup of pod `uid`, whatever its QoS class was, on one
+    /// thread of `file_work`: listing and removing cgroups waits on the
+    /// kernel's cgroup lock, which the runtime's cgroup work holds while
+    /// pods start (an async worker doing it waited up to half a second,
+    /// with every other pod's work waiting behind it).
+    pub async fn remove_pod_cgroup(&self, uid: &str) -> Result<(), RuntimeError> {
+        let Some((manager, layout)) = self.cgroups.clone() else {
             return Ok(());
         };
-        for (path, _) in layout
-            .existing_pods(manager.as_ref())
-            .into_iter()
-            .filter(|(_, owner)| owner == uid)
-        {
-            manager
-                .remove(&path)
-                .map_err(|source| RuntimeError::PodCgroup {
-                    pod_uid: uid.to_owned(),
-                    source,
-                })?;
-        }
-        Ok(())
+        let owner = uid.to_owned();
+        file_work::run(move || {
+            for (path, _) in layout
+                .existing_pods(manager.as_ref())
+                .into_iter()
+                .filter(|(_, pod)| *pod == owner)
+            {
+                manager
+                    .remove(&path)
+                    .map_err(|source| RuntimeError::PodCgroup {
+                        pod_uid: owner.clone(),
+                        source,
+                    })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|source| RuntimeError::CgroupTask {
+            pod_uid: uid.to_owned(),
+            source,
+        })?
     }
 
     /// Removes the cgroups of pods not in `active`; returns what failed.
@@ -2256,5 +2268,64 @@ mod tests {
         );
         assert_eq!(policy("busybox:latest", Some("Never")), PullPolicy::Never);
         assert_eq!(policy("busybox:1", Some("Always")), PullPolicy::Always);
+    }
+
+    /// Pod cgroups named by their paths, recording the thread each removal
+    /// ran on.
+    #[derive(Debug, Default)]
+    struct RecordingCgroups {
+        pods: std::sync::Mutex<Vec<String>>,
+        removed_on: std::sync::Mutex<Vec<(String, std::thread::ThreadId)>>,
+    }
+
+    impl CgroupManager for RecordingCgroups {
+        fn ensure(
+            &self,
+            path: &str,
+            _: &crate::cgroups::CgroupLimits,
+        ) -> Result<(), crate::cgroups::CgroupError> {
+            self.pods.lock().unwrap().push(path.to_owned());
+            Ok(())
+        }
+        fn remove(&self, path: &str) -> Result<(), crate::cgroups::CgroupError> {
+            self.pods.lock().unwrap().retain(|p| p != path);
+            self.removed_on
+                .lock()
+                .unwrap()
+                .push((path.to_owned(), std::thread::current().id()));
+            Ok(())
+        }
+        fn children(&self, path: &str) -> Vec<String> {
+            let prefix = format!("{path}/");
+            self.pods
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p.strip_prefix(&prefix))
+                .filter(|rest| !rest.contains('/'))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// Listing and removing cgroups waits on the kernel's cgroup lock: a
+    /// pod's cgroup is removed off the async thread that asked, and only
+    /// that pod's.
+    #[tokio::test]
+    async fn a_pod_cgroup_is_removed_off_the_async_thread() {
+        let cgroups = Arc::new(RecordingCgroups::default());
+        for path in ["/kubepods/podu1", "/kubepods/besteffort/podu2"] {
+            cgroups.ensure(path, &Default::default()).unwrap();
+        }
+        let fake = crate::fake_runtime::FakeRuntime::new(std::time::SystemTime::now, &[]);
+        let runtime = RuntimeManager::new(fake, PathBuf::from("/nonexistent"), PathBuf::new())
+            .with_cgroups(cgroups.clone(), PodCgroups::new("/"));
+
+        runtime.remove_pod_cgroup("u2").await.unwrap();
+        assert_eq!(*cgroups.pods.lock().unwrap(), ["/kubepods/podu1"]);
+        let removed = cgroups.removed_on.lock().unwrap().clone();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(removed[0].0, "/kubepods/besteffort/podu2");
+        assert_ne!(removed[0].1, std::thread::current().id());
     }
 }
