@@ -70,8 +70,9 @@ struct Args {
     )]
     runtime: Vec<Which>,
     /// How often `/pods` is read while pods start, in ms. A pod is timed
-    /// Running at the end of the first read that shows it, so up to one
-    /// period plus one read late. Every read makes the kubelet copy out
+    /// Running when the answer of the first read that shows it began to
+    /// arrive (the kubelet had made it by then), so up to one period plus
+    /// one answer late. Every read makes the kubelet copy out
     /// every pod (serialised once per status change) and this process
     /// parse them: on a 2-core machine reading much more often slows the
     /// start being measured (at 5 ms the kubelet's CPU per start did not
@@ -135,6 +136,10 @@ struct ListedStatus {
     phase: Option<String>,
 }
 
+/// Pods reported Running: their names and when the kubelet first listed
+/// their manifests (`config.seen`).
+type RunningPods = Vec<(String, Option<SystemTime>)>;
+
 /// The pods `/pods` reports Running, read on a blocking thread: the read
 /// waits on the kubelet, and must not hold up the recording proxy, which
 /// shares this process's async workers.
@@ -146,8 +151,8 @@ async fn running_pods(node: &Node) -> anyhow::Result<Vec<String>> {
 
 /// The pods the read-only server on `port` reports Running: their names
 /// and when the kubelet first listed their manifests (`config.seen`).
-fn running_pods_at(port: u16) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
-    PodsReader::new(port).running()
+fn running_pods_at(port: u16) -> anyhow::Result<RunningPods> {
+    Ok(PodsReader::new(port).running()?.0)
 }
 
 /// `GET /pods` on one HTTP/1.1 connection kept open from read to read.
@@ -168,20 +173,23 @@ impl PodsReader {
     }
 
     /// The pods reported Running: their names and when the kubelet first
-    /// listed their manifests (`config.seen`).
-    fn running(&mut self) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
-        let body = match self.get() {
-            Ok(body) => body,
+    /// listed their manifests (`config.seen`); and when the answer began
+    /// to arrive.
+    fn running(&mut self) -> anyhow::Result<(RunningPods, Instant)> {
+        let (body, answered) = match self.get() {
+            Ok(got) => got,
             // The server may have closed the connection: once more on a new one.
             Err(_) => {
                 self.connection = None;
                 self.get()?
             }
         };
-        running_in(&body)
+        Ok((running_in(&body)?, answered))
     }
 
-    fn get(&mut self) -> anyhow::Result<String> {
+    /// The body of `GET /pods`, and when its answer's first line arrived:
+    /// the kubelet had made the whole answer by then.
+    fn get(&mut self) -> anyhow::Result<(String, Instant)> {
         let port = self.port;
         let connection = match &mut self.connection {
             Some(connection) => connection,
@@ -197,6 +205,7 @@ impl PodsReader {
         )?;
         let mut status = String::new();
         connection.read_line(&mut status)?;
+        let answered = Instant::now();
         ensure!(status.starts_with("HTTP/1.1 200"), "GET /pods: {status:?}");
         let mut length = None;
         loop {
@@ -217,13 +226,13 @@ impl PodsReader {
         }
         let mut body = vec![0; length.context("GET /pods: no Content-Length")?];
         connection.read_exact(&mut body)?;
-        Ok(String::from_utf8(body)?)
+        Ok((String::from_utf8(body)?, answered))
     }
 }
 
 /// The pods a `/pods` answer reports Running: their names and when the
 /// kubelet first listed their manifests (`config.seen`).
-fn running_in(body: &str) -> anyhow::Result<Vec<(String, Option<SystemTime>)>> {
+fn running_in(body: &str) -> anyhow::Result<RunningPods> {
     let list: PodList = serde_json::from_str(body).context("GET /pods")?;
     Ok(list
         .items
@@ -256,7 +265,8 @@ struct Started {
     /// From the manifest written until the kubelet listed it (its
     /// `config.seen`, by the wall clock).
     noticed: Option<Duration>,
-    /// When `/pods` first reported it Running.
+    /// When the answer of the first `/pods` read that reported it Running
+    /// began to arrive.
     running: Instant,
 }
 
@@ -270,8 +280,9 @@ impl Started {
 struct StaticStarts {
     started: Vec<Started>,
     /// Per `/pods` read after the first: from the previous read's request
-    /// to this read's answer, in ms. A pod this read first shows Running
-    /// became Running within that span, and is timed at its end.
+    /// to the start of this read's answer, in ms. A pod this read first
+    /// shows Running became Running within that span, and is timed at its
+    /// end.
     windows: Vec<f64>,
 }
 
@@ -310,10 +321,9 @@ async fn start_static_pods(
                 "pods did not start: {pending:?}"
             );
             let request = Instant::now();
-            let running = reader.running()?;
-            let now = Instant::now();
+            let (running, answered) = reader.running()?;
             if let Some(previous) = previous_request.replace(request) {
-                windows.push((now - previous).as_secs_f64() * 1000.0);
+                windows.push((answered - previous).as_secs_f64() * 1000.0);
             }
             pending.retain(|(pod, written, written_at)| {
                 let Some((_, seen)) = running.iter().find(|(name, _)| name == pod) else {
@@ -323,7 +333,7 @@ async fn start_static_pods(
                     pod: pod.clone(),
                     written: *written,
                     noticed: seen.and_then(|seen| seen.duration_since(*written_at).ok()),
-                    running: now,
+                    running: answered,
                 });
                 false
             });
@@ -375,6 +385,9 @@ struct Breakdown {
     /// The same for this process's threads: the recording proxy, on the
     /// path of every CRI call the kubelet makes, and the `/pods` reader.
     bench_waited: Vec<(String, f64, u64)>,
+    /// CPU seconds used during the phase by the kubelet process and by
+    /// this one (the proxy, the `/pods` reads, the probe).
+    cpu_used: (f64, f64),
     /// Each pod's steps, in ms from the phase's first manifest written
     /// (printed with `--per-pod`).
     timeline: Vec<PodTimeline>,
@@ -825,6 +838,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 settle_before(label, &format!("round {round}, through the kubelet")).await?;
                 split(&node, &[])?;
                 let cpu_before = cpu_seconds(pid)?;
+                let bench_cpu_before = cpu_seconds(std::process::id())?;
                 let waits_before = run_queue_waits(pid)?;
                 let bench_waits_before = run_queue_waits(std::process::id())?;
                 let stop = Arc::new(AtomicBool::new(false));
@@ -835,6 +849,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 let probe = probe.await??;
                 let StaticStarts { started, windows } = started?;
                 cpu_kubelet = cpu_seconds(pid)? - cpu_before;
+                let cpu_bench = cpu_seconds(std::process::id())? - bench_cpu_before;
                 let waited = waited_between(&waits_before, &run_queue_waits(pid)?);
                 let bench_waited =
                     waited_between(&bench_waits_before, &run_queue_waits(std::process::id())?);
@@ -843,6 +858,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                     split.windows = windows;
                     split.kubelet_waited = waited;
                     split.bench_waited = bench_waited;
+                    split.cpu_used = (cpu_kubelet, cpu_bench);
                     breakdowns.push((format!("{} at once, round {round}", args.concurrent), split));
                 }
                 through_kubelet = latencies(&started);
@@ -1115,9 +1131,13 @@ fn main() -> anyhow::Result<()> {
                     values.len()
                 );
             }
-            for (whose, waits) in [
-                ("kubelet threads", &b.kubelet_waited),
-                ("bench threads (proxy, /pods reader)", &b.bench_waited),
+            for (whose, waits, cpu) in [
+                ("kubelet threads", &b.kubelet_waited, b.cpu_used.0),
+                (
+                    "bench threads (proxy, /pods reader)",
+                    &b.bench_waited,
+                    b.cpu_used.1,
+                ),
             ] {
                 if waits.is_empty() {
                     continue;
@@ -1131,7 +1151,7 @@ fn main() -> anyhow::Result<()> {
                     .collect();
                 println!(
                     "{:<18} {whose} waiting for a CPU ({phase}): {waited:.0} ms in all, \
-                     {:.0} us per run over {runs} runs (most: {})",
+                     {:.0} us per run over {runs} runs (most: {}); their process used {cpu:.2} s of CPU",
                     f.label,
                     waited * 1000.0 / runs.max(1) as f64,
                     kinds.join(", ")
@@ -1263,7 +1283,9 @@ mod tests {
         });
         let mut reader = PodsReader::new(port);
         for _ in 0..3 {
-            let running = reader.running().unwrap();
+            let before = Instant::now();
+            let (running, answered) = reader.running().unwrap();
+            assert!(answered >= before && answered <= Instant::now());
             assert_eq!(running.len(), 1, "only the Running pod");
             assert_eq!(running[0].0, "a");
             assert!(running[0].1.is_some(), "config.seen is read");
