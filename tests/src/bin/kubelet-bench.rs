@@ -284,6 +284,10 @@ struct StaticStarts {
     /// shows Running became Running within that span, and is timed at its
     /// end.
     windows: Vec<f64>,
+    /// Per `/pods` read: from its request to the start of its answer, in
+    /// ms (the kubelet's share of a window; the rest is this process
+    /// parsing, sleeping `poll` and waking).
+    answers: Vec<f64>,
 }
 
 /// Writes the manifests of `names` at once and returns, per pod, when its
@@ -313,6 +317,7 @@ async fn start_static_pods(
     tokio::task::spawn_blocking(move || {
         let mut started = Vec::with_capacity(pending.len());
         let mut windows = Vec::new();
+        let mut answers = Vec::new();
         let mut previous_request: Option<Instant> = None;
         let mut reader = PodsReader::new(port);
         while !pending.is_empty() {
@@ -325,6 +330,7 @@ async fn start_static_pods(
             if let Some(previous) = previous_request.replace(request) {
                 windows.push((answered - previous).as_secs_f64() * 1000.0);
             }
+            answers.push((answered - request).as_secs_f64() * 1000.0);
             pending.retain(|(pod, written, written_at)| {
                 let Some((_, seen)) = running.iter().find(|(name, _)| name == pod) else {
                     return true;
@@ -339,7 +345,11 @@ async fn start_static_pods(
             });
             std::thread::sleep(poll);
         }
-        Ok(StaticStarts { started, windows })
+        Ok(StaticStarts {
+            started,
+            windows,
+            answers,
+        })
     })
     .await?
 }
@@ -379,6 +389,9 @@ struct Breakdown {
     /// Running, in ms ([`StaticStarts::windows`]): how finely Running is
     /// timed.
     windows: Vec<f64>,
+    /// How long the kubelet took to begin answering each of those reads,
+    /// in ms ([`StaticStarts::answers`]).
+    answers: Vec<f64>,
     /// The kubelet's threads during the phase, per kind: how long they
     /// waited for a CPU (ms), and how many times they ran.
     kubelet_waited: Vec<(String, f64, u64)>,
@@ -847,7 +860,11 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 let started = start_static_pods(&node, &concurrent, poll).await;
                 stop.store(true, Ordering::Relaxed);
                 let probe = probe.await??;
-                let StaticStarts { started, windows } = started?;
+                let StaticStarts {
+                    started,
+                    windows,
+                    answers,
+                } = started?;
                 cpu_kubelet = cpu_seconds(pid)? - cpu_before;
                 let cpu_bench = cpu_seconds(std::process::id())? - bench_cpu_before;
                 let waited = waited_between(&waits_before, &run_queue_waits(pid)?);
@@ -856,6 +873,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 if let Some(mut split) = split(&node, &started)? {
                     split.probe = probe.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
                     split.windows = windows;
+                    split.answers = answers;
                     split.kubelet_waited = waited;
                     split.bench_waited = bench_waited;
                     split.cpu_used = (cpu_kubelet, cpu_bench);
@@ -1112,10 +1130,12 @@ fn main() -> anyhow::Result<()> {
             "`/pods` read every {} ms, how late a pod is timed Running",
             args.poll_ms
         );
+        let answers = "of which the kubelet took to begin its answer".to_owned();
         let probe = "Version every 20 ms on its own connection".to_owned();
         for (phase, b) in &mut f.breakdowns {
             for (values, what, noun) in [
                 (&mut b.windows, &reads, "reads"),
+                (&mut b.answers, &answers, "reads"),
                 (&mut b.probe, &probe, "calls"),
             ] {
                 if values.is_empty() {
