@@ -743,17 +743,19 @@ impl<R: RuntimeService> PodWorkers<R> {
             .retain(|uid| desired.contains_key(uid));
     }
 
-    /// Removes, in the background, the cgroups and dirs of pods that
-    /// vanished while the kubelet was down (their volumes unmounted first).
+    /// Removes, in the background, the dirs of pods that vanished while the
+    /// kubelet was down (their volumes unmounted first).
     fn clean_orphaned_pod_dirs(&mut self, active: HashSet<String>) {
-        let runtime = self.runtime.clone();
+        // Here, not in the background: a pod desired after `active` was
+        // taken is not in it, and its worker, started by a later listing,
+        // makes its cgroup, which this must not remove.
+        for error in self.runtime.remove_orphaned_pod_cgroups(&active) {
+            tracing::warn!(error = %ErrorChain(&error), "removing the cgroup of a vanished pod");
+        }
+        let Some(manager) = self.runtime.volumes().cloned() else {
+            return;
+        };
         self.background.spawn_blocking(move || {
-            for error in runtime.remove_orphaned_pod_cgroups(&active) {
-                tracing::warn!(error = %ErrorChain(&error), "removing the cgroup of a vanished pod");
-            }
-            let Some(manager) = runtime.volumes().cloned() else {
-                return;
-            };
             let (cleaned, errors) = manager.cleanup_orphaned_pod_dirs(&active);
             for uid in cleaned {
                 tracing::info!(pod.uid = uid, "removed the directory of a pod that no longer exists");
