@@ -1146,26 +1146,37 @@ mod tests {
         let held = fake.hold_creates().await;
         let start = run_and_start_web(&runtime);
         tokio::pin!(start);
-        let look = async {
-            loop {
-                let hosts = std::fs::read_to_string(&hosts_file).unwrap_or_default();
-                if hosts.lines().any(|l| l.starts_with("10.0.0.9\t")) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::select! {
-            _ = &mut start => panic!("the start ended while CreateContainer was held"),
-            found = tokio::time::timeout(Duration::from_secs(30), look) => {
-                found.expect("the pod IP in the hosts file while CreateContainer is unanswered");
-            }
-        }
+        seen_while_held(start.as_mut(), "CreateContainer", || {
+            let hosts = std::fs::read_to_string(&hosts_file).unwrap_or_default();
+            hosts.lines().any(|l| l.starts_with("10.0.0.9\t"))
+        })
+        .await;
         assert!(fake.state().calls_of("CreateContainer").is_empty());
         drop(held);
         let (_, made) = start.await;
         assert_eq!(made.containers.len(), 1);
         assert_eq!(fake.state().calls_of("StartContainer").len(), 1);
+    }
+
+    /// Waits (30 s at most, looking every 5 ms) until `seen` holds, while
+    /// `running`, which a fake runtime's held `call` keeps from ending, goes
+    /// on: what the running work does before that call is answered.
+    async fn seen_while_held<F: std::future::Future>(
+        mut running: std::pin::Pin<&mut F>,
+        call: &str,
+        seen: impl Fn() -> bool,
+    ) {
+        let look = async {
+            while !seen() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = &mut running => panic!("the work ended while {call} was held"),
+            found = tokio::time::timeout(Duration::from_secs(30), look) => {
+                found.unwrap_or_else(|_| panic!("not seen while {call} was unanswered"));
+            }
+        }
     }
 
     /// A fake runtime, and a runtime manager on it with pod directories
@@ -1230,17 +1241,10 @@ mod tests {
         let before = runtime.observe_pod("u2").await.unwrap();
         let execution = runtime.execute(Some(&two), &pod_ref, &before, &actions);
         tokio::pin!(execution);
-        let look = async {
-            while !files.iter().all(|f| f.exists()) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::select! {
-            _ = &mut execution => panic!("the execution ended while RunPodSandbox was held"),
-            found = tokio::time::timeout(Duration::from_secs(30), look) => {
-                found.expect("the host files, written while RunPodSandbox is unanswered");
-            }
-        }
+        seen_while_held(execution.as_mut(), "RunPodSandbox", || {
+            files.iter().all(|f| f.exists())
+        })
+        .await;
         assert!(fake.state().calls_of("RunPodSandbox").is_empty());
         let hosts = std::fs::read_to_string(root.join("etc-hosts")).unwrap();
         assert!(!hosts.contains("10.0.0.9"), "no IP known yet:\n{hosts}");
