@@ -496,28 +496,32 @@ fn breakdown(
             .filter(|c| c.method.makes())
             .map(|c| ms(c.end - c.start))
             .sum();
+        let before_sandbox = ms(sandbox.start.saturating_duration_since(pod.written));
+        let listing = pod.noticed.map(ms);
+        let steps = KubeletSteps {
+            listing,
+            to_sandbox: before_sandbox - listing.unwrap_or(0.0).min(before_sandbox),
+            sandbox_to_create: ms(create.start.saturating_duration_since(sandbox.end)),
+            create_to_start: ms(start.start.saturating_duration_since(create.end)),
+            start_to_running: ms(pod.running.saturating_duration_since(start.end)),
+        };
         out.total.push(total);
         out.runtime.push(runtime);
         out.adds.push(total - runtime);
-        let before_sandbox = ms(sandbox.start.saturating_duration_since(pod.written));
         out.before_sandbox.push(before_sandbox);
-        out.noticed.extend(pod.noticed.map(ms));
-        out.after_start
-            .push(ms(pod.running.saturating_duration_since(start.end)));
-        out.sandbox_to_create
-            .push(ms(create.start.saturating_duration_since(sandbox.end)));
+        out.noticed.extend(listing);
+        out.after_start.push(steps.start_to_running);
+        out.sandbox_to_create.push(steps.sandbox_to_create);
         out.sandbox_status.push(within(
             TimedMethod::PodSandboxStatus,
             sandbox.end,
             create.start,
         ));
-        out.create_to_start
-            .push(ms(start.start.saturating_duration_since(create.end)));
+        out.create_to_start.push(steps.create_to_start);
         out.container_status
             .push(within(TimedMethod::ContainerStatus, start.end, pod.running));
         let since_first =
             |at: Instant| ms(at.saturating_duration_since(first_written.unwrap_or(at)));
-        let listing = pod.noticed.map(ms);
         out.timeline.push(PodTimeline {
             pod: pod.pod.clone(),
             written: since_first(pod.written),
@@ -525,13 +529,7 @@ fn breakdown(
             sandbox_sent: since_first(sandbox.start),
             running: since_first(pod.running),
             adds: total - runtime,
-            steps: KubeletSteps {
-                listing,
-                to_sandbox: before_sandbox - listing.unwrap_or(0.0).min(before_sandbox),
-                sandbox_to_create: ms(create.start.saturating_duration_since(sandbox.end)),
-                create_to_start: ms(start.start.saturating_duration_since(create.end)),
-                start_to_running: ms(pod.running.saturating_duration_since(start.end)),
-            },
+            steps,
         });
     }
     let mut per_method: Vec<(String, f64, f64, f64)> = calls
