@@ -21,6 +21,7 @@ pub mod qos;
 pub mod resources;
 pub mod runtime;
 pub mod server;
+pub mod startup;
 pub mod static_pods;
 pub mod status;
 

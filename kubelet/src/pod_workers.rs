@@ -31,6 +31,7 @@ use crate::prober::Prober;
 use crate::runtime::{
     Executed, Made, PodRef, RuntimeError, RuntimeManager, RuntimeService, find_container,
 };
+use crate::startup::Startup;
 use crate::static_pods::{DesiredPods, DesiredPodsReceiver};
 use crate::status::{PodStatusStore, StatusInputs, Waiting, pod_status};
 
@@ -117,6 +118,8 @@ struct PodWorker<R> {
     /// What the last sync observed, in a relist's terms, shared with the
     /// worker's handle: a relist that shows just that wakes no one.
     seen: Arc<Mutex<Option<PodObjects>>>,
+    /// Whether the pod's start is still to be logged.
+    startup: Startup,
 }
 
 /// The upstream waiting reason a failed action leaves its container in.
@@ -243,6 +246,7 @@ impl<R: RuntimeService> PodWorker<R> {
         };
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(observed_objects(&observed));
+        self.startup.first_look(!observed.containers.is_empty());
         match intent {
             WorkerIntent::Run(pod) => {
                 self.runtime
@@ -461,7 +465,7 @@ impl<R: RuntimeService> PodWorker<R> {
     }
 
     fn publish_status(
-        &self,
+        &mut self,
         pod: &Pod,
         observed: &crate::actions::ObservedPod,
         waiting: HashMap<String, Waiting>,
@@ -484,7 +488,15 @@ impl<R: RuntimeService> PodWorker<R> {
         );
         let mut reported = pod.clone();
         reported.status = Some(status);
+        let started = self.startup.published(
+            &reported,
+            self.runtime.pull_span(&self.pod.uid),
+            (self.clock)(),
+        );
         store.set(reported);
+        if let Some(record) = started {
+            record.log();
+        }
     }
 }
 
@@ -785,6 +797,7 @@ impl<R: RuntimeService> PodWorkers<R> {
             made: None,
             known_empty,
             seen: seen.clone(),
+            startup: Startup::default(),
         };
         let task = self.tasks.spawn(worker.run());
         self.task_pods.insert(task.id(), pod.uid.clone());

@@ -1686,6 +1686,13 @@ spec:
         let mut cri = node.cri().await?;
         let keep_name = node.kubelet.pod_name("keep");
         let before = list_containers(&mut cri, Some(&keep_name)).await?;
+        // Each start is logged once, as upstream's startup latency tracker.
+        for name in [&keep_name, &node.kubelet.pod_name("gone")] {
+            node.wait_until("the pod's start is logged", async || {
+                Ok((startups_logged(node, name)? == 1).then_some(()))
+            })
+            .await?;
+        }
 
         // A directory of a pod that exists nowhere any more, as a crash
         // mid-teardown leaves it.
@@ -1736,6 +1743,34 @@ spec:
         {
             ensure!(status["restartCount"] == 0, "restarted: {status}");
         }
+        // The adopted pod did not start again, so no second record.
+        ensure!(
+            startups_logged(node, &keep_name)? == 1,
+            "the adopted pod's start was logged again"
+        );
         Ok(())
     })
+}
+
+/// How many `Observed pod startup duration` lines the kubelet's log has for
+/// static pod `name` (in `default`); each must have the durations and the
+/// time the status showed it running.
+fn startups_logged(node: &Node, name: &str) -> anyhow::Result<usize> {
+    let log = std::fs::read_to_string(&node.kubelet.log_path)?;
+    let pod = format!("pod=\"default/{name}\"");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Observed pod startup duration") && l.contains(&pod))
+        .collect();
+    for line in &lines {
+        for field in [
+            "podStartSLOduration=",
+            "podStartE2EDuration=",
+            "configSeen=",
+            "observedRunningTime=",
+        ] {
+            ensure!(line.contains(field), "no {field} in {line:?}");
+        }
+    }
+    Ok(lines.len())
 }

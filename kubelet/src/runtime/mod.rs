@@ -713,6 +713,9 @@ pub struct RuntimeManager<R> {
     /// The host's resolver configuration as last read, with the identity
     /// of the file it was read from (see [`Self::host_dns`]).
     host_dns: std::sync::Mutex<Option<(FileIdentity, cri_api::DnsConfig)>>,
+    /// When each pod's image pulls ran, for its startup record; dropped by
+    /// [`Self::forget_pod`].
+    pulls: crate::startup::PullSpans,
 }
 
 /// What tells one version of a file from another: inode, size and mtime.
@@ -743,12 +746,19 @@ impl<R: RuntimeService> RuntimeManager<R> {
             cgroups: None,
             sandbox_ips: Default::default(),
             host_dns: Default::default(),
+            pulls: Default::default(),
         }
     }
 
     /// Drops what is remembered of pod `uid` once it is gone.
     pub fn forget_pod(&self, uid: &str) {
         self.ip_cache().remove(uid);
+        self.pulls.forget(uid);
+    }
+
+    /// When pod `uid`'s image pulls ran, if it pulled any.
+    pub fn pull_span(&self, uid: &str) -> Option<crate::startup::PullSpan> {
+        self.pulls.get(uid)
     }
 
     fn ip_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Vec<String>)>> {
@@ -1867,11 +1877,10 @@ impl<R: RuntimeService> RuntimeManager<R> {
             event = "Pulling",
             "pulling image"
         );
-        let image_ref = self
-            .service
-            .pull_image(spec, sandbox_config.clone())
-            .await
-            .map_err(image_error)?;
+        self.pulls.started(pod_uid, SystemTime::now());
+        let pulled = self.service.pull_image(spec, sandbox_config.clone()).await;
+        self.pulls.finished(pod_uid, SystemTime::now());
+        let image_ref = pulled.map_err(image_error)?;
         tracing::info!(
             pod.uid = pod_uid,
             container.name = container.name,
