@@ -255,6 +255,29 @@ fn running_in(body: &str) -> anyhow::Result<RunningPods> {
         .collect())
 }
 
+/// Per pod name, when the kubelet published the status that first showed
+/// it running: the `observedRunningTime` of its `Observed pod startup
+/// duration` lines in `log` (static pods in `default`).
+fn published_running(log: &str) -> HashMap<String, SystemTime> {
+    let field = |line: &str, name: &str| -> Option<String> {
+        let start = line.find(&format!(" {name}=\""))? + name.len() + 3;
+        let len = line[start..].find('"')?;
+        Some(line[start..start + len].to_owned())
+    };
+    log.lines()
+        .filter(|line| line.contains("Observed pod startup duration"))
+        .filter_map(|line| {
+            let pod = field(line, "pod")?;
+            let at =
+                chrono::DateTime::parse_from_rfc3339(&field(line, "observedRunningTime")?).ok()?;
+            Some((
+                pod.strip_prefix("default/")?.to_owned(),
+                SystemTime::from(at),
+            ))
+        })
+        .collect()
+}
+
 /// One static pod's start through the kubelet.
 #[derive(Clone)]
 struct Started {
@@ -268,6 +291,10 @@ struct Started {
     /// When the answer of the first `/pods` read that reported it Running
     /// began to arrive.
     running: Instant,
+    /// From the manifest written until the kubelet published the status
+    /// that shows it running (its log's `observedRunningTime`, by the wall
+    /// clock): Running without this process's polling.
+    published: Option<Duration>,
 }
 
 impl Started {
@@ -303,6 +330,9 @@ async fn start_static_pods(
     poll: Duration,
 ) -> anyhow::Result<StaticStarts> {
     let t0 = Instant::now();
+    // The kubelet's log from here on has these pods' startup records.
+    let log_path = node.kubelet.log_path.clone();
+    let log_from = std::fs::metadata(&log_path)?.len();
     let mut pending = Vec::with_capacity(names.len());
     for name in names {
         node.kubelet
@@ -335,16 +365,45 @@ async fn start_static_pods(
                 let Some((_, seen)) = running.iter().find(|(name, _)| name == pod) else {
                     return true;
                 };
-                started.push(Started {
-                    pod: pod.clone(),
-                    written: *written,
-                    noticed: seen.and_then(|seen| seen.duration_since(*written_at).ok()),
-                    running: answered,
-                });
+                started.push((
+                    Started {
+                        pod: pod.clone(),
+                        written: *written,
+                        noticed: seen.and_then(|seen| seen.duration_since(*written_at).ok()),
+                        running: answered,
+                        published: None,
+                    },
+                    *written_at,
+                ));
                 false
             });
             std::thread::sleep(poll);
         }
+        // The record is logged right after the status is published; wait
+        // briefly for the last ones.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let published = loop {
+            let mut log = std::fs::File::open(&log_path)?;
+            std::io::Seek::seek(&mut log, std::io::SeekFrom::Start(log_from))?;
+            let mut text = String::new();
+            log.read_to_string(&mut text)?;
+            let published = published_running(&text);
+            if started.iter().all(|(p, _)| published.contains_key(&p.pod))
+                || Instant::now() > deadline
+            {
+                break published;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let started = started
+            .into_iter()
+            .map(|(mut pod, written_at)| {
+                pod.published = published
+                    .get(&pod.pod)
+                    .and_then(|at| at.duration_since(written_at).ok());
+                pod
+            })
+            .collect();
         Ok(StaticStarts {
             started,
             windows,
@@ -363,6 +422,11 @@ struct Breakdown {
     runtime: Vec<f64>,
     /// `total - runtime`.
     adds: Vec<f64>,
+    /// The same with the pod timed Running when the kubelet published its
+    /// status ([`Started::published`]), not when `/pods` was next read.
+    published_adds: Vec<f64>,
+    /// StartContainer answered -> the kubelet published the status.
+    start_to_published: Vec<f64>,
     /// Manifest written -> RunPodSandbox sent.
     before_sandbox: Vec<f64>,
     /// Of that, manifest written -> the kubelet lists it (`config.seen`).
@@ -420,6 +484,8 @@ struct PodTimeline {
     /// What the kubelet added to this pod's start ([`Breakdown::adds`]),
     /// and the steps that make it up.
     adds: f64,
+    /// [`Breakdown::published_adds`] of this pod.
+    published_adds: Option<f64>,
     steps: KubeletSteps,
 }
 
@@ -438,6 +504,9 @@ struct KubeletSteps {
     create_to_start: f64,
     /// StartContainer answered -> `/pods` showed it Running.
     start_to_running: f64,
+    /// StartContainer answered -> the kubelet published the status (in
+    /// place of `start_to_running` in [`PodTimeline::published_adds`]).
+    start_to_published: Option<f64>,
 }
 
 /// Calls `Version` on the runtime at `endpoint` every 20 ms, on a connection
@@ -504,10 +573,18 @@ fn breakdown(
             sandbox_to_create: ms(create.start.saturating_duration_since(sandbox.end)),
             create_to_start: ms(start.start.saturating_duration_since(create.end)),
             start_to_running: ms(pod.running.saturating_duration_since(start.end)),
+            // The wall clock's span since the manifest was written, laid on
+            // the monotonic clock.
+            start_to_published: pod
+                .published
+                .map(|p| ms((pod.written + p).saturating_duration_since(start.end))),
         };
         out.total.push(total);
         out.runtime.push(runtime);
         out.adds.push(total - runtime);
+        let published_adds = pod.published.map(|p| ms(p) - runtime);
+        out.published_adds.extend(published_adds);
+        out.start_to_published.extend(steps.start_to_published);
         out.before_sandbox.push(before_sandbox);
         out.noticed.extend(listing);
         out.after_start.push(steps.start_to_running);
@@ -529,6 +606,7 @@ fn breakdown(
             sandbox_sent: since_first(sandbox.start),
             running: since_first(pod.running),
             adds: total - runtime,
+            published_adds,
             steps,
         });
     }
@@ -1069,14 +1147,16 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\nper pod through the kubelet, runtime behind the recording proxy: p50/p99 ms");
     println!(
-        "{:<18} {:<24} {:>15} {:>15} {:>15} {:>15} {:>15}",
+        "{:<18} {:<24} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}",
         "runtime",
         "",
         "manifest->Running",
         "runtime's 3 calls",
         "kubelet adds",
+        "adds, published",
         "->RunPodSandbox",
-        "Started->/pods"
+        "Started->/pods",
+        "Started->publ."
     );
     for f in &mut all {
         for (phase, b) in &mut f.breakdowns {
@@ -1084,8 +1164,10 @@ fn main() -> anyhow::Result<()> {
                 &mut b.total,
                 &mut b.runtime,
                 &mut b.adds,
+                &mut b.published_adds,
                 &mut b.before_sandbox,
                 &mut b.after_start,
+                &mut b.start_to_published,
             ]);
             println!("{:<18} {:<24} {cells}", f.label, phase);
         }
@@ -1200,6 +1282,28 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    println!(
+        "\nthe same, with Running timed when the kubelet published the status (its log), ms:\n\
+         adds = Written->Listed + ->RunPodSandbox + Sandbox->Create + Create->Start + Started->published"
+    );
+    for f in &mut all {
+        for (phase, b) in &mut f.breakdowns {
+            let adds = |t: &PodTimeline| t.published_adds.unwrap_or(f64::NEG_INFINITY);
+            b.timeline.sort_by(|a, b| adds(b).total_cmp(&adds(a)));
+            for t in b.timeline.iter().take(2) {
+                let (Some(adds), Some(published)) = (t.published_adds, t.steps.start_to_published)
+                else {
+                    continue;
+                };
+                let s = &t.steps;
+                let listing = s.listing.map_or("-".to_owned(), |l| format!("{l:.1}"));
+                println!(
+                    "{:<18} {phase:<24} {:<24} {adds:>6.1} = {listing:>5} + {:>5.1} + {:>5.1} + {:>5.1} + {published:>5.1}",
+                    f.label, t.pod, s.to_sandbox, s.sandbox_to_create, s.create_to_start,
+                );
+            }
+        }
+    }
     if args.per_pod {
         println!(
             "\neach pod through the kubelet, ms from the phase's first manifest written: \
@@ -1309,6 +1413,21 @@ mod tests {
             assert!(running[0].1.is_some(), "config.seen is read");
         }
         server.join().unwrap();
+    }
+
+    #[test]
+    fn the_published_running_times_are_read_from_the_startup_records() {
+        let log = "2026-11-28T10:00:01.000001Z  INFO kubelet::startup: Observed pod startup duration pod=\"default/a-node\" podStartSLOduration=0.75 podStartE2EDuration=1s configSeen=\"2026-11-28T10:00:00.250Z\" observedRunningTime=\"2026-11-28T10:00:01.250Z\"\n\
+                   2026-11-28T10:00:01.000002Z  INFO kubelet::pod_workers: started container pod=\"default/b-node\"\n\
+                   2026-11-28T10:00:01.000003Z  INFO kubelet::startup: Observed pod startup duration pod=\"kube-system/c-node\" observedRunningTime=\"2026-11-28T10:00:01.5Z\"\n";
+        let published = published_running(log);
+        assert_eq!(
+            published.len(),
+            1,
+            "only static pods in default: {published:?}"
+        );
+        let at = chrono::DateTime::parse_from_rfc3339("2026-11-28T10:00:01.25Z").unwrap();
+        assert_eq!(published["a-node"], SystemTime::from(at));
     }
 
     #[test]
