@@ -169,29 +169,22 @@ impl StartupRecord {
     pub fn log(&self) {
         let started = self.pulls.map(|p| rfc3339(p.first_started));
         let finished = self.pulls.and_then(|p| p.last_finished).map(rfc3339);
-        let running = rfc3339(self.observed_running);
-        match self.since {
-            Since::Created(at) => tracing::info!(
-                pod = self.pod,
-                podStartSLOduration = self.slo.as_secs_f64(),
-                podStartE2EDuration = ?self.e2e,
-                podCreationTimestamp = rfc3339(at),
-                firstStartedPulling = started,
-                lastFinishedPulling = finished,
-                observedRunningTime = running,
-                "Observed pod startup duration"
-            ),
-            Since::Seen(at) => tracing::info!(
-                pod = self.pod,
-                podStartSLOduration = self.slo.as_secs_f64(),
-                podStartE2EDuration = ?self.e2e,
-                configSeen = rfc3339(at),
-                firstStartedPulling = started,
-                lastFinishedPulling = finished,
-                observedRunningTime = running,
-                "Observed pod startup duration"
-            ),
-        }
+        let (created, seen) = match self.since {
+            Since::Created(at) => (Some(rfc3339(at)), None),
+            Since::Seen(at) => (None, Some(rfc3339(at))),
+        };
+        // A `None` field is left out of the line.
+        tracing::info!(
+            pod = self.pod,
+            podStartSLOduration = self.slo.as_secs_f64(),
+            podStartE2EDuration = ?self.e2e,
+            podCreationTimestamp = created,
+            configSeen = seen,
+            firstStartedPulling = started,
+            lastFinishedPulling = finished,
+            observedRunningTime = rfc3339(self.observed_running),
+            "Observed pod startup duration"
+        );
     }
 }
 
@@ -352,5 +345,9 @@ mod tests {
         ] {
             assert!(line.contains(part), "no {part} in {line:?}");
         }
+        assert!(
+            !line.contains("podCreationTimestamp"),
+            "a field without a value is left out: {line:?}"
+        );
     }
 }
