@@ -250,8 +250,16 @@ pub fn list_manifests_cached(
                 .to_str()
                 .is_some_and(is_manifest_file_name)
         })
-        // Follows symlinks: a symlinked manifest counts, a subdirectory does not.
-        .filter(|entry| std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()))
+        // A symlinked manifest counts (its target must be a file), a
+        // subdirectory does not. The entry's type comes with the directory
+        // listing, so only symlinks cost a `stat`.
+        .filter(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_symlink() => {
+                std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
+            }
+            Ok(kind) => kind.is_file(),
+            Err(_) => false,
+        })
         .map(|entry| entry.path())
         .collect();
     paths.sort();
@@ -1102,6 +1110,20 @@ spec:
         write(dir.path(), "web.yaml.swp", "junk");
         write(dir.path(), "bad.yaml", "kind: [");
         std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        // Symlinks count by what they point at: a manifest, a directory,
+        // nothing.
+        let elsewhere = tempfile::tempdir().unwrap();
+        write(
+            elsewhere.path(),
+            "linked.yaml",
+            &WEB.replace("name: web", "name: linked"),
+        );
+        let link = |target: &Path, name: &str| {
+            std::os::unix::fs::symlink(target, dir.path().join(name)).unwrap();
+        };
+        link(&elsewhere.path().join("linked.yaml"), "linked.yaml");
+        link(elsewhere.path(), "dir-link.yaml");
+        link(&elsewhere.path().join("missing.yaml"), "dangling.yaml");
 
         let listing = list_manifests(dir.path(), NODE).unwrap();
         let names: Vec<_> = listing
@@ -1109,7 +1131,7 @@ spec:
             .iter()
             .map(|(_, p)| p.metadata.name.clone().unwrap())
             .collect();
-        assert_eq!(names, ["other-node1", "web-node1"]);
+        assert_eq!(names, ["linked-node1", "other-node1", "web-node1"]);
         assert_eq!(listing.errors.len(), 1);
         assert_eq!(listing.errors[0].0, dir.path().join("bad.yaml"));
     }
