@@ -490,7 +490,7 @@ impl<R: RuntimeService> PodWorker<R> {
         reported.status = Some(status);
         let started = self.startup.published(
             &reported,
-            self.runtime.pull_span(&self.pod.uid),
+            || self.runtime.pull_span(&self.pod.uid),
             (self.clock)(),
         );
         store.set(reported);

@@ -63,6 +63,18 @@ impl PullSpans {
     }
 }
 
+/// When the kubelet first saw `pod` (its `kubernetes.io/config.seen`).
+pub fn config_seen(pod: &Pod) -> Option<SystemTime> {
+    let seen = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(labels::CONFIG_SEEN)?;
+    chrono::DateTime::parse_from_rfc3339(seen)
+        .ok()
+        .map(SystemTime::from)
+}
+
 /// Upstream `hasPodStartedSLO`: every app container in the status is
 /// running and has a start time.
 pub fn has_started(pod: &Pod) -> bool {
@@ -133,11 +145,7 @@ pub fn startup_record(
             let nanos = u64::try_from(created.0.as_nanosecond()).ok()?;
             Since::Created(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
         }
-        None => {
-            let seen = metadata.annotations.as_ref()?.get(labels::CONFIG_SEEN)?;
-            let seen = chrono::DateTime::parse_from_rfc3339(seen).ok()?;
-            Since::Seen(SystemTime::from(seen))
-        }
+        None => Since::Seen(config_seen(pod)?),
     };
     let e2e = observed_running
         .duration_since(since.time())
@@ -159,7 +167,7 @@ pub fn startup_record(
     })
 }
 
-/// Go's `time.RFC3339Nano` in UTC.
+/// RFC 3339 in UTC, with as many fractional digits (3, 6 or 9) as needed.
 fn rfc3339(at: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
@@ -215,18 +223,19 @@ impl Startup {
     }
 
     /// The status `pod` is published at `now`: its start's record, the
-    /// first time it shows every container running.
+    /// first time it shows every container running (`pulls` is asked only
+    /// then).
     pub fn published(
         &mut self,
         pod: &Pod,
-        pulls: Option<PullSpan>,
+        pulls: impl FnOnce() -> Option<PullSpan>,
         now: SystemTime,
     ) -> Option<StartupRecord> {
         if *self != Self::Waiting || !has_started(pod) {
             return None;
         }
         *self = Self::Done;
-        startup_record(pod, pulls, now)
+        startup_record(pod, pulls(), now)
     }
 }
 
@@ -298,13 +307,17 @@ mod tests {
             "running: {startedAt: \"2026-11-28T10:00:01Z\"}}}\n  - {name: b",
             "waiting: {}}}\n  - {name: b",
         );
-        assert_eq!(started_here.published(&pod(&pending), None, now), None);
-        assert!(started_here.published(&pod(RUNNING), None, now).is_some());
-        assert_eq!(started_here.published(&pod(RUNNING), None, now), None);
+        assert_eq!(started_here.published(&pod(&pending), || None, now), None);
+        assert!(
+            started_here
+                .published(&pod(RUNNING), || None, now)
+                .is_some()
+        );
+        assert_eq!(started_here.published(&pod(RUNNING), || None, now), None);
 
         let mut adopted = Startup::default();
         adopted.first_look(true);
-        assert_eq!(adopted.published(&pod(RUNNING), None, now), None);
+        assert_eq!(adopted.published(&pod(RUNNING), || None, now), None);
     }
 
     #[test]

@@ -1756,7 +1756,7 @@ spec:
 /// static pod `name` (in `default`); each must have the durations and the
 /// time the status showed it running.
 fn startups_logged(node: &Node, name: &str) -> anyhow::Result<usize> {
-    let log = std::fs::read_to_string(&node.kubelet.log_path)?;
+    let log = node.kubelet.log()?;
     let pod = format!("pod=\"default/{name}\"");
     let lines: Vec<&str> = log
         .lines()

@@ -459,13 +459,7 @@ fn observed_container(sandbox_id: String, status: cri_api::ContainerStatus) -> O
 
 /// Time since the kubelet first saw the pod (`kubernetes.io/config.seen`).
 fn since_pod_seen(pod: &Pod) -> Option<Duration> {
-    let seen = pod
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(labels::CONFIG_SEEN)?;
-    let seen = chrono::DateTime::parse_from_rfc3339(seen).ok()?;
-    (chrono::Utc::now() - seen.to_utc()).to_std().ok()
+    crate::startup::config_seen(pod)?.elapsed().ok()
 }
 
 /// The app or init container `name` of the pod's spec.

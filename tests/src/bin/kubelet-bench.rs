@@ -358,9 +358,9 @@ async fn start_static_pods(
             let request = Instant::now();
             let (running, answered) = reader.running()?;
             if let Some(previous) = previous_request.replace(request) {
-                windows.push((answered - previous).as_secs_f64() * 1000.0);
+                windows.push(ms(answered - previous));
             }
-            answers.push((answered - request).as_secs_f64() * 1000.0);
+            answers.push(ms(answered - request));
             pending.retain(|(pod, written, written_at)| {
                 let Some((_, seen)) = running.iter().find(|(name, _)| name == pod) else {
                     return true;
@@ -528,7 +528,6 @@ fn breakdown(
     timed: &[TimedCall],
     calls: &HashMap<String, Vec<Duration>>,
 ) -> anyhow::Result<Breakdown> {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let mut by_pod: HashMap<&str, Vec<&TimedCall>> = HashMap::new();
     for call in timed {
         by_pod.entry(call.pod.as_str()).or_default().push(call);
@@ -947,7 +946,7 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
                 let bench_waited =
                     waited_between(&bench_waits_before, &run_queue_waits(std::process::id())?);
                 if let Some(mut split) = split(&node, &started)? {
-                    split.probe = probe.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+                    split.probe = probe.iter().copied().map(ms).collect();
                     split.windows = windows;
                     split.answers = answers;
                     split.kubelet_waited = waited;
@@ -1021,6 +1020,11 @@ async fn measure(kind: Which, label: &'static str, args: &Args) -> anyhow::Resul
     })
 }
 
+/// `d` in milliseconds.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// The `p` quantile of sorted values, nearest rank (NaN if empty).
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -1044,7 +1048,6 @@ fn p50_p99_cells<const N: usize>(columns: [&mut Vec<f64>; N]) -> String {
 
 fn quantiles(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     (ms(percentile(samples, 0.5)), ms(percentile(samples, 0.99)))
 }
 
